@@ -1,0 +1,231 @@
+use std::fmt;
+
+use crate::Metadata;
+
+/// Bounds on everything a client can send. Defaults are safe for a shared
+/// server; operators raise or lower them per deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest context id, in bytes.
+    pub context_id_bytes_max: usize,
+    /// Longest entry key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest payload, in bytes.
+    pub payload_bytes_max: usize,
+    /// Most metadata pairs on one entry.
+    pub metadata_entries_max: usize,
+    /// Largest total of metadata keys and values, in bytes.
+    pub metadata_bytes_max: usize,
+    /// Longest idempotency key, in bytes.
+    pub idempotency_key_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            context_id_bytes_max: 256,
+            key_bytes_max: 1024,
+            payload_bytes_max: 4 * 1024 * 1024,
+            metadata_entries_max: 64,
+            metadata_bytes_max: 64 * 1024,
+            idempotency_key_bytes_max: 256,
+        }
+    }
+}
+
+/// A request field outside the [`Limits`]. The message names the field, what
+/// was wrong and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitError {
+    /// The field at fault, e.g. `context_id`.
+    pub field: &'static str,
+    /// Human explanation including the limit.
+    pub message: String,
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LimitError {}
+
+fn err(field: &'static str, message: String) -> Result<(), LimitError> {
+    Err(LimitError { field, message })
+}
+
+/// Human byte count: `4 MiB`, `1.5 KiB`, `12 bytes`.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let f = n as f64;
+    if n < 1024 {
+        format!("{n} bytes")
+    } else if f < KIB * KIB {
+        trim(f / KIB, "KiB")
+    } else if f < KIB * KIB * KIB {
+        trim(f / KIB / KIB, "MiB")
+    } else {
+        trim(f / KIB / KIB / KIB, "GiB")
+    }
+}
+
+fn trim(v: f64, unit: &str) -> String {
+    if (v - v.round()).abs() < 0.05 {
+        format!("{} {unit}", v.round() as u64)
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Result<(), LimitError> {
+    if value.is_empty() {
+        return err(field, format!("{what} is empty; it must be 1 to {max} bytes of UTF-8"));
+    }
+    if value.len() > max {
+        return err(
+            field,
+            format!("{what} is {} bytes; the limit is {max} bytes", value.len()),
+        );
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return err(
+            field,
+            format!("{what} contains the control character {c:?}; control characters are not allowed"),
+        );
+    }
+    Ok(())
+}
+
+impl Limits {
+    /// A context id: 1..=`context_id_bytes_max` bytes, no control characters.
+    pub fn check_context_id(&self, context: &str) -> Result<(), LimitError> {
+        check_name("context_id", "context_id", context, self.context_id_bytes_max)
+    }
+
+    /// An entry key: 1..=`key_bytes_max` bytes, no control characters.
+    pub fn check_key(&self, key: &str) -> Result<(), LimitError> {
+        check_name("key", "key", key, self.key_bytes_max)
+    }
+
+    /// A key filter on reads: empty (all keys) or a valid key.
+    pub fn check_key_filter(&self, key: &str) -> Result<(), LimitError> {
+        if key.is_empty() { Ok(()) } else { self.check_key(key) }
+    }
+
+    /// A payload of `len` bytes.
+    pub fn check_payload(&self, len: usize) -> Result<(), LimitError> {
+        if len > self.payload_bytes_max {
+            return err(
+                "payload",
+                format!(
+                    "payload is {}; the limit is {} (--max-payload-bytes)",
+                    human_bytes(len),
+                    human_bytes(self.payload_bytes_max)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Metadata: at most `metadata_entries_max` pairs, non-empty keys, total
+    /// size at most `metadata_bytes_max`.
+    pub fn check_metadata(&self, metadata: &Metadata) -> Result<(), LimitError> {
+        if metadata.len() > self.metadata_entries_max {
+            return err(
+                "metadata",
+                format!(
+                    "metadata has {} pairs; the limit is {}",
+                    metadata.len(),
+                    self.metadata_entries_max
+                ),
+            );
+        }
+        let mut total = 0usize;
+        for (k, v) in metadata {
+            if k.is_empty() {
+                return err("metadata", "metadata has an empty key; keys must be non-empty".into());
+            }
+            total += k.len() + v.len();
+        }
+        if total > self.metadata_bytes_max {
+            return err(
+                "metadata",
+                format!(
+                    "metadata totals {}; the limit is {}",
+                    human_bytes(total),
+                    human_bytes(self.metadata_bytes_max)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// An idempotency key: empty (none) or 1..=`idempotency_key_bytes_max`
+    /// bytes without control characters.
+    pub fn check_idempotency_key(&self, key: &str) -> Result<(), LimitError> {
+        if key.is_empty() {
+            return Ok(());
+        }
+        check_name(
+            "idempotency_key",
+            "idempotency_key",
+            key,
+            self.idempotency_key_bytes_max,
+        )
+    }
+
+    /// Every field of an append.
+    pub fn check_append(
+        &self,
+        context: &str,
+        key: &str,
+        payload_len: usize,
+        metadata: &Metadata,
+        idempotency_key: &str,
+    ) -> Result<(), LimitError> {
+        self.check_context_id(context)?;
+        self.check_key(key)?;
+        self.check_payload(payload_len)?;
+        self.check_metadata(metadata)?;
+        self.check_idempotency_key(idempotency_key)
+    }
+
+    /// The largest encoded size of one entry these limits admit, plus
+    /// framing; responses must allow at least this much.
+    pub fn entry_bytes_max(&self) -> usize {
+        self.key_bytes_max
+            + self.payload_bytes_max
+            + self.metadata_bytes_max
+            + self.metadata_entries_max * 8
+            + 512
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_field_and_the_limit() {
+        let l = Limits::default();
+        let e = l.check_context_id("").unwrap_err();
+        assert_eq!(e.field, "context_id");
+        assert!(e.message.contains("empty"), "{e}");
+        let e = l.check_context_id(&"x".repeat(257)).unwrap_err();
+        assert!(e.message.contains("257 bytes") && e.message.contains("256"), "{e}");
+        let e = l.check_key("a\nb").unwrap_err();
+        assert!(e.message.contains("control"), "{e}");
+        let e = l.check_payload(9 * 1024 * 1024).unwrap_err();
+        assert_eq!(e.message, "payload is 9 MiB; the limit is 4 MiB (--max-payload-bytes)");
+        assert!(l.check_payload(4 * 1024 * 1024).is_ok());
+        let mut m = Metadata::new();
+        m.insert(String::new(), "v".into());
+        assert!(l.check_metadata(&m).is_err());
+        let m: Metadata = (0..65).map(|i| (i.to_string(), String::new())).collect();
+        assert!(l.check_metadata(&m).unwrap_err().message.contains("65 pairs"));
+        assert!(l.check_idempotency_key("").is_ok());
+        assert!(l.check_key_filter("").is_ok());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,302 @@
+//! The portable snapshot of a context.
+//!
+//! Self-describing and versioned; everything is verified before anything is
+//! written. Layout (integers big-endian), see `docs/design.md`:
+//!
+//! ```text
+//! [8] magic "CVLGSNAP" | u32 version (1) | u32 len, context id
+//! | u64 created_at_ns | u64 entry_count | u64 head sequence | [32] head hash
+//! | [32] Merkle root | entry_count × (u32 len, entry record)
+//! | [32] SHA-256 of every byte before it
+//! ```
+//!
+//! Entries are always the whole context, sequences `1..=entry_count`.
+
+use std::fmt;
+
+use crate::{DecodeError, Digest, Entry, Head, Limits, Reader, record};
+
+/// First bytes of every snapshot.
+pub const MAGIC: &[u8; 8] = b"CVLGSNAP";
+/// The version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What a snapshot says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The context the snapshot was taken from.
+    pub context: String,
+    /// Server time the snapshot was taken.
+    pub created_at_ns: u64,
+    /// Number of entries, equal to the head sequence.
+    pub entry_count: u64,
+    /// Head sequence.
+    pub head_sequence: u64,
+    /// Hash of the last entry (genesis hash when empty).
+    pub head_hash: Digest,
+    /// Merkle root over all entries.
+    pub merkle_root: Digest,
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Not a snapshot, truncated, or its bytes were altered.
+    Malformed(String),
+    /// A snapshot of a version this build does not read.
+    UnsupportedVersion(u32),
+    /// Well-formed, but its entries do not form the chain it claims.
+    Chain(String),
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Malformed(m) => write!(f, "snapshot is malformed: {m}"),
+            SnapshotError::UnsupportedVersion(v) => write!(
+                f,
+                "snapshot has version {v}; this build reads version {VERSION}"
+            ),
+            SnapshotError::Chain(m) => write!(f, "snapshot fails verification: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+impl From<DecodeError> for SnapshotError {
+    fn from(e: DecodeError) -> Self {
+        SnapshotError::Malformed(e.0)
+    }
+}
+
+/// Writes a snapshot entry by entry, so the caller can stream them out of
+/// storage.
+pub struct Writer {
+    out: Vec<u8>,
+    context: String,
+    expected: Head,
+    written: Head,
+}
+
+impl Writer {
+    /// Starts a snapshot of `context` whose entries will end at `head`.
+    pub fn new(context: &str, head: &Head, created_at_ns: u64) -> Writer {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&(context.len() as u32).to_be_bytes());
+        out.extend_from_slice(context.as_bytes());
+        out.extend_from_slice(&created_at_ns.to_be_bytes());
+        out.extend_from_slice(&head.sequence.to_be_bytes());
+        out.extend_from_slice(&head.sequence.to_be_bytes());
+        out.extend_from_slice(&head.hash.0);
+        out.extend_from_slice(&head.merkle_root().0);
+        Writer {
+            out,
+            context: context.to_owned(),
+            expected: head.clone(),
+            written: Head::empty(context),
+        }
+    }
+
+    /// Appends the next entry, checking it extends the chain written so far
+    /// (so a snapshot is never produced from inconsistent storage).
+    pub fn push(&mut self, entry: &Entry) -> Result<(), SnapshotError> {
+        self.written
+            .check_next(&self.context, entry)
+            .map_err(|e| SnapshotError::Chain(e.to_string()))?;
+        self.written.advance(entry);
+        let len_at = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        record::encode_into(entry, &mut self.out);
+        let len = (self.out.len() - len_at - 4) as u32;
+        self.out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether nothing but the header was written.
+    pub fn is_empty(&self) -> bool {
+        self.written.sequence == 0
+    }
+
+    /// Closes the snapshot with its checksum; fails unless every entry up to
+    /// the head was pushed and they reproduce the head.
+    pub fn finish(mut self) -> Result<Vec<u8>, SnapshotError> {
+        if self.written.sequence != self.expected.sequence
+            || self.written.hash != self.expected.hash
+        {
+            return Err(SnapshotError::Chain(format!(
+                "entries end at sequence {} but the head is at {}",
+                self.written.sequence, self.expected.sequence
+            )));
+        }
+        let sum = Digest::of(&[&self.out]);
+        self.out.extend_from_slice(&sum.0);
+        Ok(self.out)
+    }
+}
+
+/// Parses and fully verifies a snapshot: checksum, version, every entry's
+/// hash and chain link, the head and the Merkle root; and every entry against
+/// `limits`. Returns the header and the entries only if all of it holds.
+pub fn decode_and_verify(bytes: &[u8], limits: &Limits) -> Result<(Header, Vec<Entry>), SnapshotError> {
+    if bytes.len() < MAGIC.len() + 4 + 32 || &bytes[..8] != MAGIC {
+        return Err(SnapshotError::Malformed(
+            "it does not start with the snapshot magic \"CVLGSNAP\"".into(),
+        ));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if Digest::of(&[body]).0 != sum {
+        return Err(SnapshotError::Malformed(
+            "its SHA-256 checksum does not match: the bytes were altered or truncated".into(),
+        ));
+    }
+    let mut r = Reader::new(&body[8..], "snapshot");
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(SnapshotError::UnsupportedVersion(version));
+    }
+    let context = r.string32(limits.context_id_bytes_max, "context id")?;
+    let header = Header {
+        context,
+        created_at_ns: r.u64()?,
+        entry_count: r.u64()?,
+        head_sequence: r.u64()?,
+        head_hash: r.digest()?,
+        merkle_root: r.digest()?,
+    };
+    if header.entry_count != header.head_sequence {
+        return Err(SnapshotError::Malformed(format!(
+            "it claims {} entries but a head at sequence {}",
+            header.entry_count, header.head_sequence
+        )));
+    }
+    let mut head = Head::empty(&header.context);
+    // Bound the allocation by what the bytes can actually hold.
+    let mut entries = Vec::with_capacity((header.entry_count as usize).min(r.remaining() / 64));
+    for _ in 0..header.entry_count {
+        let rec = r.bytes32(usize::MAX, "record")?;
+        let entry = record::decode(rec)?;
+        head.check_next(&header.context, &entry)
+            .map_err(|e| SnapshotError::Chain(e.to_string()))?;
+        check_limits(limits, &entry).map_err(SnapshotError::Chain)?;
+        head.advance(&entry);
+        entries.push(entry);
+    }
+    if r.remaining() != 0 {
+        return Err(SnapshotError::Malformed(format!(
+            "{} unexpected bytes after the last entry",
+            r.remaining()
+        )));
+    }
+    if head.hash != header.head_hash {
+        return Err(SnapshotError::Chain(format!(
+            "the entries end in hash {} but the header claims {}",
+            head.hash, header.head_hash
+        )));
+    }
+    if head.merkle_root() != header.merkle_root {
+        return Err(SnapshotError::Chain(format!(
+            "the entries have Merkle root {} but the header claims {}",
+            head.merkle_root(),
+            header.merkle_root
+        )));
+    }
+    Ok((header, entries))
+}
+
+fn check_limits(limits: &Limits, e: &Entry) -> Result<(), String> {
+    limits
+        .check_key(&e.key)
+        .and_then(|_| limits.check_payload(e.payload.len()))
+        .and_then(|_| limits.check_metadata(&e.metadata))
+        .map_err(|l| format!("sequence {}: {l}", e.sequence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metadata, NewEntry};
+
+    fn build(context: &str, n: u64) -> (Head, Vec<Entry>) {
+        let mut head = Head::empty(context);
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let mut metadata = Metadata::new();
+            metadata.insert("i".into(), i.to_string());
+            let e = head.next_entry(
+                context,
+                NewEntry {
+                    key: format!("k{}", i % 3),
+                    payload: vec![i as u8; (i % 7) as usize],
+                    metadata,
+                    lamport: 0,
+                },
+                1000 + i,
+            );
+            head.advance(&e);
+            entries.push(e);
+        }
+        (head, entries)
+    }
+
+    fn snapshot(context: &str, n: u64) -> Vec<u8> {
+        let (head, entries) = build(context, n);
+        let mut w = Writer::new(context, &head, 77);
+        for e in &entries {
+            w.push(e).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip_including_empty() {
+        for n in [0, 1, 5, 33] {
+            let (head, entries) = build("ctx", n);
+            let bytes = snapshot("ctx", n);
+            let (h, got) = decode_and_verify(&bytes, &Limits::default()).unwrap();
+            assert_eq!(got, entries);
+            assert_eq!(h.entry_count, n);
+            assert_eq!(h.head_hash, head.hash);
+            assert_eq!(h.merkle_root, head.merkle_root());
+            assert_eq!(h.created_at_ns, 77);
+        }
+    }
+
+    #[test]
+    fn any_altered_byte_fails() {
+        let bytes = snapshot("ctx", 4);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] = b[i].wrapping_add(1);
+            assert!(decode_and_verify(&b, &Limits::default()).is_err(), "byte {i}");
+        }
+        for n in 0..bytes.len() {
+            assert!(decode_and_verify(&bytes[..n], &Limits::default()).is_err());
+        }
+        assert!(decode_and_verify(b"garbage", &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn a_consistent_forgery_with_a_fresh_checksum_still_fails_the_chain() {
+        let (head, mut entries) = build("ctx", 3);
+        entries[1].payload = b"rewritten".to_vec();
+        let mut w = Writer::new("ctx", &head, 1);
+        w.push(&entries[0]).unwrap();
+        assert!(matches!(w.push(&entries[1]), Err(SnapshotError::Chain(_))));
+    }
+
+    #[test]
+    fn writer_refuses_to_finish_short() {
+        let (head, entries) = build("ctx", 3);
+        let mut w = Writer::new("ctx", &head, 1);
+        w.push(&entries[0]).unwrap();
+        assert!(w.finish().is_err());
+    }
+}
