@@ -1,0 +1,475 @@
+//! The embedded on-disk backend, on fjall (an LSM tree with a write-ahead
+//! journal). See `docs/design.md` ("Storage") for why fjall, the keyspace
+//! layout and the crash analysis.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use converge_ledger_core::{Digest, Entry, Head, record};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::sequencer::{Backing, stage};
+use crate::{Committed, Scan, Store, StoreError, WriteCommand};
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every group commit is fsynced before any of its writers is answered:
+    /// acknowledged means on disk.
+    Always,
+    /// Group commits reach the OS at once and are fsynced at least every
+    /// interval: a power loss can lose the last interval, a process crash
+    /// loses nothing.
+    Interval(Duration),
+    /// The OS decides when to write back: a process crash loses nothing, a
+    /// power loss can lose anything not yet written back.
+    Never,
+}
+
+/// How to open an [`EmbeddedStore`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Directory holding the database (created if missing).
+    pub path: PathBuf,
+    /// Durability of acknowledged writes.
+    pub fsync: FsyncPolicy,
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl EmbeddedOptions {
+    /// Defaults: `fsync always`, 64 MiB cache.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            fsync: FsyncPolicy::Always,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Keyspace names; part of the on-disk format.
+const KS_ENTRIES: &str = "entries";
+const KS_HEADS: &str = "heads";
+const KS_BY_HASH: &str = "by_hash";
+const KS_BY_KEY: &str = "by_key";
+const KS_IDEMPOTENCY: &str = "idempotency";
+const KS_META: &str = "meta";
+/// Layout version stored under `meta/format`; bumped on any change.
+const FORMAT_VERSION: u32 = 1;
+
+/// The on-disk store.
+pub struct EmbeddedStore {
+    db: Database,
+    entries: Keyspace,
+    heads_ks: Keyspace,
+    by_hash: Keyspace,
+    by_key: Keyspace,
+    idempotency: Keyspace,
+    fsync: FsyncPolicy,
+    /// Every context's id and committed head. Loaded at open (heads are
+    /// stored, so no entry is replayed); changed only after a durable commit.
+    state: RwLock<State>,
+    /// Serialises writers so staging sees a stable committed state.
+    write_lock: Mutex<()>,
+    syncer: Option<Syncer>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Context name → interned id and head.
+    contexts: BTreeMap<Arc<str>, Ctx>,
+    /// Interned id → name.
+    names: HashMap<u32, Arc<str>>,
+    next_id: u32,
+}
+
+struct Ctx {
+    id: u32,
+    head: Head,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn entry_key(id: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&id.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `id ‖ u16 key length ‖ key`: the prefix of every by-key index record of
+/// one key, so a prefix scan returns that key's sequences in order.
+fn by_key_prefix(id: u32, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + 2 + key.len() + 8);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn idempotency_key(id: u32, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes)
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store at `options.path`. Only stored heads are
+    /// read, so opening costs the same whatever the number of entries.
+    pub fn open(options: EmbeddedOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.path)
+            .map_err(|e| io(format!("cannot create {}: {e}", options.path.display())))?;
+        let db = Database::builder(&options.path)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| io(format!("cannot open {}: {e}", options.path.display())))?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(io);
+        let meta = ks(KS_META)?;
+        match meta.get("format").map_err(io)? {
+            None => {
+                meta.insert("format", FORMAT_VERSION.to_be_bytes()).map_err(io)?;
+                db.persist(PersistMode::SyncAll).map_err(io)?;
+            }
+            Some(v) if *v == FORMAT_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Io(format!(
+                    "{} holds storage format {:?}; this build reads format {FORMAT_VERSION}",
+                    options.path.display(),
+                    &*v
+                )));
+            }
+        }
+        let store = EmbeddedStore {
+            entries: ks(KS_ENTRIES)?,
+            heads_ks: ks(KS_HEADS)?,
+            by_hash: ks(KS_BY_HASH)?,
+            by_key: ks(KS_BY_KEY)?,
+            idempotency: ks(KS_IDEMPOTENCY)?,
+            fsync: options.fsync,
+            state: RwLock::new(State::default()),
+            write_lock: Mutex::new(()),
+            syncer: match options.fsync {
+                FsyncPolicy::Interval(every) => Some(Syncer::start(db.clone(), every)),
+                _ => None,
+            },
+            db,
+        };
+        store.load_heads()?;
+        Ok(store)
+    }
+
+    fn load_heads(&self) -> Result<(), StoreError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for item in self.heads_ks.iter() {
+            let (k, v) = item.into_inner().map_err(io)?;
+            let id = <[u8; 4]>::try_from(&*k)
+                .map(u32::from_be_bytes)
+                .map_err(|_| io("a heads key is not a 4-byte context id"))?;
+            let (name, head) = decode_head_value(&v).map_err(|reason| StoreError::Corrupt {
+                context: format!("#{id}"),
+                sequence: 0,
+                reason,
+            })?;
+            let name: Arc<str> = Arc::from(name);
+            state.names.insert(id, name.clone());
+            state.next_id = state.next_id.max(id + 1);
+            state.contexts.insert(name, Ctx { id, head });
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn id_of(&self, context: &str) -> Option<u32> {
+        self.read().contexts.get(context).map(|c| c.id)
+    }
+
+    fn decode_entry(&self, context: &str, sequence: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+        let entry = record::decode(bytes).map_err(|e| StoreError::Corrupt {
+            context: context.to_owned(),
+            sequence,
+            reason: e.0,
+        })?;
+        if entry.sequence != sequence {
+            return Err(StoreError::Corrupt {
+                context: context.to_owned(),
+                sequence,
+                reason: format!("record stored under sequence {sequence} says {}", entry.sequence),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// Disk space used by the database, in bytes.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+fn encode_head_value(name: &str, head: &Head) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + name.len() + 128);
+    v.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(&head.encode());
+    v
+}
+
+fn decode_head_value(v: &[u8]) -> Result<(String, Head), String> {
+    let len = v
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("stored head is truncated")?;
+    let name = v.get(4..4 + len).ok_or("stored head is truncated")?;
+    let name = String::from_utf8(name.to_vec()).map_err(|_| "stored context name is not UTF-8")?;
+    let head = Head::decode(&v[4 + len..]).map_err(|e| e.0)?;
+    Ok((name, head))
+}
+
+impl Backing for EmbeddedStore {
+    fn committed_head(&self, context: &str) -> Result<Option<Head>, StoreError> {
+        Ok(self.read().contexts.get(context).map(|c| c.head.clone()))
+    }
+
+    fn committed_idempotency(&self, context: &str, key: &str) -> Result<Option<u64>, StoreError> {
+        let Some(id) = self.id_of(context) else {
+            return Ok(None);
+        };
+        let v = self.idempotency.get(idempotency_key(id, key)).map_err(io)?;
+        Ok(v.and_then(|v| be_u64(&v)))
+    }
+
+    fn committed_entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError> {
+        let Some(id) = self.id_of(context) else {
+            return Ok(None);
+        };
+        match self.entries.get(entry_key(id, sequence)).map_err(io)? {
+            None => Ok(None),
+            Some(v) => self.decode_entry(context, sequence, &v).map(Some),
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn write(&self, now_ns: u64, commands: Vec<WriteCommand>) -> Result<Committed, StoreError> {
+        let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let staged = stage(self, now_ns, commands)?;
+        if staged.heads.is_empty() && staged.committed.entries.is_empty() {
+            return Ok(staged.committed);
+        }
+        // Assign ids to new contexts; installed only after the commit.
+        let mut new_ids: HashMap<Arc<str>, u32> = HashMap::new();
+        let ids: HashMap<Arc<str>, u32> = {
+            let state = self.read();
+            let mut next = state.next_id;
+            staged
+                .heads
+                .keys()
+                .map(|name| {
+                    let id = match state.contexts.get(name) {
+                        Some(c) => c.id,
+                        None => {
+                            let id = next;
+                            next += 1;
+                            new_ids.insert(name.clone(), id);
+                            id
+                        }
+                    };
+                    (name.clone(), id)
+                })
+                .collect()
+        };
+        let durability = match self.fsync {
+            FsyncPolicy::Always => Some(PersistMode::SyncAll),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(PersistMode::Buffer),
+        };
+        let mut batch = self
+            .db
+            .batch()
+            .durability(durability);
+        let mut buf = Vec::new();
+        for (context, entry) in &staged.committed.entries {
+            let id = ids[context];
+            buf.clear();
+            record::encode_into(entry, &mut buf);
+            batch.insert(&self.entries, entry_key(id, entry.sequence), buf.as_slice());
+            batch.insert(&self.by_hash, entry.hash.0, entry_key(id, entry.sequence));
+            let mut k = by_key_prefix(id, &entry.key);
+            k.extend_from_slice(&entry.sequence.to_be_bytes());
+            batch.insert(&self.by_key, k, [0u8; 0]);
+        }
+        for (context, key, seq) in &staged.idempotency {
+            batch.insert(&self.idempotency, idempotency_key(ids[context], key), seq.to_be_bytes());
+        }
+        for (context, head) in &staged.heads {
+            if head.sequence > 0 {
+                batch.insert(&self.heads_ks, ids[context].to_be_bytes(), encode_head_value(context, head));
+            }
+        }
+        batch.commit().map_err(io)?;
+        // Durable: now, and only now, the heads move.
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for (name, head) in staged.heads {
+            if head.sequence == 0 {
+                continue;
+            }
+            match state.contexts.get_mut(&name) {
+                Some(c) => c.head = head,
+                None => {
+                    let id = new_ids[&name];
+                    state.names.insert(id, name.clone());
+                    state.next_id = state.next_id.max(id + 1);
+                    state.contexts.insert(name, Ctx { id, head });
+                }
+            }
+        }
+        Ok(staged.committed)
+    }
+
+    fn head(&self, context: &str) -> Result<Option<Head>, StoreError> {
+        self.committed_head(context)
+    }
+
+    fn scan(
+        &self,
+        context: &str,
+        scan: Scan<'_>,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(id) = self.id_of(context) else {
+            return Ok(());
+        };
+        if scan.after >= scan.until {
+            return Ok(());
+        }
+        match scan.key {
+            None => {
+                let range = entry_key(id, scan.after + 1)..=entry_key(id, scan.until);
+                for item in self.entries.range(range) {
+                    let (k, v) = item.into_inner().map_err(io)?;
+                    let seq = be_u64(&k[4..]).ok_or_else(|| io("malformed entry key"))?;
+                    if !visit(self.decode_entry(context, seq, &v)?) {
+                        break;
+                    }
+                }
+            }
+            Some(key) => {
+                let prefix = by_key_prefix(id, key);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&(scan.after + 1).to_be_bytes());
+                let mut to = prefix.clone();
+                to.extend_from_slice(&scan.until.to_be_bytes());
+                for item in self.by_key.range(from..=to) {
+                    let k = item.key().map_err(io)?;
+                    let seq = be_u64(&k[prefix.len()..]).ok_or_else(|| io("malformed index key"))?;
+                    let v = self.entries.get(entry_key(id, seq)).map_err(io)?.ok_or_else(|| {
+                        StoreError::Corrupt {
+                            context: context.to_owned(),
+                            sequence: seq,
+                            reason: "the key index names an entry that is missing".into(),
+                        }
+                    })?;
+                    if !visit(self.decode_entry(context, seq, &v)?) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError> {
+        self.committed_entry(context, sequence)
+    }
+
+    fn find_by_hash(&self, hash: &Digest) -> Result<Option<(String, u64)>, StoreError> {
+        let Some(v) = self.by_hash.get(hash.0).map_err(io)? else {
+            return Ok(None);
+        };
+        if v.len() != 12 {
+            return Err(io("malformed hash index value"));
+        }
+        let id = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+        let seq = be_u64(&v[4..]).ok_or_else(|| io("malformed hash index value"))?;
+        Ok(self.read().names.get(&id).map(|n| (n.to_string(), seq)))
+    }
+
+    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
+        let heads: Vec<(Arc<str>, Head)> = self
+            .read()
+            .contexts
+            .iter()
+            .map(|(k, c)| (k.clone(), c.head.clone()))
+            .collect();
+        for (k, h) in heads {
+            if !visit(&k, &h) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(io)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Some(s) = self.syncer.take() {
+            s.stop();
+        }
+        // Best effort: everything acknowledged under `interval`/`never`
+        // reaches the disk on a clean close.
+        let _ = self.db.persist(PersistMode::SyncAll);
+    }
+}
+
+/// The background fsync of the `interval` policy.
+struct Syncer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn start(db: Database, every: Duration) -> Syncer {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ledger-fsync".into())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stopped {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, every)
+                        .unwrap_or_else(|p| p.into_inner());
+                    stopped = guard;
+                    // A failed fsync poisons the database: later writes fail
+                    // loudly rather than being acknowledged without disk.
+                    let _ = db.persist(PersistMode::SyncAll);
+                }
+            })
+            .expect("spawning the fsync thread");
+        Syncer { stop, thread }
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        let _ = self.thread.join();
+    }
+}

@@ -1,0 +1,196 @@
+//! The append rule applied to a batch, shared by the backends that own their
+//! heads (memory, embedded). Pure staging: nothing here writes; the backend
+//! persists what [`stage`] returns and installs the heads only once durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use converge_ledger_core::{Entry, Head};
+
+use crate::{
+    AppendCommand, Committed, ImportCommand, ImportRejection, StoreError, WriteCommand,
+    WriteOutcome,
+};
+
+/// What staging needs to read from committed state.
+pub(crate) trait Backing {
+    /// Committed head of a context.
+    fn committed_head(&self, context: &str) -> Result<Option<Head>, StoreError>;
+    /// Committed sequence an idempotency key maps to.
+    fn committed_idempotency(&self, context: &str, key: &str) -> Result<Option<u64>, StoreError>;
+    /// A committed entry.
+    fn committed_entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError>;
+}
+
+/// A staged batch: what to persist, and what to report once persisted.
+#[derive(Default)]
+pub(crate) struct Staged {
+    pub committed: Committed,
+    /// Final head of every touched context.
+    pub heads: HashMap<Arc<str>, Head>,
+    /// New idempotency keys: (context, key, sequence).
+    pub idempotency: Vec<(Arc<str>, String, u64)>,
+}
+
+struct Stager<'a, B: Backing> {
+    backing: &'a B,
+    staged: Staged,
+    /// (context, idempotency key) → sequence, for keys first used in this batch.
+    pending_keys: HashMap<(Arc<str>, String), u64>,
+    /// (context, sequence) → index into `staged.committed.entries`.
+    pending_entries: HashMap<(Arc<str>, u64), usize>,
+    /// Interned context names of this batch.
+    names: HashMap<String, Arc<str>>,
+}
+
+pub(crate) fn stage<B: Backing>(
+    backing: &B,
+    now_ns: u64,
+    commands: Vec<WriteCommand>,
+) -> Result<Staged, StoreError> {
+    let mut s = Stager {
+        backing,
+        staged: Staged::default(),
+        pending_keys: HashMap::new(),
+        pending_entries: HashMap::new(),
+        names: HashMap::new(),
+    };
+    s.staged.committed.outcomes.reserve(commands.len());
+    for command in commands {
+        let outcome = match command {
+            WriteCommand::Append(a) => s.append(now_ns, a)?,
+            WriteCommand::Import(i) => s.import(i)?,
+        };
+        s.staged.committed.outcomes.push(outcome);
+    }
+    Ok(s.staged)
+}
+
+impl<B: Backing> Stager<'_, B> {
+    fn intern(&mut self, context: String) -> Arc<str> {
+        if let Some(n) = self.names.get(&context) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(context.as_str());
+        self.names.insert(context, n.clone());
+        n
+    }
+
+    /// The head as of everything staged so far.
+    fn head(&mut self, context: &Arc<str>) -> Result<&mut Head, StoreError> {
+        if !self.staged.heads.contains_key(context) {
+            let head = self
+                .backing
+                .committed_head(context)?
+                .unwrap_or_else(|| Head::empty(context));
+            self.staged.heads.insert(context.clone(), head);
+        }
+        Ok(self.staged.heads.get_mut(context).expect("inserted above"))
+    }
+
+    /// An entry as of everything staged so far.
+    fn entry(&self, context: &Arc<str>, sequence: u64) -> Result<Option<Arc<Entry>>, StoreError> {
+        if let Some(&i) = self.pending_entries.get(&(context.clone(), sequence)) {
+            return Ok(Some(self.staged.committed.entries[i].1.clone()));
+        }
+        Ok(self.backing.committed_entry(context, sequence)?.map(Arc::new))
+    }
+
+    fn push(&mut self, context: &Arc<str>, entry: Entry) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        self.pending_entries.insert(
+            (context.clone(), entry.sequence),
+            self.staged.committed.entries.len(),
+        );
+        self.staged.committed.entries.push((context.clone(), entry.clone()));
+        entry
+    }
+
+    fn append(&mut self, now_ns: u64, a: AppendCommand) -> Result<WriteOutcome, StoreError> {
+        let context = self.intern(a.context);
+        if let Some(key) = &a.idempotency_key {
+            let known = match self.pending_keys.get(&(context.clone(), key.clone())) {
+                Some(&seq) => Some(seq),
+                None => self.backing.committed_idempotency(&context, key)?,
+            };
+            if let Some(sequence) = known {
+                let existing = self.entry(&context, sequence)?.ok_or_else(|| StoreError::Corrupt {
+                    context: context.to_string(),
+                    sequence,
+                    reason: format!("idempotency key {key:?} points at a missing entry"),
+                })?;
+                let same = existing.key == a.entry.key
+                    && existing.payload == a.entry.payload
+                    && existing.metadata == a.entry.metadata;
+                return Ok(if same {
+                    WriteOutcome::Duplicate(existing)
+                } else {
+                    WriteOutcome::IdempotencyConflict { sequence }
+                });
+            }
+        }
+        let head = self.head(&context)?;
+        let entry = head.next_entry(&context, a.entry, now_ns);
+        head.advance(&entry);
+        if let Some(key) = a.idempotency_key {
+            self.pending_keys.insert((context.clone(), key.clone()), entry.sequence);
+            self.staged.idempotency.push((context.clone(), key, entry.sequence));
+        }
+        Ok(WriteOutcome::Appended(self.push(&context, entry)))
+    }
+
+    fn import(&mut self, i: ImportCommand) -> Result<WriteOutcome, StoreError> {
+        let context = self.intern(i.context);
+        let current = self.head(&context)?.sequence;
+        let n = i.entries.len() as u64;
+        if current > 0 && i.fail_if_exists {
+            return Ok(WriteOutcome::ImportRejected(ImportRejection::AlreadyExists {
+                head: current,
+            }));
+        }
+        let overlap = current.min(n);
+        if overlap > 0 {
+            // Hash chaining makes agreement at `overlap` imply agreement at
+            // every sequence below it, and disagreement at k imply
+            // disagreement above k: one read decides, a binary search names
+            // the first difference.
+            let differs = |s: &Self, seq: u64| -> Result<bool, StoreError> {
+                let stored = s.entry(&context, seq)?;
+                Ok(stored.map(|e| e.hash) != Some(i.entries[(seq - 1) as usize].hash))
+            };
+            if differs(self, overlap)? {
+                let (mut lo, mut hi) = (1, overlap);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if differs(self, mid)? {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                return Ok(WriteOutcome::ImportRejected(ImportRejection::Diverged {
+                    sequence: lo,
+                }));
+            }
+        }
+        // Check the whole tail before staging any of it: an import is all or
+        // nothing.
+        let mut probe = self.head(&context)?.clone();
+        let tail = &i.entries[overlap as usize..];
+        for entry in tail {
+            if let Err(e) = probe.check_next(&context, entry) {
+                return Ok(WriteOutcome::ImportRejected(ImportRejection::Diverged {
+                    sequence: e.sequence,
+                }));
+            }
+            probe.advance(entry);
+        }
+        let restored = tail.len() as u64;
+        for entry in i.entries.into_iter().skip(overlap as usize) {
+            self.push(&context, entry);
+        }
+        *self.head(&context)? = probe;
+        let head = self.head(&context)?.sequence;
+        Ok(WriteOutcome::Imported { restored, head })
+    }
+}

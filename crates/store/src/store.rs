@@ -1,0 +1,73 @@
+use converge_ledger_core::{Digest, Entry, Head};
+
+use crate::{Committed, StoreError, WriteCommand};
+
+/// Which entries of a context [`Store::scan`] visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Only entries with a sequence greater than this.
+    pub after: u64,
+    /// Only entries with a sequence at most this (use the head read before
+    /// the scan to get a consistent cut).
+    pub until: u64,
+    /// Only entries with exactly this key, when given.
+    pub key: Option<&'a str>,
+}
+
+/// The storage contract of the ledger.
+///
+/// # Contract
+///
+/// 1. **Atomic, ordered batches.** [`Store::write`] applies its commands in
+///    order as if one at a time, and either all of their effects become
+///    durable (under the backend's configured durability) and visible, or
+///    none does and an error is returned. A failed write moves no head.
+/// 2. **The append rule.** An append produces `head.next_entry(...)` of
+///    `converge_ledger_core`: sequence `head + 1`, time
+///    `max(now_ns, last time)`, Lamport `max(local, received) + 1`, chained
+///    to the head's hash; the Merkle frontier advances with it.
+/// 3. **Idempotency.** An append with an idempotency key already used in the
+///    same context (in an earlier batch, before a restart, or earlier in the
+///    same batch) appends nothing and reports `Duplicate` (same key, payload
+///    and metadata) or `IdempotencyConflict`.
+/// 4. **Imports** write nothing unless the whole command is acceptable:
+///    into an empty context all entries; `fail_if_exists` on a non-empty
+///    one is rejected; otherwise the snapshot must agree with every stored
+///    entry it overlaps and only the missing tail is written.
+/// 5. **Reads see committed data only**, never part of a batch; a head
+///    returned by [`Store::head`] is never ahead of what [`Store::scan`]
+///    can read.
+/// 6. **Bounded memory.** `scan` streams; it never materialises a context.
+/// 7. **Single writer.** Callers may call `write` from several threads; the
+///    backend serialises them.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `commands` atomically; `now_ns` is the server clock for every
+    /// append of the batch.
+    fn write(&self, now_ns: u64, commands: Vec<WriteCommand>) -> Result<Committed, StoreError>;
+
+    /// The committed head of `context`, or `None` if it has no entries.
+    fn head(&self, context: &str) -> Result<Option<Head>, StoreError>;
+
+    /// Visits the entries selected by `scan` in sequence order until `visit`
+    /// returns `false`.
+    fn scan(
+        &self,
+        context: &str,
+        scan: Scan<'_>,
+        visit: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// One entry by sequence.
+    fn entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError>;
+
+    /// The context and sequence of the entry with this hash.
+    fn find_by_hash(&self, hash: &Digest) -> Result<Option<(String, u64)>, StoreError>;
+
+    /// Visits every non-empty context with its head, in context-id order,
+    /// until `visit` returns `false`.
+    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable regardless of the fsync
+    /// policy (used at shutdown and by the interval policy).
+    fn sync(&self) -> Result<(), StoreError>;
+}

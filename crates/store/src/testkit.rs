@@ -1,0 +1,412 @@
+//! The conformance suite every [`Store`] backend runs.
+//!
+//! A backend's test file provides a [`Harness`] and invokes
+//! [`conformance_tests!`](crate::conformance_tests), which expands to one
+//! `#[test]` per case, so a failure names the case.
+
+use std::sync::Arc;
+
+use converge_ledger_core::{Digest, Entry, Head, Limits, Metadata, NewEntry, snapshot};
+
+use crate::{
+    AppendCommand, ImportCommand, ImportRejection, Scan, Store, WriteCommand, WriteOutcome,
+};
+
+/// Gives the suite a store, and a way to reopen it for persistent backends.
+pub trait Harness {
+    /// The store under test.
+    fn store(&self) -> &dyn Store;
+    /// Closes and reopens the store over the same data; returns `false` for
+    /// backends without persistence (the reopen cases then check nothing and
+    /// say so).
+    fn reopen(&mut self) -> bool;
+}
+
+/// Expands to one `#[test]` per conformance case, each calling `$make()` for
+/// a fresh [`Harness`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            appends_are_gapless_chained_and_merkle_rooted,
+            contexts_are_independent,
+            timestamps_never_decrease_and_lamport_merges,
+            idempotent_retries_append_nothing,
+            idempotency_conflict_is_reported,
+            scans_honour_after_until_and_key,
+            unknown_context_is_empty,
+            import_into_empty_context_restores_exactly,
+            import_into_another_context_rechains,
+            import_fail_if_exists_changes_nothing,
+            import_extends_a_prefix_and_is_idempotent,
+            import_that_diverges_names_the_first_sequence,
+            find_by_hash_locates_entries,
+            contexts_are_listed_with_heads,
+            everything_survives_reopen,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let mut h = $make;
+                $crate::testkit::$case(&mut h);
+            }
+        )*
+    };
+}
+
+fn new(key: &str, payload: &str) -> NewEntry {
+    NewEntry {
+        key: key.into(),
+        payload: payload.as_bytes().to_vec(),
+        metadata: Metadata::new(),
+        lamport: 0,
+    }
+}
+
+fn append(ctx: &str, key: &str, payload: &str) -> WriteCommand {
+    WriteCommand::Append(AppendCommand {
+        context: ctx.into(),
+        entry: new(key, payload),
+        idempotency_key: None,
+    })
+}
+
+fn append_idem(ctx: &str, key: &str, payload: &str, idem: &str) -> WriteCommand {
+    WriteCommand::Append(AppendCommand {
+        context: ctx.into(),
+        entry: new(key, payload),
+        idempotency_key: Some(idem.into()),
+    })
+}
+
+fn appended(o: &WriteOutcome) -> Arc<Entry> {
+    match o {
+        WriteOutcome::Appended(e) => e.clone(),
+        other => panic!("expected Appended, got {other:?}"),
+    }
+}
+
+fn all(store: &dyn Store, ctx: &str) -> Vec<Entry> {
+    scan(store, ctx, 0, u64::MAX, None)
+}
+
+fn scan(store: &dyn Store, ctx: &str, after: u64, until: u64, key: Option<&str>) -> Vec<Entry> {
+    let mut out = Vec::new();
+    store
+        .scan(ctx, Scan { after, until, key }, &mut |e| {
+            out.push(e);
+            true
+        })
+        .unwrap();
+    out
+}
+
+/// Checks the stored chain of `ctx` from genesis and that the head matches.
+fn verify_chain(store: &dyn Store, ctx: &str) -> Head {
+    let mut head = Head::empty(ctx);
+    for e in all(store, ctx) {
+        head.check_next(ctx, &e).unwrap();
+        head.advance(&e);
+    }
+    let stored = store.head(ctx).unwrap().unwrap_or_else(|| Head::empty(ctx));
+    assert_eq!(stored, head, "stored head of {ctx} differs from the recomputed one");
+    head
+}
+
+fn fill(store: &dyn Store, ctx: &str, n: u64, now: u64) -> Vec<Arc<Entry>> {
+    let cmds = (0..n)
+        .map(|i| append(ctx, &format!("k{}", i % 3), &format!("p{i}")))
+        .collect();
+    let c = store.write(now, cmds).unwrap();
+    c.outcomes.iter().map(appended).collect()
+}
+
+/// Sequences 1, 2, 3… across batches, each linked to the previous hash, the
+/// head's Merkle root equal to the recomputed one.
+pub fn appends_are_gapless_chained_and_merkle_rooted(h: &mut dyn Harness) {
+    let s = h.store();
+    let a = fill(s, "c", 3, 10);
+    let b = fill(s, "c", 2, 20);
+    let seqs: Vec<u64> = a.iter().chain(&b).map(|e| e.sequence).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(b[0].prev_hash, a[2].hash);
+    let head = verify_chain(s, "c");
+    let leaves: Vec<Digest> = all(s, "c")
+        .iter()
+        .map(|e| converge_ledger_core::merkle::leaf_hash(&e.hash.0))
+        .collect();
+    assert_eq!(head.merkle_root(), converge_ledger_core::merkle::root_of_leaf_hashes(&leaves));
+    assert_eq!(all(s, "c")[1].payload, b"p1");
+}
+
+/// Interleaved appends to several contexts in one batch keep separate streams.
+pub fn contexts_are_independent(h: &mut dyn Harness) {
+    let s = h.store();
+    let c = s
+        .write(1, vec![append("x", "k", "1"), append("y", "k", "1"), append("x", "k", "2")])
+        .unwrap();
+    let seqs: Vec<u64> = c.outcomes.iter().map(|o| appended(o).sequence).collect();
+    assert_eq!(seqs, vec![1, 1, 2]);
+    // Identical content in two contexts hashes differently.
+    assert_ne!(appended(&c.outcomes[0]).hash, appended(&c.outcomes[1]).hash);
+    assert_eq!(c.entries.len(), 3);
+    verify_chain(s, "x");
+    verify_chain(s, "y");
+}
+
+/// The server clock going backwards does not move timestamps back; received
+/// Lamport times are merged.
+pub fn timestamps_never_decrease_and_lamport_merges(h: &mut dyn Harness) {
+    let s = h.store();
+    let a = fill(s, "t", 1, 1_000);
+    let b = fill(s, "t", 1, 500);
+    assert_eq!(a[0].appended_at_ns, 1_000);
+    assert_eq!(b[0].appended_at_ns, 1_000);
+    let mut e = new("k", "v");
+    e.lamport = 100;
+    let c = s
+        .write(
+            2_000,
+            vec![WriteCommand::Append(AppendCommand {
+                context: "t".into(),
+                entry: e,
+                idempotency_key: None,
+            })],
+        )
+        .unwrap();
+    assert_eq!(appended(&c.outcomes[0]).lamport, 101);
+    let d = fill(s, "t", 1, 3_000);
+    assert_eq!(d[0].lamport, 102);
+    verify_chain(s, "t");
+}
+
+/// The same idempotency key returns the original entry, within a batch,
+/// across batches, and after reopening.
+pub fn idempotent_retries_append_nothing(h: &mut dyn Harness) {
+    let c = h
+        .store()
+        .write(1, vec![append_idem("i", "k", "v", "req-1"), append_idem("i", "k", "v", "req-1")])
+        .unwrap();
+    let first = appended(&c.outcomes[0]);
+    assert_eq!(c.outcomes[1], WriteOutcome::Duplicate(first.clone()));
+    let again = h.store().write(2, vec![append_idem("i", "k", "v", "req-1")]).unwrap();
+    assert_eq!(again.outcomes[0], WriteOutcome::Duplicate(first.clone()));
+    assert!(again.entries.is_empty());
+    // Keys are per context.
+    let other = h.store().write(3, vec![append_idem("j", "k", "v", "req-1")]).unwrap();
+    assert_eq!(appended(&other.outcomes[0]).sequence, 1);
+    if h.reopen() {
+        let after = h.store().write(4, vec![append_idem("i", "k", "v", "req-1")]).unwrap();
+        assert_eq!(after.outcomes[0], WriteOutcome::Duplicate(first));
+    }
+    assert_eq!(h.store().head("i").unwrap().unwrap().sequence, 1);
+}
+
+/// Reusing a key for different content is refused and appends nothing.
+pub fn idempotency_conflict_is_reported(h: &mut dyn Harness) {
+    let s = h.store();
+    s.write(1, vec![append_idem("i", "k", "v", "req")]).unwrap();
+    let c = s.write(2, vec![append_idem("i", "k", "other", "req")]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::IdempotencyConflict { sequence: 1 });
+    assert_eq!(s.head("i").unwrap().unwrap().sequence, 1);
+}
+
+/// `after` is exclusive, `until` inclusive, `key` exact; order is sequence
+/// order.
+pub fn scans_honour_after_until_and_key(h: &mut dyn Harness) {
+    let s = h.store();
+    fill(s, "s", 10, 1);
+    let seqs = |v: Vec<Entry>| v.iter().map(|e| e.sequence).collect::<Vec<_>>();
+    assert_eq!(seqs(scan(s, "s", 0, u64::MAX, None)), (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs(scan(s, "s", 3, 6, None)), vec![4, 5, 6]);
+    assert_eq!(seqs(scan(s, "s", 0, u64::MAX, Some("k1"))), vec![2, 5, 8]);
+    assert_eq!(seqs(scan(s, "s", 2, 7, Some("k1"))), vec![5]);
+    assert_eq!(seqs(scan(s, "s", 10, u64::MAX, None)), Vec::<u64>::new());
+    assert!(scan(s, "s", 0, u64::MAX, Some("nope")).is_empty());
+    // Early stop.
+    let mut n = 0;
+    s.scan("s", Scan { after: 0, until: u64::MAX, key: None }, &mut |_| {
+        n += 1;
+        n < 4
+    })
+    .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(s.entry("s", 7).unwrap().unwrap().payload, b"p6");
+    assert!(s.entry("s", 11).unwrap().is_none());
+}
+
+/// An unknown context has no head and no entries.
+pub fn unknown_context_is_empty(h: &mut dyn Harness) {
+    let s = h.store();
+    assert!(s.head("none").unwrap().is_none());
+    assert!(all(s, "none").is_empty());
+    assert!(s.entry("none", 1).unwrap().is_none());
+}
+
+fn snapshot_entries(s: &dyn Store, ctx: &str) -> Vec<Entry> {
+    let head = s.head(ctx).unwrap().unwrap();
+    let mut w = snapshot::Writer::new(ctx, &head, 9);
+    for e in all(s, ctx) {
+        w.push(&e).unwrap();
+    }
+    let bytes = w.finish().unwrap();
+    snapshot::decode_and_verify(&bytes, &Limits::default()).unwrap().1
+}
+
+fn rechain(ctx: &str, entries: &[Entry]) -> Vec<Entry> {
+    let mut head = Head::empty(ctx);
+    entries
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.prev_hash = head.hash;
+            e.hash = e.compute_hash(ctx);
+            head.advance(&e);
+            e
+        })
+        .collect()
+}
+
+fn import(ctx: &str, entries: Vec<Entry>, fail_if_exists: bool) -> WriteCommand {
+    WriteCommand::Import(ImportCommand {
+        context: ctx.into(),
+        entries,
+        fail_if_exists,
+    })
+}
+
+/// Into an empty context: exact keys, payloads, metadata, sequences,
+/// timestamps and hashes.
+pub fn import_into_empty_context_restores_exactly(h: &mut dyn Harness) {
+    let src = crate::MemoryStore::new();
+    fill(&src, "a", 5, 77);
+    let entries = snapshot_entries(&src, "a");
+    let s = h.store();
+    let c = s.write(1, vec![import("a", entries.clone(), true)]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 5, head: 5 });
+    assert_eq!(c.entries.len(), 5);
+    assert_eq!(all(s, "a"), entries);
+    verify_chain(s, "a");
+    // Appends continue the chain with time never going back.
+    let next = fill(s, "a", 1, 1);
+    assert_eq!(next[0].sequence, 6);
+    assert_eq!(next[0].appended_at_ns, 77);
+}
+
+/// Into another context id: same content and sequences, a new chain.
+pub fn import_into_another_context_rechains(h: &mut dyn Harness) {
+    let src = crate::MemoryStore::new();
+    fill(&src, "a", 4, 77);
+    let entries = snapshot_entries(&src, "a");
+    let s = h.store();
+    let c = s.write(1, vec![import("b", rechain("b", &entries), false)]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 4, head: 4 });
+    let got = all(s, "b");
+    for (g, e) in got.iter().zip(&entries) {
+        assert_eq!(
+            (g.sequence, &g.key, &g.payload, &g.metadata, g.appended_at_ns),
+            (e.sequence, &e.key, &e.payload, &e.metadata, e.appended_at_ns)
+        );
+        assert_ne!(g.hash, e.hash);
+    }
+    verify_chain(s, "b");
+}
+
+/// `fail_if_exists` on a non-empty context writes nothing.
+pub fn import_fail_if_exists_changes_nothing(h: &mut dyn Harness) {
+    let s = h.store();
+    fill(s, "a", 2, 1);
+    let before = all(s, "a");
+    let src = crate::MemoryStore::new();
+    fill(&src, "a", 3, 1);
+    let c = s.write(2, vec![import("a", snapshot_entries(&src, "a"), true)]).unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::ImportRejected(ImportRejection::AlreadyExists { head: 2 })
+    );
+    assert!(c.entries.is_empty());
+    assert_eq!(all(s, "a"), before);
+}
+
+/// A snapshot that extends the stored chain appends only the missing tail;
+/// loading it again, or a shorter prefix, changes nothing.
+pub fn import_extends_a_prefix_and_is_idempotent(h: &mut dyn Harness) {
+    let src = crate::MemoryStore::new();
+    fill(&src, "a", 6, 5);
+    let full = snapshot_entries(&src, "a");
+    let s = h.store();
+    s.write(1, vec![import("a", full[..2].to_vec(), false)]).unwrap();
+    let c = s.write(1, vec![import("a", full.clone(), false)]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 4, head: 6 });
+    let seqs: Vec<u64> = c.entries.iter().map(|(_, e)| e.sequence).collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6]);
+    let c = s.write(1, vec![import("a", full.clone(), false)]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 0, head: 6 });
+    let c = s.write(1, vec![import("a", full[..3].to_vec(), false)]).unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 0, head: 6 });
+    assert_eq!(all(s, "a"), full);
+}
+
+/// A snapshot that disagrees with stored history is refused, naming the
+/// first differing sequence.
+pub fn import_that_diverges_names_the_first_sequence(h: &mut dyn Harness) {
+    let s = h.store();
+    let src = crate::MemoryStore::new();
+    fill(&src, "a", 8, 5);
+    let theirs = snapshot_entries(&src, "a");
+    s.write(1, vec![import("a", theirs[..5].to_vec(), false)]).unwrap();
+    let mut forked = theirs.clone();
+    forked[3].payload = b"fork".to_vec();
+    let forked = rechain("a", &forked);
+    let c = s.write(2, vec![import("a", forked, false)]).unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::ImportRejected(ImportRejection::Diverged { sequence: 4 })
+    );
+    assert_eq!(s.head("a").unwrap().unwrap().sequence, 5);
+}
+
+/// Every entry is found by its hash.
+pub fn find_by_hash_locates_entries(h: &mut dyn Harness) {
+    let s = h.store();
+    let es = fill(s, "h", 3, 1);
+    for e in &es {
+        assert_eq!(s.find_by_hash(&e.hash).unwrap(), Some(("h".to_string(), e.sequence)));
+    }
+    assert_eq!(s.find_by_hash(&Digest::ZERO).unwrap(), None);
+}
+
+/// `contexts` lists every non-empty context with its head.
+pub fn contexts_are_listed_with_heads(h: &mut dyn Harness) {
+    let s = h.store();
+    fill(s, "b", 2, 1);
+    fill(s, "a", 1, 1);
+    let mut seen = Vec::new();
+    s.contexts(&mut |c, head| {
+        seen.push((c.to_string(), head.sequence));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+}
+
+/// Entries, heads, indexes and idempotency keys survive a reopen.
+pub fn everything_survives_reopen(h: &mut dyn Harness) {
+    fill(h.store(), "r", 4, 1);
+    h.store().write(2, vec![append_idem("r", "k", "v", "key")]).unwrap();
+    let before = all(h.store(), "r");
+    let head = h.store().head("r").unwrap();
+    if !h.reopen() {
+        eprintln!("everything_survives_reopen: this backend does not persist; nothing to reopen");
+        return;
+    }
+    assert_eq!(all(h.store(), "r"), before);
+    assert_eq!(h.store().head("r").unwrap(), head);
+    assert_eq!(scan(h.store(), "r", 0, u64::MAX, Some("k1")).len(), 1);
+    assert!(h.store().find_by_hash(&before[2].hash).unwrap().is_some());
+    let next = fill(h.store(), "r", 1, 3);
+    assert_eq!(next[0].sequence, 6);
+    assert_eq!(next[0].prev_hash, before[4].hash);
+}
