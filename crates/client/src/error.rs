@@ -1,0 +1,76 @@
+use std::fmt;
+
+use tonic::{Code, Status};
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address is malformed or the server cannot be reached.
+    Connect(String),
+    /// The request was refused as malformed or beyond a limit; nothing changed.
+    InvalidArgument(String),
+    /// Exists already (idempotency key reused for other content, or Load with
+    /// `fail_if_exists` into a non-empty context); nothing changed.
+    AlreadyExists(String),
+    /// The context's state does not allow it (a snapshot that does not
+    /// extend it); nothing changed.
+    FailedPrecondition(String),
+    /// A server limit was reached (response size, watchers, queue).
+    ResourceExhausted(String),
+    /// The server or its storage is unavailable (after retries).
+    Unavailable(String),
+    /// The server reports stored data that failed verification.
+    DataLoss(String),
+    /// The server answered something that is not a valid ledger response.
+    Protocol(String),
+    /// Any other gRPC status.
+    Rpc {
+        /// The status code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether retrying the same request (with the same idempotency key) may
+    /// succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_) | ClientError::Connect(_))
+            || matches!(self, ClientError::Rpc { code, .. } if matches!(code, Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::Unknown))
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        let message = s.message().to_owned();
+        match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => ClientError::InvalidArgument(message),
+            Code::AlreadyExists => ClientError::AlreadyExists(message),
+            Code::FailedPrecondition => ClientError::FailedPrecondition(message),
+            Code::ResourceExhausted => ClientError::ResourceExhausted(message),
+            Code::Unavailable => ClientError::Unavailable(message),
+            Code::DataLoss => ClientError::DataLoss(message),
+            code => ClientError::Rpc { code, message },
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect(m) => write!(f, "cannot connect: {m}"),
+            ClientError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            ClientError::AlreadyExists(m) => write!(f, "already exists: {m}"),
+            ClientError::FailedPrecondition(m) => write!(f, "failed precondition: {m}"),
+            ClientError::ResourceExhausted(m) => write!(f, "resource exhausted: {m}"),
+            ClientError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            ClientError::DataLoss(m) => write!(f, "data loss: {m}"),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Rpc { code, message } => write!(f, "{code:?}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}

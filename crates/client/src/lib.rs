@@ -1,0 +1,27 @@
+//! Rust client of the Converge ledger.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), converge_ledger_client::ClientError> {
+//! use converge_ledger_client::{AppendOptions, Client};
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let entry = client.append("job-42", "facts", b"market_size: 2.4B".to_vec(), AppendOptions::default()).await?;
+//! let mut watch = client.watch("job-42", None, 0);
+//! while let Some(entry) = watch.next().await {
+//!     println!("{}", entry?.sequence);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Appends carry an idempotency key (one is generated when the caller gives
+//! none), so the client retries transient failures without ever appending
+//! twice. [`Watch`] resumes from its last sequence after a dropped
+//! connection or a server restart, without gaps or duplicates.
+
+mod client;
+mod error;
+mod watch;
+
+pub use client::{AppendOptions, Client, ClientOptions, GetOptions, GetResult, HeadInfo, LoadResult, SnapshotBlob};
+pub use converge_ledger_core::{Digest, Entry, Metadata};
+pub use error::ClientError;
+pub use watch::Watch;

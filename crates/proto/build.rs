@@ -1,0 +1,28 @@
+//! Generates the gRPC code with protox (pure Rust), so building needs no
+//! system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let fds = protox::compile(
+        ["converge/context/v1/context.proto", "converge/ledger/v1/ledger.proto"],
+        [&root],
+    )?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LedgerCodec")
+        .compile_fds(fds)?;
+
+    if std::env::var_os("CARGO_FEATURE_CONTRACT").is_some() {
+        let out = PathBuf::from(std::env::var("OUT_DIR")?).join("contract");
+        std::fs::create_dir_all(&out)?;
+        let fds = protox::compile(["context_v1.proto"], [root.join("contract")])?;
+        tonic_prost_build::configure()
+            .build_server(false)
+            .out_dir(out)
+            .compile_fds(fds)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+use std::time::Duration;
+
+use converge_ledger_core::Limits;
+use converge_ledger_store::WriterConfig;
+
+/// Bounds of the in-process ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Per-request field limits.
+    pub limits: Limits,
+    /// Group-commit queue and batch bounds.
+    pub writer: WriterConfig,
+    /// Largest response (Get, Snapshot) in bytes; larger ones are refused with
+    /// a message that says how to page. Never below one maximal entry.
+    pub response_bytes_max: usize,
+    /// Most concurrent watchers.
+    pub watchers_max: usize,
+    /// Entries buffered per watched context for live delivery; a watcher that
+    /// falls further behind reads from storage instead.
+    pub watch_buffer_entries: usize,
+    /// Entries a watcher reads from storage per step while catching up.
+    pub watch_catch_up_chunk: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            writer: WriterConfig::default(),
+            response_bytes_max: 4 * 1024 * 1024 + 128 * 1024,
+            watchers_max: 4096,
+            watch_buffer_entries: 1024,
+            watch_catch_up_chunk: 512,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// The response limit actually enforced: at least one maximal entry must
+    /// always fit.
+    pub fn effective_response_bytes_max(&self) -> usize {
+        self.response_bytes_max.max(self.limits.entry_bytes_max())
+    }
+}
+
+/// Bounds of the gRPC server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most open client connections; further ones are closed at once.
+    pub connections_max: usize,
+    /// Most concurrent requests on one connection.
+    pub requests_per_connection_max: usize,
+    /// Largest request message in bytes (Append, Load).
+    pub request_bytes_max: usize,
+    /// HTTP/2 keepalive ping interval, so dead peers are noticed.
+    pub keepalive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 1024,
+            requests_per_connection_max: 256,
+            request_bytes_max: 64 * 1024 * 1024,
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}

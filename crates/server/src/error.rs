@@ -1,0 +1,84 @@
+use std::fmt;
+
+use converge_ledger_core::LimitError;
+use converge_ledger_store::{StoreError, WriteError};
+use tonic::{Code, Status};
+
+/// Why a ledger operation failed. Converted to a gRPC status in exactly one
+/// place ([`From<LedgerError> for Status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The request is malformed or outside the limits; nothing changed.
+    InvalidArgument(String),
+    /// The request would create something that exists (a used idempotency
+    /// key, a non-empty context under `fail_if_exists`); nothing changed.
+    AlreadyExists(String),
+    /// The state of the context does not allow the request (a snapshot that
+    /// does not extend it); nothing changed.
+    FailedPrecondition(String),
+    /// A server limit (watchers, response size, queue) is reached.
+    ResourceExhausted(String),
+    /// Stored data failed verification.
+    DataLoss(String),
+    /// Storage failed or the server is shutting down; retry elsewhere or
+    /// later (appends with an idempotency key are safe to retry).
+    Unavailable(String),
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::InvalidArgument(m)
+            | LedgerError::AlreadyExists(m)
+            | LedgerError::FailedPrecondition(m)
+            | LedgerError::ResourceExhausted(m)
+            | LedgerError::DataLoss(m)
+            | LedgerError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<LimitError> for LedgerError {
+    fn from(e: LimitError) -> Self {
+        LedgerError::InvalidArgument(e.message)
+    }
+}
+
+impl From<StoreError> for LedgerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => LedgerError::DataLoss(e.to_string()),
+            StoreError::Closed => LedgerError::Unavailable(e.to_string()),
+            _ => LedgerError::Unavailable(format!(
+                "{e}; nothing of the failed write was acknowledged"
+            )),
+        }
+    }
+}
+
+impl From<WriteError> for LedgerError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store(s) => s.into(),
+            WriteError::TooLarge { .. } => LedgerError::ResourceExhausted(e.to_string()),
+            _ => LedgerError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<LedgerError> for Status {
+    fn from(e: LedgerError) -> Status {
+        let code = match &e {
+            LedgerError::InvalidArgument(_) => Code::InvalidArgument,
+            LedgerError::AlreadyExists(_) => Code::AlreadyExists,
+            LedgerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            LedgerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            LedgerError::DataLoss(_) => Code::DataLoss,
+            LedgerError::Unavailable(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

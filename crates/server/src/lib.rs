@@ -1,0 +1,25 @@
+//! The Converge ledger server, as a library.
+//!
+//! [`Ledger`] is the in-process API (append, read, snapshot, load, watch)
+//! over any [`Store`](converge_ledger_store::Store), with group commit and the
+//! watch hub; [`run`] serves it over gRPC (`converge.context.v1` and the
+//! `converge.ledger.v1` extension) on a listener until a shutdown future
+//! completes, then drains in-flight work and syncs storage. Binaries stay
+//! thin: they parse flags, open a store and call [`run`].
+
+mod config;
+mod convert;
+mod error;
+mod hub;
+mod ledger;
+mod limit_conn;
+mod serve;
+mod service_context;
+mod service_ledger;
+
+pub use config::{LedgerConfig, ServerConfig};
+pub use convert::entry_to_proto;
+pub use error::LedgerError;
+pub use hub::Hub;
+pub use ledger::{Appended, Ledger, Loaded, Snapshot, WatchStream};
+pub use serve::{ServeError, run};

@@ -1,0 +1,66 @@
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use converge_ledger_proto::context::v1::context_service_server::ContextServiceServer;
+use converge_ledger_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::service_context::ContextApi;
+use crate::service_ledger::LedgerApi;
+use crate::{Ledger, ServerConfig, limit_conn};
+
+/// The server could not run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    Transport(tonic::transport::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Transport(e) => write!(f, "gRPC transport failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Serves `ledger` on `listener` until `shutdown` completes; then stops
+/// accepting, ends watch streams, lets in-flight requests finish, commits
+/// and syncs everything queued, and returns.
+pub async fn run(
+    listener: TcpListener,
+    ledger: Arc<Ledger>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let response_max = ledger.config().effective_response_bytes_max() + 64 * 1024;
+    let request_max = config.request_bytes_max.max(ledger.limits().entry_bytes_max());
+    let context = ContextServiceServer::new(ContextApi { ledger: ledger.clone() })
+        .max_decoding_message_size(request_max)
+        .max_encoding_message_size(response_max);
+    let extension = LedgerServiceServer::new(LedgerApi { ledger: ledger.clone() })
+        .max_decoding_message_size(request_max)
+        .max_encoding_message_size(response_max);
+    let incoming = ReceiverStream::new(limit_conn::accept(listener, config.connections_max));
+    let stopping = ledger.clone();
+    let served = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.requests_per_connection_max)
+        .http2_keepalive_interval(Some(config.keepalive))
+        .tcp_nodelay(true)
+        .add_service(context)
+        .add_service(extension)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            // Watches never end on their own; end them so the graceful
+            // shutdown does not wait forever.
+            stopping.stop_watches();
+        })
+        .await;
+    ledger.shutdown().await;
+    served.map_err(ServeError::Transport)
+}

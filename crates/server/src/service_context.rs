@@ -1,0 +1,118 @@
+//! `converge.context.v1.ContextService`: the contract, served exactly.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use converge_ledger_core::NewEntry;
+use converge_ledger_proto::context::v1 as pb;
+use pb::context_service_server::ContextService;
+use prost::Message;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::ledger::metadata_from_wire;
+use crate::{Ledger, LedgerError, entry_to_proto};
+
+pub(crate) struct ContextApi {
+    pub(crate) ledger: Arc<Ledger>,
+}
+
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContextService for ContextApi {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let r = request.into_inner();
+        let appended = self
+            .ledger
+            .append(
+                r.context_id,
+                NewEntry {
+                    key: r.key,
+                    payload: r.payload,
+                    metadata: metadata_from_wire(r.metadata),
+                    lamport: r.lamport,
+                },
+                Some(r.idempotency_key),
+            )
+            .await?;
+        Ok(Response::new(pb::AppendResponse {
+            entry: Some(entry_to_proto(&appended.entry)),
+        }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.into_inner();
+        let limits = self.ledger.limits();
+        limits.check_context_id(&r.context_id).map_err(LedgerError::from)?;
+        limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
+        let latest = self.ledger.head(&r.context_id).await?.map_or(0, |h| h.sequence);
+        let max_bytes = self.ledger.config().effective_response_bytes_max();
+        let max_entries = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let key = (!r.key.is_empty()).then_some(r.key.as_str());
+        let (entries, truncated) = self
+            .ledger
+            .read_chunk(&r.context_id, r.after_sequence, latest, key, max_entries, max_bytes)
+            .await?;
+        let entries: Vec<pb::Entry> = entries.iter().map(entry_to_proto).collect();
+        let response = pb::GetResponse {
+            entries,
+            latest_sequence: latest,
+        };
+        // Stopped by the byte budget (not by the caller's own limit), or the
+        // exact encoding is over: refuse rather than truncate silently.
+        let over_budget = truncated && response.entries.len() < max_entries;
+        if over_budget || response.encoded_len() > max_bytes {
+            return Err(LedgerError::ResourceExhausted(format!(
+                "the response would exceed the message limit of {max_bytes} bytes (--max-response-bytes); \
+                 page with `limit` and `after_sequence` (the first {} entries fit), or stream with \
+                 converge.ledger.v1.LedgerService/Read",
+                response.entries.len().saturating_sub(1).max(1)
+            ))
+            .into());
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let s = self.ledger.snapshot(&r.context_id).await?;
+        Ok(Response::new(pb::SnapshotResponse {
+            snapshot: s.bytes,
+            sequence: s.head.sequence,
+            metadata: Some(pb::SnapshotMetadata {
+                created_at_ns: s.created_at_ns,
+                entry_count: s.head.sequence,
+                version: converge_ledger_core::snapshot::VERSION,
+                head_hash: s.head.hash.0.to_vec(),
+                merkle_root: s.head.merkle_root().0.to_vec(),
+            }),
+        }))
+    }
+
+    async fn load(&self, request: Request<pb::LoadRequest>) -> Result<Response<pb::LoadResponse>, Status> {
+        let r = request.into_inner();
+        let loaded = self.ledger.load(r.context_id, r.snapshot, r.fail_if_exists).await?;
+        Ok(Response::new(pb::LoadResponse {
+            entries_restored: loaded.restored,
+            latest_sequence: loaded.latest_sequence,
+        }))
+    }
+
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.into_inner();
+        let limits = self.ledger.limits();
+        limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
+        let key = (!r.key.is_empty()).then_some(r.key);
+        let stream = self.ledger.watch(r.context_id, key, r.from_sequence)?;
+        let stream = stream.map(|item| {
+            item.map(|e| pb::WatchEvent {
+                entry: Some(entry_to_proto(&e)),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
