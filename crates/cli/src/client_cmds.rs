@@ -1,0 +1,245 @@
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use converge_ledger_client::{AppendOptions, Client, ClientOptions, GetOptions, Metadata};
+use serde_json::json;
+
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    /// Context id.
+    context: String,
+    /// Entry key (e.g. facts, traces).
+    key: String,
+    /// Payload text.
+    #[arg(long, conflicts_with = "file")]
+    payload: Option<String>,
+    /// Read the payload from this file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Metadata pair, repeatable.
+    #[arg(long = "meta", value_name = "K=V", value_parser = parse_pair)]
+    meta: Vec<(String, String)>,
+    /// Idempotency key: retrying with the same key appends at most once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// A received Lamport time to merge into the context's clock.
+    #[arg(long, default_value_t = 0)]
+    lamport: u64,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not K=V with a non-empty K")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Context id.
+    context: String,
+    /// Only entries with this key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only entries after this sequence.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// At most this many entries (0: all; large contexts are streamed).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Context id.
+    context: String,
+    /// Only entries with this key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Start after this sequence (0: from the beginning).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// Context id.
+    context: String,
+    /// Output file.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Context id to restore into.
+    context: String,
+    /// Snapshot file.
+    file: PathBuf,
+    /// Refuse if the context already has entries.
+    #[arg(long)]
+    fail_if_exists: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HeadArgs {
+    /// Context id.
+    context: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ContextsArgs {
+    /// Start after this context id.
+    #[arg(long, default_value = "")]
+    after: String,
+    /// At most this many (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Client> {
+    Client::connect(addr)
+        .await
+        .with_context(|| format!("is a ledger running at {addr}? (start one with `converge-ledger serve`)"))
+}
+
+pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()> {
+    let payload = match (a.payload, a.file) {
+        (Some(p), _) => p.into_bytes(),
+        (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the payload from stdin")?;
+            buf
+        }
+    };
+    let client = connect(addr).await?;
+    let metadata: Metadata = a.meta.into_iter().collect();
+    let e = client
+        .append(
+            &a.context,
+            &a.key,
+            payload,
+            AppendOptions {
+                metadata,
+                idempotency_key: a.idempotency_key,
+                lamport: a.lamport,
+            },
+        )
+        .await?;
+    out.entry(&a.context, &e);
+    Ok(())
+}
+
+pub async fn get(addr: &str, out: Output, a: GetArgs) -> anyhow::Result<()> {
+    let client = connect(addr).await?;
+    // Streamed through the extension Read, so any size prints in bounded memory.
+    let latest = client
+        .read_all(
+            &a.context,
+            GetOptions {
+                key: a.key,
+                after: a.after,
+                limit: a.limit,
+            },
+            |e| out.entry(&a.context, &e),
+        )
+        .await?;
+    if !out.json {
+        eprintln!("latest sequence: {latest}");
+    }
+    Ok(())
+}
+
+pub async fn watch(addr: &str, out: Output, a: WatchArgs) -> anyhow::Result<()> {
+    let options = ClientOptions {
+        attempts: 30,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(addr, options)
+        .await
+        .with_context(|| format!("is a ledger running at {addr}?"))?;
+    let mut w = client.watch(&a.context, a.key.as_deref(), a.from);
+    while let Some(e) = w.next().await {
+        out.entry(&a.context, &e?);
+    }
+    Ok(())
+}
+
+pub async fn snapshot(addr: &str, out: Output, a: SnapshotArgs) -> anyhow::Result<()> {
+    let client = connect(addr).await?;
+    let s = client.snapshot(&a.context).await?;
+    let tmp = a.output.with_extension("partial");
+    std::fs::write(&tmp, &s.bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    out.value(
+        format!(
+            "snapshot of {} at sequence {} ({} entries, {} bytes, version {}) written to {}",
+            a.context,
+            s.sequence,
+            s.entry_count,
+            s.bytes.len(),
+            s.version,
+            a.output.display()
+        ),
+        json!({"context_id": a.context, "sequence": s.sequence, "entry_count": s.entry_count,
+               "bytes": s.bytes.len(), "version": s.version, "file": a.output}),
+    );
+    Ok(())
+}
+
+pub async fn load(addr: &str, out: Output, a: LoadArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    if bytes.is_empty() {
+        bail!("{} is empty; it is not a snapshot", a.file.display());
+    }
+    let client = connect(addr).await?;
+    let r = client.load(&a.context, bytes, a.fail_if_exists).await?;
+    out.value(
+        format!(
+            "loaded {} entries into {}; latest sequence {}",
+            r.entries_restored, a.context, r.latest_sequence
+        ),
+        json!({"context_id": a.context, "entries_restored": r.entries_restored, "latest_sequence": r.latest_sequence}),
+    );
+    Ok(())
+}
+
+pub async fn head(addr: &str, out: Output, a: HeadArgs) -> anyhow::Result<()> {
+    let client = connect(addr).await?;
+    let h = client.head(&a.context).await?;
+    out.value(
+        format!(
+            "context      {}\nsequence     {}\nhash         {}\nmerkle root  {}\nlamport      {}\nappended at  {} ns",
+            h.context_id, h.sequence, h.hash, h.merkle_root, h.lamport, h.appended_at_ns
+        ),
+        json!({"context_id": h.context_id, "sequence": h.sequence, "hash": h.hash.to_hex(),
+               "merkle_root": h.merkle_root.to_hex(), "lamport": h.lamport, "appended_at_ns": h.appended_at_ns}),
+    );
+    Ok(())
+}
+
+pub async fn contexts(addr: &str, out: Output, a: ContextsArgs) -> anyhow::Result<()> {
+    let client = connect(addr).await?;
+    let mut after = a.after;
+    let mut printed = 0u64;
+    loop {
+        let page = client.list_contexts(&after, 1000).await?;
+        let Some(last) = page.last().map(|(c, _)| c.clone()) else {
+            break;
+        };
+        for (c, seq) in page {
+            if a.limit != 0 && printed >= a.limit as u64 {
+                return Ok(());
+            }
+            out.value(format!("{c}\t{seq}"), json!({"context_id": c, "sequence": seq}));
+            printed += 1;
+        }
+        after = last;
+    }
+    Ok(())
+}

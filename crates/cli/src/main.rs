@@ -1,0 +1,72 @@
+//! `converge-ledger`: run the ledger (`serve`) or talk to one.
+
+mod client_cmds;
+mod output;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Converge Ledger: an append-only, hash-chained context ledger.
+#[derive(Parser)]
+#[command(name = "converge-ledger", version, about)]
+struct Cli {
+    /// Ledger server address for client subcommands.
+    #[arg(long, global = true, env = "CONVERGE_LEDGER_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Print one JSON object per line instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ledger server.
+    Serve(serve::ServeArgs),
+    /// Append one entry (payload from --payload, --file or stdin).
+    Append(client_cmds::AppendArgs),
+    /// Print entries of a context.
+    Get(client_cmds::GetArgs),
+    /// Follow a context live (catch-up first), resuming after disconnects.
+    Watch(client_cmds::WatchArgs),
+    /// Write a verified, portable snapshot of a context to a file.
+    Snapshot(client_cmds::SnapshotArgs),
+    /// Restore a snapshot file into a context.
+    Load(client_cmds::LoadArgs),
+    /// Print a context's head: sequence, hash, Merkle root, Lamport clock.
+    Head(client_cmds::HeadArgs),
+    /// List non-empty contexts with their head sequences.
+    Contexts(client_cmds::ContextsArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let out = output::Output { json: cli.json };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Append(a) => client_cmds::append(&cli.addr, out, a).await,
+            Command::Get(a) => client_cmds::get(&cli.addr, out, a).await,
+            Command::Watch(a) => client_cmds::watch(&cli.addr, out, a).await,
+            Command::Snapshot(a) => client_cmds::snapshot(&cli.addr, out, a).await,
+            Command::Load(a) => client_cmds::load(&cli.addr, out, a).await,
+            Command::Head(a) => client_cmds::head(&cli.addr, out, a).await,
+            Command::Contexts(a) => client_cmds::contexts(&cli.addr, out, a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
