@@ -1,0 +1,189 @@
+//! Watch: catch-up into live with no gap and no duplicate, under racing
+//! appends, slow consumers, cancellation, limits, restarts and shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use converge_ledger_client::{AppendOptions, Client, ClientError};
+use converge_ledger_server::{LedgerConfig, ServerConfig};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore};
+use tokio_stream::StreamExt;
+
+async fn client(s: &TestServer) -> Client {
+    Client::connect(s.url()).await.unwrap()
+}
+
+async fn append_n(c: &Client, ctx: &str, n: usize, key: &str) {
+    for i in 0..n {
+        c.append(ctx, key, i.to_string().into_bytes(), AppendOptions::default()).await.unwrap();
+    }
+}
+
+/// Watchers subscribe at staggered moments while a writer appends as fast as
+/// it can: each sees exactly from_sequence+1 ..= N, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_joining_during_appends_see_every_entry_once_in_order() {
+    const N: u64 = 2000;
+    let s = TestServer::memory().await;
+    let c = client(&s).await;
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            for i in 0..N {
+                let c = c.clone();
+                batch.push(tokio::spawn(async move {
+                    c.append("race", "k", i.to_string().into_bytes(), AppendOptions::default()).await.unwrap()
+                }));
+                if batch.len() == 16 {
+                    for t in batch.drain(..) {
+                        t.await.unwrap();
+                    }
+                }
+            }
+            for t in batch {
+                t.await.unwrap();
+            }
+        })
+    };
+    let mut watchers = Vec::new();
+    for w in 0..8u64 {
+        let c = c.clone();
+        let from = w * 100;
+        watchers.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(w * 15)).await;
+            let mut watch = c.watch("race", None, from);
+            let mut expected = from + 1;
+            while expected <= N {
+                let e = tokio::time::timeout(Duration::from_secs(20), watch.next())
+                    .await
+                    .expect("watch stalled")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(e.sequence, expected, "watcher from {from}");
+                expected += 1;
+            }
+        }));
+    }
+    writer.await.unwrap();
+    for w in watchers {
+        w.await.unwrap();
+    }
+    s.stop().await;
+}
+
+/// A watcher that does not read while thousands of entries go by (far more
+/// than the live buffer) still gets all of them, in order.
+#[tokio::test]
+async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
+    let config = LedgerConfig { watch_buffer_entries: 8, watch_catch_up_chunk: 16, ..LedgerConfig::default() };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let c = client(&s).await;
+    append_n(&c, "slow", 5, "k").await;
+    let mut watch = c.watch("slow", Some("k"), 0);
+    assert_eq!(watch.next().await.unwrap().unwrap().sequence, 1);
+    // Stall while many entries (with interleaved other keys) are appended.
+    for i in 0..300 {
+        let key = if i % 3 == 0 { "other" } else { "k" };
+        c.append("slow", key, vec![], AppendOptions::default()).await.unwrap();
+    }
+    let mut got = vec![1];
+    let expected: Vec<u64> = (1..=5).chain((0..300).filter(|i| i % 3 != 0).map(|i| 6 + i)).collect();
+    while got.len() < expected.len() {
+        got.push(watch.next().await.unwrap().unwrap().sequence);
+    }
+    assert_eq!(got, expected);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancelled_watches_free_their_slot_and_the_limit_is_enforced() {
+    let config = LedgerConfig { watchers_max: 2, ..LedgerConfig::default() };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let mut raw = converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(s.url())
+        .await
+        .unwrap();
+    let req = || converge_ledger_proto::context::v1::WatchRequest {
+        context_id: "w".into(),
+        key: String::new(),
+        from_sequence: 0,
+    };
+    let a = raw.watch(req()).await.unwrap().into_inner();
+    let b = raw.watch(req()).await.unwrap().into_inner();
+    let err = match raw.watch(req()).await {
+        Ok(stream) => stream.into_inner().next().await.unwrap().unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("--max-watchers"), "{err:?}");
+    assert_eq!(s.ledger.open_watches(), 2);
+    drop(a);
+    drop(b);
+    let ledger = s.ledger.clone();
+    eventually(10, "cancelled watches to be released", || (ledger.open_watches() == 0).then_some(())).await;
+    let _c = raw.watch(req()).await.unwrap();
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_watch_streams_cleanly() {
+    let s = TestServer::memory().await;
+    let mut raw = converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(s.url())
+        .await
+        .unwrap();
+    let mut stream = raw
+        .watch(converge_ledger_proto::context::v1::WatchRequest {
+            context_id: "w".into(),
+            key: String::new(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopping = tokio::spawn(s.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("stream did not end");
+    assert!(end.is_none() || end.unwrap().is_err());
+    stopping.await.unwrap();
+}
+
+/// The SDK watch resumes from its last sequence across a server restart on
+/// the same port and data: no gap, no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_watch_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let mut o = EmbeddedOptions::new(dir.path());
+        o.fsync = FsyncPolicy::Always;
+        Arc::new(EmbeddedStore::open(o).unwrap())
+    };
+    let s = TestServer::start(open(), LedgerConfig::default()).await;
+    let addr = s.addr.to_string();
+    let c = client(&s).await;
+    append_n(&c, "r", 3, "k").await;
+    let mut watch = c.watch("r", None, 0);
+    for expected in 1..=3 {
+        assert_eq!(watch.next().await.unwrap().unwrap().sequence, expected);
+    }
+    s.stop().await;
+    let s = TestServer::start_full(open(), LedgerConfig::default(), ServerConfig::default(), &addr).await;
+    let c2 = client(&s).await;
+    append_n(&c2, "r", 3, "k").await;
+    for expected in 4..=6 {
+        let e = tokio::time::timeout(Duration::from_secs(20), watch.next()).await.expect("resumed watch stalled");
+        assert_eq!(e.unwrap().unwrap().sequence, expected);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn watch_rejects_bad_input() {
+    let s = TestServer::memory().await;
+    let c = client(&s).await;
+    let mut w = c.watch("", None, 0);
+    let err = w.next().await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+    s.stop().await;
+}
