@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
 
     let fds = protox::compile(
-        ["converge/context/v1/context.proto", "converge/ledger/v1/ledger.proto"],
+        [
+            "converge/context/v1/context.proto",
+            "converge/ledger/v1/ledger.proto",
+        ],
         [&root],
     )?;
     tonic_prost_build::configure()

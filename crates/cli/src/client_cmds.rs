@@ -102,9 +102,9 @@ pub struct ContextsArgs {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<Client> {
-    Client::connect(addr)
-        .await
-        .with_context(|| format!("is a ledger running at {addr}? (start one with `converge-ledger serve`)"))
+    Client::connect(addr).await.with_context(|| {
+        format!("is a ledger running at {addr}? (start one with `converge-ledger serve`)")
+    })
 }
 
 pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()> {
@@ -113,7 +113,9 @@ pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()
         (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading the payload from stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the payload from stdin")?;
             buf
         }
     };
@@ -236,7 +238,10 @@ pub async fn contexts(addr: &str, out: Output, a: ContextsArgs) -> anyhow::Resul
             if a.limit != 0 && printed >= a.limit as u64 {
                 return Ok(());
             }
-            out.value(format!("{c}\t{seq}"), json!({"context_id": c, "sequence": seq}));
+            out.value(
+                format!("{c}\t{seq}"),
+                json!({"context_id": c, "sequence": seq}),
+            );
             printed += 1;
         }
         after = last;

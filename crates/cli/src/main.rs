@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "converge-ledger", version, about)]
 struct Cli {
     /// Ledger server address for client subcommands.
-    #[arg(long, global = true, env = "CONVERGE_LEDGER_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONVERGE_LEDGER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     addr: String,
     /// Print one JSON object per line instead of human output.
     #[arg(long, global = true)]
@@ -42,7 +47,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

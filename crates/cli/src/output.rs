@@ -16,10 +16,17 @@ impl Output {
             let meta = if e.metadata.is_empty() {
                 String::new()
             } else {
-                let pairs: Vec<String> = e.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let pairs: Vec<String> =
+                    e.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("  [{}]", pairs.join(" "))
             };
-            println!("#{:<6} {:<16} {}{}", e.sequence, e.key, payload_text(&e.payload), meta);
+            println!(
+                "#{:<6} {:<16} {}{}",
+                e.sequence,
+                e.key,
+                payload_text(&e.payload),
+                meta
+            );
         }
     }
 
@@ -46,7 +53,10 @@ fn entry_json(context: &str, e: &Entry) -> Value {
     });
     match std::str::from_utf8(&e.payload) {
         Ok(s) => v["payload"] = json!(s),
-        Err(_) => v["payload_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&e.payload)),
+        Err(_) => {
+            v["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&e.payload))
+        }
     }
     v
 }
@@ -58,14 +68,22 @@ fn payload_text(p: &[u8]) -> String {
         Ok(s) if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
             let one_line = s.replace('\n', "\\n");
             if one_line.chars().count() > MAX {
-                format!("{}… ({} bytes)", one_line.chars().take(MAX).collect::<String>(), p.len())
+                format!(
+                    "{}… ({} bytes)",
+                    one_line.chars().take(MAX).collect::<String>(),
+                    p.len()
+                )
             } else {
                 one_line
             }
         }
         _ => {
             let hex: String = p.iter().take(32).map(|b| format!("{b:02x}")).collect();
-            format!("0x{hex}{} ({} bytes)", if p.len() > 32 { "…" } else { "" }, p.len())
+            format!(
+                "0x{hex}{} ({} bytes)",
+                if p.len() > 32 { "…" } else { "" },
+                p.len()
+            )
         }
     }
 }

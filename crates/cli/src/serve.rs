@@ -30,10 +30,18 @@ pub enum Fsync {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "CONVERGE_LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     listen: SocketAddr,
     /// Where embedded storage keeps its files.
-    #[arg(long, env = "CONVERGE_LEDGER_DATA_DIR", default_value = "./converge-ledger-data")]
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_DATA_DIR",
+        default_value = "./converge-ledger-data"
+    )]
     data_dir: PathBuf,
     /// Storage backend.
     #[arg(long, env = "CONVERGE_LEDGER_STORAGE", value_enum, default_value_t = Storage::Embedded)]
@@ -79,7 +87,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Fsync::Never => FsyncPolicy::Never,
     };
     let (store, described): (Arc<dyn Store>, String) = match args.storage {
-        Storage::Memory => (Arc::new(MemoryStore::new()), "memory (nothing survives the process)".into()),
+        Storage::Memory => (
+            Arc::new(MemoryStore::new()),
+            "memory (nothing survives the process)".into(),
+        ),
         Storage::Embedded => {
             let mut options = EmbeddedOptions::new(&args.data_dir);
             options.fsync = fsync;
@@ -88,7 +99,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(options))
                 .await?
                 .with_context(|| format!("opening embedded storage in {path}"))?;
-            (Arc::new(opened), format!("embedded in {path}, fsync {:?}", args.fsync).to_lowercase())
+            (
+                Arc::new(opened),
+                format!("embedded in {path}, fsync {:?}", args.fsync).to_lowercase(),
+            )
         }
     };
     let mut config = LedgerConfig::default();
@@ -115,13 +129,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

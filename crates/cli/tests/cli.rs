@@ -10,19 +10,41 @@ fn tour_append_get_head_snapshot_load_and_graceful_stop() {
     let server = Server::start(Some(&dir.path().join("data")), &[]);
     let a = server.addr.as_str();
 
-    let (ok, out, err) = cli(a, &["append", "job-1", "facts", "--payload", "market_size: 2.4B", "--meta", "cycle=1"], None);
+    let (ok, out, err) = cli(
+        a,
+        &[
+            "append",
+            "job-1",
+            "facts",
+            "--payload",
+            "market_size: 2.4B",
+            "--meta",
+            "cycle=1",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
-    assert!(out.contains("#1") && out.contains("market_size: 2.4B") && out.contains("cycle=1"), "{out}");
+    assert!(
+        out.contains("#1") && out.contains("market_size: 2.4B") && out.contains("cycle=1"),
+        "{out}"
+    );
     let (ok, _, err) = cli(a, &["append", "job-1", "traces"], Some(b"from stdin"));
     assert!(ok, "{err}");
     let file = dir.path().join("payload.bin");
     std::fs::write(&file, [0u8, 159, 146, 150]).unwrap();
-    let (ok, _, err) = cli(a, &["append", "job-1", "blobs", "--file", file.to_str().unwrap()], None);
+    let (ok, _, err) = cli(
+        a,
+        &["append", "job-1", "blobs", "--file", file.to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{err}");
 
     let (ok, out, err) = cli(a, &["--json", "get", "job-1"], None);
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["payload"], "market_size: 2.4B");
     assert_eq!(lines[0]["metadata"]["cycle"], "1");
@@ -41,12 +63,24 @@ fn tour_append_get_head_snapshot_load_and_graceful_stop() {
     assert_eq!(head["hash"], lines[2]["hash"]);
 
     let snap = dir.path().join("job-1.snap");
-    let (ok, _, err) = cli(a, &["snapshot", "job-1", "-o", snap.to_str().unwrap()], None);
+    let (ok, _, err) = cli(
+        a,
+        &["snapshot", "job-1", "-o", snap.to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{err}");
-    let (ok, out, err) = cli(a, &["load", "job-2", snap.to_str().unwrap(), "--fail-if-exists"], None);
+    let (ok, out, err) = cli(
+        a,
+        &["load", "job-2", snap.to_str().unwrap(), "--fail-if-exists"],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(out.contains("loaded 3 entries"), "{out}");
-    let (ok, _, err) = cli(a, &["load", "job-2", snap.to_str().unwrap(), "--fail-if-exists"], None);
+    let (ok, _, err) = cli(
+        a,
+        &["load", "job-2", snap.to_str().unwrap(), "--fail-if-exists"],
+        None,
+    );
     assert!(!ok);
     assert!(err.contains("already exists"), "{err}");
 
@@ -60,7 +94,10 @@ fn tour_append_get_head_snapshot_load_and_graceful_stop() {
 
     let (status, rest) = server.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(rest.iter().any(|l| l.contains("stopped cleanly")), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
 }
 
 #[test]

@@ -19,7 +19,10 @@ type Acked = Arc<Mutex<BTreeMap<(String, u64), Digest>>>;
 /// Appends from WRITERS tasks until the server dies; records every
 /// acknowledged entry.
 async fn load_until_killed(addr: String, acked: Acked, round: usize) {
-    let options = ClientOptions { attempts: 1, ..ClientOptions::default() };
+    let options = ClientOptions {
+        attempts: 1,
+        ..ClientOptions::default()
+    };
     let client = Client::connect_with(addr, options).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
@@ -29,7 +32,10 @@ async fn load_until_killed(addr: String, acked: Acked, round: usize) {
             for i in 0u64.. {
                 let ctx = format!("ctx-{}", (w + i as usize) % CONTEXTS);
                 let payload = format!("round {round} writer {w} item {i}").into_bytes();
-                match client.append(&ctx, "k", payload, AppendOptions::default()).await {
+                match client
+                    .append(&ctx, "k", payload, AppendOptions::default())
+                    .await
+                {
                     Ok(e) => {
                         acked.lock().unwrap().insert((ctx, e.sequence), e.hash);
                     }
@@ -50,15 +56,23 @@ async fn verify(addr: &str, acked: &Acked) -> usize {
     for c in 0..CONTEXTS {
         let ctx = format!("ctx-{c}");
         let mut all = Vec::new();
-        client.read_all(&ctx, GetOptions::default(), |e| all.push(e)).await.unwrap();
+        client
+            .read_all(&ctx, GetOptions::default(), |e| all.push(e))
+            .await
+            .unwrap();
         // The chain verifies from genesis and ends at the stored head.
         let mut head = Head::empty(&ctx);
         for e in &all {
-            head.check_next(&ctx, e).unwrap_or_else(|err| panic!("{ctx}: {err}"));
+            head.check_next(&ctx, e)
+                .unwrap_or_else(|err| panic!("{ctx}: {err}"));
             head.advance(e);
         }
         let h = client.head(&ctx).await.unwrap();
-        assert_eq!((h.sequence, h.hash, h.merkle_root), (head.sequence, head.hash, head.merkle_root()), "{ctx}");
+        assert_eq!(
+            (h.sequence, h.hash, h.merkle_root),
+            (head.sequence, head.hash, head.merkle_root()),
+            "{ctx}"
+        );
         by_ctx.insert(ctx, all);
     }
     for ((ctx, seq), hash) in &acked {
@@ -82,15 +96,24 @@ async fn kill_9_during_appends_loses_no_acknowledged_entry() {
         let before = acked.lock().unwrap().len();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while acked.lock().unwrap().len() < before + 1000 {
-            assert!(tokio::time::Instant::now() < deadline, "round {round}: appends did not progress");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: appends did not progress"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         server.kill9();
-        tokio::time::timeout(Duration::from_secs(30), load).await.expect("writers did not stop").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), load)
+            .await
+            .expect("writers did not stop")
+            .unwrap();
     }
     let server = Server::start(Some(dir.path()), &[]);
     let checked = verify(&server.addr, &acked).await;
-    assert!(checked >= 5000, "only {checked} acknowledged entries were checked");
+    assert!(
+        checked >= 5000,
+        "only {checked} acknowledged entries were checked"
+    );
     let (status, _) = server.terminate();
     assert!(status.success());
 }

@@ -149,7 +149,10 @@ impl Client {
     }
 
     /// Connects with explicit options.
-    pub async fn connect_with(addr: impl Into<String>, options: ClientOptions) -> Result<Client, ClientError> {
+    pub async fn connect_with(
+        addr: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
         let addr = addr.into();
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| ClientError::Connect(format!("{addr:?} is not a valid address: {e}")))?
@@ -230,7 +233,9 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.append(r).await?.into_inner();
-                entry_from_proto(resp.entry.ok_or_else(|| ClientError::Protocol("append response without an entry".into()))?)
+                entry_from_proto(resp.entry.ok_or_else(|| {
+                    ClientError::Protocol("append response without an entry".into())
+                })?)
             }
         })
         .await
@@ -251,7 +256,11 @@ impl Client {
             async move {
                 let resp = c.get(r).await?.into_inner();
                 Ok(GetResult {
-                    entries: resp.entries.into_iter().map(entry_from_proto).collect::<Result<_, _>>()?,
+                    entries: resp
+                        .entries
+                        .into_iter()
+                        .map(entry_from_proto)
+                        .collect::<Result<_, _>>()?,
                     latest_sequence: resp.latest_sequence,
                 })
             }
@@ -310,7 +319,12 @@ impl Client {
 
     /// Restores a snapshot into `context` (verified by the server before
     /// anything is written). Safe to retry: Load is idempotent.
-    pub async fn load(&self, context: &str, snapshot: Vec<u8>, fail_if_exists: bool) -> Result<LoadResult, ClientError> {
+    pub async fn load(
+        &self,
+        context: &str,
+        snapshot: Vec<u8>,
+        fail_if_exists: bool,
+    ) -> Result<LoadResult, ClientError> {
         let request = pb::LoadRequest {
             context_id: context.to_owned(),
             snapshot,
@@ -354,13 +368,26 @@ impl Client {
     }
 
     /// Non-empty contexts with their head sequences, one page.
-    pub async fn list_contexts(&self, after: &str, limit: u32) -> Result<Vec<(String, u64)>, ClientError> {
+    pub async fn list_contexts(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, ClientError> {
         let request = ext::ListContextsRequest {
             after_context_id: after.to_owned(),
             limit,
         };
-        let resp = self.ledger.clone().list_contexts(self.request(request)).await?.into_inner();
-        Ok(resp.contexts.into_iter().map(|c| (c.context_id, c.sequence)).collect())
+        let resp = self
+            .ledger
+            .clone()
+            .list_contexts(self.request(request))
+            .await?
+            .into_inner();
+        Ok(resp
+            .contexts
+            .into_iter()
+            .map(|c| (c.context_id, c.sequence))
+            .collect())
     }
 
     /// Watches `context` from after sequence `from`, resuming after

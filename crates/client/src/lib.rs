@@ -21,7 +21,9 @@ mod client;
 mod error;
 mod watch;
 
-pub use client::{AppendOptions, Client, ClientOptions, GetOptions, GetResult, HeadInfo, LoadResult, SnapshotBlob};
+pub use client::{
+    AppendOptions, Client, ClientOptions, GetOptions, GetResult, HeadInfo, LoadResult, SnapshotBlob,
+};
 pub use converge_ledger_core::{Digest, Entry, Metadata};
 pub use error::ClientError;
 pub use watch::Watch;

@@ -44,7 +44,11 @@ impl Watch {
         let mut delay = self.client.options().backoff;
         loop {
             if self.stream.is_none() {
-                match self.client.open_watch(&self.context, &self.key, self.last).await {
+                match self
+                    .client
+                    .open_watch(&self.context, &self.key, self.last)
+                    .await
+                {
                     Ok(s) => self.stream = Some(s),
                     Err(e) if e.is_transient() && failures + 1 < self.client.options().attempts => {
                         failures += 1;
@@ -59,7 +63,9 @@ impl Watch {
             match stream.message().await {
                 Ok(Some(event)) => {
                     let Some(entry) = event.entry else {
-                        return Some(Err(ClientError::Protocol("watch event without an entry".into())));
+                        return Some(Err(ClientError::Protocol(
+                            "watch event without an entry".into(),
+                        )));
                     };
                     let entry = match entry_from_proto(entry) {
                         Ok(e) => e,

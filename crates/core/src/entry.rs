@@ -76,7 +76,11 @@ impl Entry {
     /// Approximate bytes this entry occupies in memory and on the wire; used
     /// for response-size limits.
     pub fn approximate_size(&self) -> usize {
-        let meta: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let meta: usize = self
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
         self.key.len() + self.payload.len() + meta + 64 + 3 * 8 + 64 + 16
     }
 }

@@ -230,7 +230,12 @@ mod tests {
         assert!(head.check_next("c", &e).is_err());
         let mut e = good.clone();
         e.payload.push(0);
-        assert!(head.check_next("c", &e).unwrap_err().reason.contains("hashes to"));
+        assert!(
+            head.check_next("c", &e)
+                .unwrap_err()
+                .reason
+                .contains("hashes to")
+        );
         let mut e = good.clone();
         e.prev_hash = Digest::ZERO;
         assert!(head.check_next("c", &e).is_err());
@@ -240,6 +245,11 @@ mod tests {
         let mut later = h2.next_entry("c", new("b", 0), 100);
         later.lamport = 1;
         later.hash = later.compute_hash("c");
-        assert!(h2.check_next("c", &later).unwrap_err().reason.contains("Lamport"));
+        assert!(
+            h2.check_next("c", &later)
+                .unwrap_err()
+                .reason
+                .contains("Lamport")
+        );
     }
 }

@@ -80,7 +80,10 @@ fn trim(v: f64, unit: &str) -> String {
 
 fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Result<(), LimitError> {
     if value.is_empty() {
-        return err(field, format!("{what} is empty; it must be 1 to {max} bytes of UTF-8"));
+        return err(
+            field,
+            format!("{what} is empty; it must be 1 to {max} bytes of UTF-8"),
+        );
     }
     if value.len() > max {
         return err(
@@ -91,7 +94,9 @@ fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Resul
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return err(
             field,
-            format!("{what} contains the control character {c:?}; control characters are not allowed"),
+            format!(
+                "{what} contains the control character {c:?}; control characters are not allowed"
+            ),
         );
     }
     Ok(())
@@ -100,7 +105,12 @@ fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Resul
 impl Limits {
     /// A context id: 1..=`context_id_bytes_max` bytes, no control characters.
     pub fn check_context_id(&self, context: &str) -> Result<(), LimitError> {
-        check_name("context_id", "context_id", context, self.context_id_bytes_max)
+        check_name(
+            "context_id",
+            "context_id",
+            context,
+            self.context_id_bytes_max,
+        )
     }
 
     /// An entry key: 1..=`key_bytes_max` bytes, no control characters.
@@ -110,7 +120,11 @@ impl Limits {
 
     /// A key filter on reads: empty (all keys) or a valid key.
     pub fn check_key_filter(&self, key: &str) -> Result<(), LimitError> {
-        if key.is_empty() { Ok(()) } else { self.check_key(key) }
+        if key.is_empty() {
+            Ok(())
+        } else {
+            self.check_key(key)
+        }
     }
 
     /// A payload of `len` bytes.
@@ -144,7 +158,10 @@ impl Limits {
         let mut total = 0usize;
         for (k, v) in metadata {
             if k.is_empty() {
-                return err("metadata", "metadata has an empty key; keys must be non-empty".into());
+                return err(
+                    "metadata",
+                    "metadata has an empty key; keys must be non-empty".into(),
+                );
             }
             total += k.len() + v.len();
         }
@@ -213,17 +230,28 @@ mod tests {
         assert_eq!(e.field, "context_id");
         assert!(e.message.contains("empty"), "{e}");
         let e = l.check_context_id(&"x".repeat(257)).unwrap_err();
-        assert!(e.message.contains("257 bytes") && e.message.contains("256"), "{e}");
+        assert!(
+            e.message.contains("257 bytes") && e.message.contains("256"),
+            "{e}"
+        );
         let e = l.check_key("a\nb").unwrap_err();
         assert!(e.message.contains("control"), "{e}");
         let e = l.check_payload(9 * 1024 * 1024).unwrap_err();
-        assert_eq!(e.message, "payload is 9 MiB; the limit is 4 MiB (--max-payload-bytes)");
+        assert_eq!(
+            e.message,
+            "payload is 9 MiB; the limit is 4 MiB (--max-payload-bytes)"
+        );
         assert!(l.check_payload(4 * 1024 * 1024).is_ok());
         let mut m = Metadata::new();
         m.insert(String::new(), "v".into());
         assert!(l.check_metadata(&m).is_err());
         let m: Metadata = (0..65).map(|i| (i.to_string(), String::new())).collect();
-        assert!(l.check_metadata(&m).unwrap_err().message.contains("65 pairs"));
+        assert!(
+            l.check_metadata(&m)
+                .unwrap_err()
+                .message
+                .contains("65 pairs")
+        );
         assert!(l.check_idempotency_key("").is_ok());
         assert!(l.check_key_filter("").is_ok());
         assert_eq!(human_bytes(1536), "1.5 KiB");

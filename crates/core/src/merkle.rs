@@ -9,7 +9,7 @@
 //! that make up the tree, one per set bit of the size, so appending costs one
 //! leaf hash plus, amortised, one node hash, and the root is `O(log n)`.
 
-use crate::{Digest, DecodeError, Reader};
+use crate::{DecodeError, Digest, Reader};
 
 /// `H(0x00 ‖ data)`.
 pub fn leaf_hash(data: &[u8]) -> Digest {
@@ -53,7 +53,10 @@ impl Frontier {
         // Like a binary counter: each trailing one bit merges two equal
         // perfect subtrees into one twice as large.
         while size & 1 == 1 {
-            let left = self.nodes.pop().expect("frontier has a node per set bit of its size");
+            let left = self
+                .nodes
+                .pop()
+                .expect("frontier has a node per set bit of its size");
             node = node_hash(&left, &node);
             size >>= 1;
         }

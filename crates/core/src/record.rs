@@ -55,7 +55,9 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// that is the caller's job where it matters (verification, Load).
 pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
     if bytes.len() < 4 {
-        return Err(DecodeError("entry record is shorter than its checksum".into()));
+        return Err(DecodeError(
+            "entry record is shorter than its checksum".into(),
+        ));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
@@ -136,7 +138,10 @@ mod tests {
             assert!(decode(&b).is_err(), "flip at {i} went unnoticed");
         }
         for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err(), "truncation to {n} went unnoticed");
+            assert!(
+                decode(&bytes[..n]).is_err(),
+                "truncation to {n} went unnoticed"
+            );
         }
     }
 }

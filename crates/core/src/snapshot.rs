@@ -145,7 +145,10 @@ impl Writer {
 /// Parses and fully verifies a snapshot: checksum, version, every entry's
 /// hash and chain link, the head and the Merkle root; and every entry against
 /// `limits`. Returns the header and the entries only if all of it holds.
-pub fn decode_and_verify(bytes: &[u8], limits: &Limits) -> Result<(Header, Vec<Entry>), SnapshotError> {
+pub fn decode_and_verify(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(Header, Vec<Entry>), SnapshotError> {
     if bytes.len() < MAGIC.len() + 4 + 32 || &bytes[..8] != MAGIC {
         return Err(SnapshotError::Malformed(
             "it does not start with the snapshot magic \"CVLGSNAP\"".into(),
@@ -275,7 +278,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] = b[i].wrapping_add(1);
-            assert!(decode_and_verify(&b, &Limits::default()).is_err(), "byte {i}");
+            assert!(
+                decode_and_verify(&b, &Limits::default()).is_err(),
+                "byte {i}"
+            );
         }
         for n in 0..bytes.len() {
             assert!(decode_and_verify(&bytes[..n], &Limits::default()).is_err());

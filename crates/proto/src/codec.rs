@@ -53,7 +53,10 @@ impl<U: Message + Default> Decoder for LedgerDecoder<U> {
         U::decode(buf).map(Some).map_err(|e| {
             Status::invalid_argument(format!(
                 "the message is not a valid {}: {e} (string fields must be UTF-8)",
-                std::any::type_name::<U>().rsplit("::").next().unwrap_or("message")
+                std::any::type_name::<U>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("message")
             ))
         })
     }

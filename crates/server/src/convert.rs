@@ -10,7 +10,11 @@ pub fn entry_to_proto(e: &Entry) -> pb::Entry {
         payload: e.payload.clone(),
         sequence: e.sequence,
         appended_at_ns: e.appended_at_ns,
-        metadata: e.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: e
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         lamport: e.lamport,
         hash: e.hash.0.to_vec(),
         prev_hash: e.prev_hash.0.to_vec(),

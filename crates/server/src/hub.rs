@@ -55,6 +55,9 @@ impl Hub {
 
     /// Number of contexts with a live channel.
     pub fn watched_contexts(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }

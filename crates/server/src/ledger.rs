@@ -64,7 +64,11 @@ impl Ledger {
     }
 
     /// A ledger over `store` with an injected clock.
-    pub fn with_clock(store: Arc<dyn Store>, config: LedgerConfig, clock: Arc<dyn Clock>) -> Arc<Ledger> {
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        config: LedgerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Ledger> {
         let hub = Arc::new(Hub::new(config.watch_buffer_entries));
         let publish = hub.clone();
         let writer = Writer::spawn(
@@ -125,14 +129,24 @@ impl Ledger {
             }))
             .await?;
         match outcome {
-            WriteOutcome::Appended(entry) => Ok(Appended { entry, duplicate: false }),
-            WriteOutcome::Duplicate(entry) => Ok(Appended { entry, duplicate: true }),
-            WriteOutcome::IdempotencyConflict { sequence } => Err(LedgerError::AlreadyExists(format!(
-                "idempotency key {:?} was already used in context {context:?} for sequence {sequence}, \
+            WriteOutcome::Appended(entry) => Ok(Appended {
+                entry,
+                duplicate: false,
+            }),
+            WriteOutcome::Duplicate(entry) => Ok(Appended {
+                entry,
+                duplicate: true,
+            }),
+            WriteOutcome::IdempotencyConflict { sequence } => {
+                Err(LedgerError::AlreadyExists(format!(
+                    "idempotency key {:?} was already used in context {context:?} for sequence {sequence}, \
                  with a different key, payload or metadata; use a new idempotency key for a new entry",
-                key_for_error.unwrap_or_default()
+                    key_for_error.unwrap_or_default()
+                )))
+            }
+            other => Err(LedgerError::Unavailable(format!(
+                "unexpected write outcome {other:?}"
             ))),
-            other => Err(LedgerError::Unavailable(format!("unexpected write outcome {other:?}"))),
         }
     }
 
@@ -167,7 +181,11 @@ impl Ledger {
             let mut truncated = false;
             store.scan(
                 &context,
-                Scan { after, until, key: key.as_deref() },
+                Scan {
+                    after,
+                    until,
+                    key: key.as_deref(),
+                },
                 &mut |e| {
                     let size = e.approximate_size();
                     if out.len() >= max_entries || (!out.is_empty() && bytes + size > max_bytes) {
@@ -230,14 +248,23 @@ impl Ledger {
     }
 
     /// Verifies `bytes` completely, then restores it into `context`.
-    pub async fn load(&self, context: String, bytes: Vec<u8>, fail_if_exists: bool) -> Result<Loaded, LedgerError> {
+    pub async fn load(
+        &self,
+        context: String,
+        bytes: Vec<u8>,
+        fail_if_exists: bool,
+    ) -> Result<Loaded, LedgerError> {
         self.config.limits.check_context_id(&context)?;
         let limits = self.config.limits.clone();
         let target = context.clone();
         let entries = blocking(move || {
             let (header, entries) = snapshot::decode_and_verify(&bytes, &limits)
                 .map_err(|e| LedgerError::InvalidArgument(format!("{e}; nothing was loaded")))?;
-            Ok(if header.context == target { entries } else { rechain(&target, entries) })
+            Ok(if header.context == target {
+                entries
+            } else {
+                rechain(&target, entries)
+            })
         })
         .await?;
         let outcome = self
@@ -249,7 +276,10 @@ impl Ledger {
             }))
             .await?;
         match outcome {
-            WriteOutcome::Imported { restored, head } => Ok(Loaded { restored, latest_sequence: head }),
+            WriteOutcome::Imported { restored, head } => Ok(Loaded {
+                restored,
+                latest_sequence: head,
+            }),
             WriteOutcome::ImportRejected(ImportRejection::AlreadyExists { head }) => {
                 Err(LedgerError::AlreadyExists(format!(
                     "context {context:?} already has {head} entries and fail_if_exists is set; nothing was loaded"
@@ -261,13 +291,20 @@ impl Ledger {
                      stored one; nothing was loaded"
                 )))
             }
-            other => Err(LedgerError::Unavailable(format!("unexpected write outcome {other:?}"))),
+            other => Err(LedgerError::Unavailable(format!(
+                "unexpected write outcome {other:?}"
+            ))),
         }
     }
 
     /// Watches `context`: entries with a sequence above `from` (matching
     /// `key` if given) from storage, then live, without gap or duplicate.
-    pub fn watch(self: &Arc<Self>, context: String, key: Option<String>, from: u64) -> Result<WatchStream, LedgerError> {
+    pub fn watch(
+        self: &Arc<Self>,
+        context: String,
+        key: Option<String>,
+        from: u64,
+    ) -> Result<WatchStream, LedgerError> {
         self.config.limits.check_context_id(&context)?;
         if let Some(k) = &key {
             self.config.limits.check_key(k)?;
@@ -281,7 +318,10 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(64);
         let ledger = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = ledger.watch_loop(&context, key.as_deref(), from, &tx, permit).await {
+            if let Err(e) = ledger
+                .watch_loop(&context, key.as_deref(), from, &tx, permit)
+                .await
+            {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -309,7 +349,14 @@ impl Ledger {
             let head = self.head(context).await?.map_or(0, |h| h.sequence);
             while handled < head {
                 let (chunk, _) = self
-                    .read_chunk(context, handled, head, key, self.config.watch_catch_up_chunk, usize::MAX)
+                    .read_chunk(
+                        context,
+                        handled,
+                        head,
+                        key,
+                        self.config.watch_catch_up_chunk,
+                        usize::MAX,
+                    )
                     .await?;
                 let Some(last) = chunk.last().map(|e| e.sequence) else {
                     break;

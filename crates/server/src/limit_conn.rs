@@ -25,13 +25,21 @@ impl Connected for LimitedConn {
 }
 
 impl AsyncRead for LimitedConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LimitedConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -71,7 +79,14 @@ pub(crate) fn accept(listener: TcpListener, max: usize) -> mpsc::Receiver<io::Re
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    if tx.send(Ok(LimitedConn { inner: stream, _permit: permit })).await.is_err() {
+                    if tx
+                        .send(Ok(LimitedConn {
+                            inner: stream,
+                            _permit: permit,
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

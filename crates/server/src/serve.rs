@@ -39,13 +39,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let response_max = ledger.config().effective_response_bytes_max() + 64 * 1024;
-    let request_max = config.request_bytes_max.max(ledger.limits().entry_bytes_max());
-    let context = ContextServiceServer::new(ContextApi { ledger: ledger.clone() })
-        .max_decoding_message_size(request_max)
-        .max_encoding_message_size(response_max);
-    let extension = LedgerServiceServer::new(LedgerApi { ledger: ledger.clone() })
-        .max_decoding_message_size(request_max)
-        .max_encoding_message_size(response_max);
+    let request_max = config
+        .request_bytes_max
+        .max(ledger.limits().entry_bytes_max());
+    let context = ContextServiceServer::new(ContextApi {
+        ledger: ledger.clone(),
+    })
+    .max_decoding_message_size(request_max)
+    .max_encoding_message_size(response_max);
+    let extension = LedgerServiceServer::new(LedgerApi {
+        ledger: ledger.clone(),
+    })
+    .max_decoding_message_size(request_max)
+    .max_encoding_message_size(response_max);
     let incoming = ReceiverStream::new(limit_conn::accept(listener, config.connections_max));
     let stopping = ledger.clone();
     let served = tonic::transport::Server::builder()

@@ -21,7 +21,10 @@ type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Stat
 
 #[tonic::async_trait]
 impl ContextService for ContextApi {
-    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let r = request.into_inner();
         let appended = self
             .ledger
@@ -41,18 +44,38 @@ impl ContextService for ContextApi {
         }))
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
         let limits = self.ledger.limits();
-        limits.check_context_id(&r.context_id).map_err(LedgerError::from)?;
+        limits
+            .check_context_id(&r.context_id)
+            .map_err(LedgerError::from)?;
         limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
-        let latest = self.ledger.head(&r.context_id).await?.map_or(0, |h| h.sequence);
+        let latest = self
+            .ledger
+            .head(&r.context_id)
+            .await?
+            .map_or(0, |h| h.sequence);
         let max_bytes = self.ledger.config().effective_response_bytes_max();
-        let max_entries = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let max_entries = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
         let key = (!r.key.is_empty()).then_some(r.key.as_str());
         let (entries, truncated) = self
             .ledger
-            .read_chunk(&r.context_id, r.after_sequence, latest, key, max_entries, max_bytes)
+            .read_chunk(
+                &r.context_id,
+                r.after_sequence,
+                latest,
+                key,
+                max_entries,
+                max_bytes,
+            )
             .await?;
         let entries: Vec<pb::Entry> = entries.iter().map(entry_to_proto).collect();
         let response = pb::GetResponse {
@@ -74,7 +97,10 @@ impl ContextService for ContextApi {
         Ok(Response::new(response))
     }
 
-    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let r = request.into_inner();
         let s = self.ledger.snapshot(&r.context_id).await?;
         Ok(Response::new(pb::SnapshotResponse {
@@ -90,9 +116,15 @@ impl ContextService for ContextApi {
         }))
     }
 
-    async fn load(&self, request: Request<pb::LoadRequest>) -> Result<Response<pb::LoadResponse>, Status> {
+    async fn load(
+        &self,
+        request: Request<pb::LoadRequest>,
+    ) -> Result<Response<pb::LoadResponse>, Status> {
         let r = request.into_inner();
-        let loaded = self.ledger.load(r.context_id, r.snapshot, r.fail_if_exists).await?;
+        let loaded = self
+            .ledger
+            .load(r.context_id, r.snapshot, r.fail_if_exists)
+            .await?;
         Ok(Response::new(pb::LoadResponse {
             entries_restored: loaded.restored,
             latest_sequence: loaded.latest_sequence,
@@ -101,7 +133,10 @@ impl ContextService for ContextApi {
 
     type WatchStream = WatchResponseStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let r = request.into_inner();
         let limits = self.ledger.limits();
         limits.check_key_filter(&r.key).map_err(LedgerError::from)?;

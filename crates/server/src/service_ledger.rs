@@ -30,7 +30,10 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + 
 
 #[tonic::async_trait]
 impl LedgerService for LedgerApi {
-    async fn head(&self, request: Request<pb::HeadRequest>) -> Result<Response<pb::HeadResponse>, Status> {
+    async fn head(
+        &self,
+        request: Request<pb::HeadRequest>,
+    ) -> Result<Response<pb::HeadResponse>, Status> {
         let r = request.into_inner();
         let head = self
             .ledger
@@ -49,12 +52,21 @@ impl LedgerService for LedgerApi {
 
     type ReadStream = ReadStream;
 
-    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
         let limits = self.ledger.limits();
-        limits.check_context_id(&r.context_id).map_err(LedgerError::from)?;
+        limits
+            .check_context_id(&r.context_id)
+            .map_err(LedgerError::from)?;
         limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
-        let latest = self.ledger.head(&r.context_id).await?.map_or(0, |h| h.sequence);
+        let latest = self
+            .ledger
+            .head(&r.context_id)
+            .await?
+            .map_or(0, |h| h.sequence);
         let (tx, rx) = mpsc::channel(4);
         let ledger = self.ledger.clone();
         tokio::spawn(async move {

@@ -36,24 +36,53 @@ async fn appends_are_sequenced_chained_and_returned_exactly() {
     metadata.insert("fact_id".into(), "f-1".into());
     let payload: Vec<u8> = (0..=255).collect();
     let e1 = c
-        .append("ctx", "facts", payload.clone(), AppendOptions { metadata: metadata.clone(), ..opts() })
+        .append(
+            "ctx",
+            "facts",
+            payload.clone(),
+            AppendOptions {
+                metadata: metadata.clone(),
+                ..opts()
+            },
+        )
         .await
         .unwrap();
     assert_eq!((e1.sequence, e1.lamport), (1, 1));
-    assert_eq!((e1.key.as_str(), &e1.payload, &e1.metadata), ("facts", &payload, &metadata));
+    assert_eq!(
+        (e1.key.as_str(), &e1.payload, &e1.metadata),
+        ("facts", &payload, &metadata)
+    );
     let e2 = c
-        .append("ctx", "traces", vec![], AppendOptions { lamport: 41, ..opts() })
+        .append(
+            "ctx",
+            "traces",
+            vec![],
+            AppendOptions {
+                lamport: 41,
+                ..opts()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!((e2.sequence, e2.lamport), (2, 42), "Lamport = max(local, received) + 1");
+    assert_eq!(
+        (e2.sequence, e2.lamport),
+        (2, 42),
+        "Lamport = max(local, received) + 1"
+    );
     assert!(e2.payload.is_empty());
-    let e3 = c.append("ctx", "traces", b"x".to_vec(), opts()).await.unwrap();
+    let e3 = c
+        .append("ctx", "traces", b"x".to_vec(), opts())
+        .await
+        .unwrap();
     assert_eq!(e3.lamport, 43);
     let all = c.get("ctx", GetOptions::default()).await.unwrap();
     assert_eq!(all.entries, vec![e1, e2, e3]);
     let head = verify_chain("ctx", &all.entries);
     let h = c.head("ctx").await.unwrap();
-    assert_eq!((h.sequence, h.hash, h.merkle_root), (3, head.hash, head.merkle_root()));
+    assert_eq!(
+        (h.sequence, h.hash, h.merkle_root),
+        (3, head.hash, head.merkle_root())
+    );
     s.stop().await;
 }
 
@@ -61,12 +90,27 @@ async fn appends_are_sequenced_chained_and_returned_exactly() {
 async fn idempotent_retries_append_once_and_conflicts_are_refused() {
     let s = TestServer::memory().await;
     let c = client(&s).await;
-    let with_key = |k: &str| AppendOptions { idempotency_key: Some(k.into()), ..opts() };
-    let a = c.append("ctx", "k", b"v".to_vec(), with_key("req-1")).await.unwrap();
-    let b = c.append("ctx", "k", b"v".to_vec(), with_key("req-1")).await.unwrap();
+    let with_key = |k: &str| AppendOptions {
+        idempotency_key: Some(k.into()),
+        ..opts()
+    };
+    let a = c
+        .append("ctx", "k", b"v".to_vec(), with_key("req-1"))
+        .await
+        .unwrap();
+    let b = c
+        .append("ctx", "k", b"v".to_vec(), with_key("req-1"))
+        .await
+        .unwrap();
     assert_eq!(a, b);
-    let err = c.append("ctx", "k", b"other".to_vec(), with_key("req-1")).await.unwrap_err();
-    assert!(matches!(&err, ClientError::AlreadyExists(m) if m.contains("req-1") && m.contains("sequence 1")), "{err}");
+    let err = c
+        .append("ctx", "k", b"other".to_vec(), with_key("req-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::AlreadyExists(m) if m.contains("req-1") && m.contains("sequence 1")),
+        "{err}"
+    );
     assert_eq!(c.head("ctx").await.unwrap().sequence, 1);
     s.stop().await;
 }
@@ -80,8 +124,15 @@ async fn idempotency_keys_survive_a_restart() {
         Arc::new(EmbeddedStore::open(o).unwrap())
     };
     let s = TestServer::start(open(), LedgerConfig::default()).await;
-    let key = AppendOptions { idempotency_key: Some("once".into()), ..opts() };
-    let first = client(&s).await.append("ctx", "k", b"v".to_vec(), key.clone()).await.unwrap();
+    let key = AppendOptions {
+        idempotency_key: Some("once".into()),
+        ..opts()
+    };
+    let first = client(&s)
+        .await
+        .append("ctx", "k", b"v".to_vec(), key.clone())
+        .await
+        .unwrap();
     s.stop().await;
     let s = TestServer::start(open(), LedgerConfig::default()).await;
     let c = client(&s).await;
@@ -96,40 +147,99 @@ async fn get_filters_pages_and_reports_the_head() {
     let s = TestServer::memory().await;
     let c = client(&s).await;
     for i in 0..10 {
-        c.append("ctx", if i % 2 == 0 { "even" } else { "odd" }, vec![i], opts()).await.unwrap();
+        c.append(
+            "ctx",
+            if i % 2 == 0 { "even" } else { "odd" },
+            vec![i],
+            opts(),
+        )
+        .await
+        .unwrap();
     }
-    let seqs = |r: &converge_ledger_client::GetResult| r.entries.iter().map(|e| e.sequence).collect::<Vec<_>>();
-    let r = c.get("ctx", GetOptions { key: Some("odd".into()), after: 3, limit: 2 }).await.unwrap();
+    let seqs = |r: &converge_ledger_client::GetResult| {
+        r.entries.iter().map(|e| e.sequence).collect::<Vec<_>>()
+    };
+    let r = c
+        .get(
+            "ctx",
+            GetOptions {
+                key: Some("odd".into()),
+                after: 3,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((seqs(&r), r.latest_sequence), (vec![4, 6], 10));
-    let r = c.get("ctx", GetOptions { after: 8, ..Default::default() }).await.unwrap();
+    let r = c
+        .get(
+            "ctx",
+            GetOptions {
+                after: 8,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(seqs(&r), vec![9, 10]);
     let r = c.get("unknown", GetOptions::default()).await.unwrap();
     assert_eq!((r.entries.len(), r.latest_sequence), (0, 0));
     let mut n = 0;
-    let latest = c.read_all("ctx", GetOptions { key: Some("even".into()), ..Default::default() }, |_| n += 1).await.unwrap();
+    let latest = c
+        .read_all(
+            "ctx",
+            GetOptions {
+                key: Some("even".into()),
+                ..Default::default()
+            },
+            |_| n += 1,
+        )
+        .await
+        .unwrap();
     assert_eq!((n, latest), (5, 10));
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_get_beyond_the_message_limit_is_refused_with_advice_never_truncated() {
-    let mut config = LedgerConfig::default();
-    config.limits = Limits { payload_bytes_max: 1024, key_bytes_max: 64, metadata_bytes_max: 256, ..Limits::default() };
-    config.response_bytes_max = 8 * 1024;
+    let config = LedgerConfig {
+        limits: Limits {
+            payload_bytes_max: 1024,
+            key_bytes_max: 64,
+            metadata_bytes_max: 256,
+            ..Limits::default()
+        },
+        response_bytes_max: 8 * 1024,
+        ..LedgerConfig::default()
+    };
     let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
     let c = client(&s).await;
     for _ in 0..40 {
         c.append("big", "k", vec![7; 1000], opts()).await.unwrap();
     }
     let err = c.get("big", GetOptions::default()).await.unwrap_err();
-    assert!(matches!(&err, ClientError::ResourceExhausted(m) if m.contains("limit") && m.contains("Read")), "{err}");
-    let page = c.get("big", GetOptions { limit: 5, ..Default::default() }).await.unwrap();
+    assert!(
+        matches!(&err, ClientError::ResourceExhausted(m) if m.contains("limit") && m.contains("Read")),
+        "{err}"
+    );
+    let page = c
+        .get(
+            "big",
+            GetOptions {
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(page.entries.len(), 5);
     let err = c.snapshot("big").await.unwrap_err();
     assert!(matches!(err, ClientError::ResourceExhausted(_)), "{err}");
     // The streaming read has no such ceiling.
     let mut n = 0;
-    c.read_all("big", GetOptions::default(), |_| n += 1).await.unwrap();
+    c.read_all("big", GetOptions::default(), |_| n += 1)
+        .await
+        .unwrap();
     assert_eq!(n, 40);
     s.stop().await;
 }
@@ -140,14 +250,27 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     let c = client(&s).await;
     // An empty context snapshots at sequence 0.
     let empty = c.snapshot("nothing").await.unwrap();
-    assert_eq!((empty.sequence, empty.entry_count, empty.version), (0, 0, 1));
-    let r = c.load("still-nothing", empty.bytes.clone(), true).await.unwrap();
+    assert_eq!(
+        (empty.sequence, empty.entry_count, empty.version),
+        (0, 0, 1)
+    );
+    let r = c
+        .load("still-nothing", empty.bytes.clone(), true)
+        .await
+        .unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (0, 0));
 
     for i in 0..5u8 {
         let mut metadata = Metadata::new();
         metadata.insert("i".into(), i.to_string());
-        c.append("src", &format!("k{i}"), vec![i; i as usize], AppendOptions { metadata, ..opts() }).await.unwrap();
+        c.append(
+            "src",
+            &format!("k{i}"),
+            vec![i; i as usize],
+            AppendOptions { metadata, ..opts() },
+        )
+        .await
+        .unwrap();
     }
     let original = c.get("src", GetOptions::default()).await.unwrap().entries;
     let snap = c.snapshot("src").await.unwrap();
@@ -158,10 +281,19 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
         let mut bad = snap.bytes.clone();
         bad[i] ^= 0x20;
         let err = c.load("dst", bad, false).await.unwrap_err();
-        assert!(matches!(err, ClientError::InvalidArgument(_)), "byte {i}: {err}");
+        assert!(
+            matches!(err, ClientError::InvalidArgument(_)),
+            "byte {i}: {err}"
+        );
     }
-    let err = c.load("dst", b"not a snapshot".to_vec(), false).await.unwrap_err();
-    assert!(matches!(&err, ClientError::InvalidArgument(m) if m.contains("magic")), "{err}");
+    let err = c
+        .load("dst", b"not a snapshot".to_vec(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidArgument(m) if m.contains("magic")),
+        "{err}"
+    );
     assert_eq!(c.head("dst").await.unwrap().sequence, 0);
 
     // Into another context: exact content, sequences and timestamps.
@@ -170,13 +302,30 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     let copy = c.get("dst", GetOptions::default()).await.unwrap().entries;
     for (a, b) in original.iter().zip(&copy) {
         assert_eq!(
-            (a.sequence, &a.key, &a.payload, &a.metadata, a.appended_at_ns, a.lamport),
-            (b.sequence, &b.key, &b.payload, &b.metadata, b.appended_at_ns, b.lamport)
+            (
+                a.sequence,
+                &a.key,
+                &a.payload,
+                &a.metadata,
+                a.appended_at_ns,
+                a.lamport
+            ),
+            (
+                b.sequence,
+                &b.key,
+                &b.payload,
+                &b.metadata,
+                b.appended_at_ns,
+                b.lamport
+            )
         );
     }
     verify_chain("dst", &copy);
     // Into the same context id: identical entries, hashes included.
-    let r = c.load("src-restored", snap.bytes.clone(), false).await.unwrap();
+    let r = c
+        .load("src-restored", snap.bytes.clone(), false)
+        .await
+        .unwrap();
     assert_eq!(r.entries_restored, 5);
 
     // fail_if_exists on a non-empty context.
@@ -187,18 +336,29 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     assert_eq!((r.entries_restored, r.latest_sequence), (0, 5));
 
     // A longer snapshot of the same history appends only the tail.
-    c.append("src", "k5", b"five".to_vec(), opts()).await.unwrap();
-    c.append("src", "k6", b"six".to_vec(), opts()).await.unwrap();
+    c.append("src", "k5", b"five".to_vec(), opts())
+        .await
+        .unwrap();
+    c.append("src", "k6", b"six".to_vec(), opts())
+        .await
+        .unwrap();
     let longer = c.snapshot("src").await.unwrap();
     let r = c.load("dst", longer.bytes.clone(), false).await.unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (2, 7));
 
     // A diverging history names the first differing sequence.
-    c.append("dst", "local", b"only here".to_vec(), opts()).await.unwrap();
-    c.append("src", "k7", b"seven".to_vec(), opts()).await.unwrap();
+    c.append("dst", "local", b"only here".to_vec(), opts())
+        .await
+        .unwrap();
+    c.append("src", "k7", b"seven".to_vec(), opts())
+        .await
+        .unwrap();
     let diverged = c.snapshot("src").await.unwrap();
     let err = c.load("dst", diverged.bytes, false).await.unwrap_err();
-    assert!(matches!(&err, ClientError::FailedPrecondition(m) if m.contains("entry 8")), "{err}");
+    assert!(
+        matches!(&err, ClientError::FailedPrecondition(m) if m.contains("entry 8")),
+        "{err}"
+    );
     assert_eq!(c.head("dst").await.unwrap().sequence, 8);
     s.stop().await;
 }
@@ -207,13 +367,63 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
 async fn bad_input_is_refused_with_a_message_and_the_server_keeps_serving() {
     let s = TestServer::memory().await;
     let c = client(&s).await;
-    let cases: Vec<(&str, String, String, Vec<u8>, Metadata, &str)> = vec![
-        ("empty context", String::new(), "k".into(), vec![], Metadata::new(), "context_id is empty"),
-        ("long context", "c".repeat(257), "k".into(), vec![], Metadata::new(), "limit is 256"),
-        ("empty key", "c".into(), String::new(), vec![], Metadata::new(), "key is empty"),
-        ("long key", "c".into(), "k".repeat(1025), vec![], Metadata::new(), "limit is 1024"),
-        ("control char", "c\u{0}".into(), "k".into(), vec![], Metadata::new(), "control character"),
-        ("big payload", "c".into(), "k".into(), vec![0; 4 * 1024 * 1024 + 1], Metadata::new(), "limit is 4 MiB"),
+    type Case = (
+        &'static str,
+        String,
+        String,
+        Vec<u8>,
+        Metadata,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "empty context",
+            String::new(),
+            "k".into(),
+            vec![],
+            Metadata::new(),
+            "context_id is empty",
+        ),
+        (
+            "long context",
+            "c".repeat(257),
+            "k".into(),
+            vec![],
+            Metadata::new(),
+            "limit is 256",
+        ),
+        (
+            "empty key",
+            "c".into(),
+            String::new(),
+            vec![],
+            Metadata::new(),
+            "key is empty",
+        ),
+        (
+            "long key",
+            "c".into(),
+            "k".repeat(1025),
+            vec![],
+            Metadata::new(),
+            "limit is 1024",
+        ),
+        (
+            "control char",
+            "c\u{0}".into(),
+            "k".into(),
+            vec![],
+            Metadata::new(),
+            "control character",
+        ),
+        (
+            "big payload",
+            "c".into(),
+            "k".into(),
+            vec![0; 4 * 1024 * 1024 + 1],
+            Metadata::new(),
+            "limit is 4 MiB",
+        ),
         (
             "many metadata",
             "c".into(),
@@ -227,7 +437,9 @@ async fn bad_input_is_refused_with_a_message_and_the_server_keeps_serving() {
             "c".into(),
             "k".into(),
             vec![],
-            [("m".to_string(), "v".repeat(70_000))].into_iter().collect(),
+            [("m".to_string(), "v".repeat(70_000))]
+                .into_iter()
+                .collect(),
             "the limit is 64 KiB",
         ),
     ];
@@ -236,12 +448,34 @@ async fn bad_input_is_refused_with_a_message_and_the_server_keeps_serving() {
             .append(&ctx, &key, payload, AppendOptions { metadata, ..opts() })
             .await
             .unwrap_err();
-        assert!(matches!(&err, ClientError::InvalidArgument(m) if m.contains(says)), "{what}: {err}");
+        assert!(
+            matches!(&err, ClientError::InvalidArgument(m) if m.contains(says)),
+            "{what}: {err}"
+        );
     }
-    let err = c.get("c", GetOptions { key: Some("k".repeat(2000)), ..Default::default() }).await.unwrap_err();
+    let err = c
+        .get(
+            "c",
+            GetOptions {
+                key: Some("k".repeat(2000)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
-    assert_eq!(c.head("c").await.unwrap().sequence, 0, "nothing was appended");
-    assert_eq!(c.append("c", "k", b"ok".to_vec(), opts()).await.unwrap().sequence, 1);
+    assert_eq!(
+        c.head("c").await.unwrap().sequence,
+        0,
+        "nothing was appended"
+    );
+    assert_eq!(
+        c.append("c", "k", b"ok".to_vec(), opts())
+            .await
+            .unwrap()
+            .sequence,
+        1
+    );
     s.stop().await;
 }
 
@@ -257,14 +491,26 @@ async fn invalid_utf8_in_a_string_field_is_invalid_argument() {
         key: Vec<u8>,
     }
     let s = TestServer::memory().await;
-    let channel = tonic::transport::Endpoint::from_shared(s.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(s.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/converge.context.v1.ContextService/Append");
-    let codec = tonic_prost::ProstCodec::<RawAppend, converge_ledger_proto::context::v1::AppendResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/converge.context.v1.ContextService/Append",
+    );
+    let codec = tonic_prost::ProstCodec::<
+        RawAppend,
+        converge_ledger_proto::context::v1::AppendResponse,
+    >::default();
     let status = grpc
         .unary(
-            tonic::Request::new(RawAppend { context_id: vec![0xff, 0xfe], key: b"k".to_vec() }),
+            tonic::Request::new(RawAppend {
+                context_id: vec![0xff, 0xfe],
+                key: b"k".to_vec(),
+            }),
             path,
             codec,
         )

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use common::TestServer;
 use converge_ledger_proto::contract as v1;
-use v1::context_service_client::ContextServiceClient;
 use tokio_stream::StreamExt;
+use v1::context_service_client::ContextServiceClient;
 
 #[tokio::test]
 async fn the_unchanged_contract_client_can_use_all_five_operations() {
@@ -40,7 +40,11 @@ async fn the_unchanged_contract_client_can_use_all_five_operations() {
     }
     let ids: std::collections::HashSet<_> = appended.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), 3, "entry ids are unique");
-    assert!(appended.windows(2).all(|w| w[0].appended_at_ns <= w[1].appended_at_ns));
+    assert!(
+        appended
+            .windows(2)
+            .all(|w| w[0].appended_at_ns <= w[1].appended_at_ns)
+    );
 
     let got = c
         .get(v1::GetRequest {
@@ -90,7 +94,10 @@ async fn the_unchanged_contract_client_can_use_all_five_operations() {
         let e = watch.next().await.unwrap().unwrap().entry.unwrap();
         assert_eq!(e.sequence, expected);
         assert_eq!(e.payload, appended[expected as usize - 1].payload);
-        assert_eq!(e.appended_at_ns, appended[expected as usize - 1].appended_at_ns);
+        assert_eq!(
+            e.appended_at_ns,
+            appended[expected as usize - 1].appended_at_ns
+        );
     }
     c.append(v1::AppendRequest {
         context_id: "copy".into(),

@@ -18,7 +18,14 @@ async fn client(s: &TestServer) -> Client {
 
 async fn append_n(c: &Client, ctx: &str, n: usize, key: &str) {
     for i in 0..n {
-        c.append(ctx, key, i.to_string().into_bytes(), AppendOptions::default()).await.unwrap();
+        c.append(
+            ctx,
+            key,
+            i.to_string().into_bytes(),
+            AppendOptions::default(),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -36,7 +43,14 @@ async fn watchers_joining_during_appends_see_every_entry_once_in_order() {
             for i in 0..N {
                 let c = c.clone();
                 batch.push(tokio::spawn(async move {
-                    c.append("race", "k", i.to_string().into_bytes(), AppendOptions::default()).await.unwrap()
+                    c.append(
+                        "race",
+                        "k",
+                        i.to_string().into_bytes(),
+                        AppendOptions::default(),
+                    )
+                    .await
+                    .unwrap()
                 }));
                 if batch.len() == 16 {
                     for t in batch.drain(..) {
@@ -79,7 +93,11 @@ async fn watchers_joining_during_appends_see_every_entry_once_in_order() {
 /// than the live buffer) still gets all of them, in order.
 #[tokio::test]
 async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
-    let config = LedgerConfig { watch_buffer_entries: 8, watch_catch_up_chunk: 16, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        watch_buffer_entries: 8,
+        watch_catch_up_chunk: 16,
+        ..LedgerConfig::default()
+    };
     let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
     let c = client(&s).await;
     append_n(&c, "slow", 5, "k").await;
@@ -88,10 +106,14 @@ async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
     // Stall while many entries (with interleaved other keys) are appended.
     for i in 0..300 {
         let key = if i % 3 == 0 { "other" } else { "k" };
-        c.append("slow", key, vec![], AppendOptions::default()).await.unwrap();
+        c.append("slow", key, vec![], AppendOptions::default())
+            .await
+            .unwrap();
     }
     let mut got = vec![1];
-    let expected: Vec<u64> = (1..=5).chain((0..300).filter(|i| i % 3 != 0).map(|i| 6 + i)).collect();
+    let expected: Vec<u64> = (1..=5)
+        .chain((0..300).filter(|i| i % 3 != 0).map(|i| 6 + i))
+        .collect();
     while got.len() < expected.len() {
         got.push(watch.next().await.unwrap().unwrap().sequence);
     }
@@ -101,9 +123,15 @@ async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
 
 #[tokio::test]
 async fn cancelled_watches_free_their_slot_and_the_limit_is_enforced() {
-    let config = LedgerConfig { watchers_max: 2, ..LedgerConfig::default() };
+    let config = LedgerConfig {
+        watchers_max: 2,
+        ..LedgerConfig::default()
+    };
     let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
-    let mut raw = converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(s.url())
+    let mut raw =
+        converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(
+            s.url(),
+        )
         .await
         .unwrap();
     let req = || converge_ledger_proto::context::v1::WatchRequest {
@@ -123,7 +151,10 @@ async fn cancelled_watches_free_their_slot_and_the_limit_is_enforced() {
     drop(a);
     drop(b);
     let ledger = s.ledger.clone();
-    eventually(10, "cancelled watches to be released", || (ledger.open_watches() == 0).then_some(())).await;
+    eventually(10, "cancelled watches to be released", || {
+        (ledger.open_watches() == 0).then_some(())
+    })
+    .await;
     let _c = raw.watch(req()).await.unwrap();
     s.stop().await;
 }
@@ -131,7 +162,10 @@ async fn cancelled_watches_free_their_slot_and_the_limit_is_enforced() {
 #[tokio::test]
 async fn shutdown_ends_watch_streams_cleanly() {
     let s = TestServer::memory().await;
-    let mut raw = converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(s.url())
+    let mut raw =
+        converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(
+            s.url(),
+        )
         .await
         .unwrap();
     let mut stream = raw
@@ -144,7 +178,9 @@ async fn shutdown_ends_watch_streams_cleanly() {
         .unwrap()
         .into_inner();
     let stopping = tokio::spawn(s.stop());
-    let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("stream did not end");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("stream did not end");
     assert!(end.is_none() || end.unwrap().is_err());
     stopping.await.unwrap();
 }
@@ -168,11 +204,19 @@ async fn the_client_watch_resumes_across_a_server_restart() {
         assert_eq!(watch.next().await.unwrap().unwrap().sequence, expected);
     }
     s.stop().await;
-    let s = TestServer::start_full(open(), LedgerConfig::default(), ServerConfig::default(), &addr).await;
+    let s = TestServer::start_full(
+        open(),
+        LedgerConfig::default(),
+        ServerConfig::default(),
+        &addr,
+    )
+    .await;
     let c2 = client(&s).await;
     append_n(&c2, "r", 3, "k").await;
     for expected in 4..=6 {
-        let e = tokio::time::timeout(Duration::from_secs(20), watch.next()).await.expect("resumed watch stalled");
+        let e = tokio::time::timeout(Duration::from_secs(20), watch.next())
+            .await
+            .expect("resumed watch stalled");
         assert_eq!(e.unwrap().unwrap().sequence, expected);
     }
     s.stop().await;

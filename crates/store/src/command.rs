@@ -19,7 +19,11 @@ impl WriteCommand {
                 a.context.len()
                     + a.entry.key.len()
                     + a.entry.payload.len()
-                    + a.entry.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                    + a.entry
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
                     + 64
             }
             WriteCommand::Import(i) => {

@@ -134,11 +134,15 @@ impl EmbeddedStore {
             .cache_size(options.cache_bytes)
             .open()
             .map_err(|e| io(format!("cannot open {}: {e}", options.path.display())))?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(io);
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(io)
+        };
         let meta = ks(KS_META)?;
         match meta.get("format").map_err(io)? {
             None => {
-                meta.insert("format", FORMAT_VERSION.to_be_bytes()).map_err(io)?;
+                meta.insert("format", FORMAT_VERSION.to_be_bytes())
+                    .map_err(io)?;
                 db.persist(PersistMode::SyncAll).map_err(io)?;
             }
             Some(v) if *v == FORMAT_VERSION.to_be_bytes() => {}
@@ -197,7 +201,12 @@ impl EmbeddedStore {
         self.read().contexts.get(context).map(|c| c.id)
     }
 
-    fn decode_entry(&self, context: &str, sequence: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+    fn decode_entry(
+        &self,
+        context: &str,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<Entry, StoreError> {
         let entry = record::decode(bytes).map_err(|e| StoreError::Corrupt {
             context: context.to_owned(),
             sequence,
@@ -207,7 +216,10 @@ impl EmbeddedStore {
             return Err(StoreError::Corrupt {
                 context: context.to_owned(),
                 sequence,
-                reason: format!("record stored under sequence {sequence} says {}", entry.sequence),
+                reason: format!(
+                    "record stored under sequence {sequence} says {}",
+                    entry.sequence
+                ),
             });
         }
         Ok(entry)
@@ -295,10 +307,7 @@ impl Store for EmbeddedStore {
             FsyncPolicy::Always => Some(PersistMode::SyncAll),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(PersistMode::Buffer),
         };
-        let mut batch = self
-            .db
-            .batch()
-            .durability(durability);
+        let mut batch = self.db.batch().durability(durability);
         let mut buf = Vec::new();
         for (context, entry) in &staged.committed.entries {
             let id = ids[context];
@@ -311,11 +320,19 @@ impl Store for EmbeddedStore {
             batch.insert(&self.by_key, k, [0u8; 0]);
         }
         for (context, key, seq) in &staged.idempotency {
-            batch.insert(&self.idempotency, idempotency_key(ids[context], key), seq.to_be_bytes());
+            batch.insert(
+                &self.idempotency,
+                idempotency_key(ids[context], key),
+                seq.to_be_bytes(),
+            );
         }
         for (context, head) in &staged.heads {
             if head.sequence > 0 {
-                batch.insert(&self.heads_ks, ids[context].to_be_bytes(), encode_head_value(context, head));
+                batch.insert(
+                    &self.heads_ks,
+                    ids[context].to_be_bytes(),
+                    encode_head_value(context, head),
+                );
             }
         }
         batch.commit().map_err(io)?;
@@ -373,14 +390,17 @@ impl Store for EmbeddedStore {
                 to.extend_from_slice(&scan.until.to_be_bytes());
                 for item in self.by_key.range(from..=to) {
                     let k = item.key().map_err(io)?;
-                    let seq = be_u64(&k[prefix.len()..]).ok_or_else(|| io("malformed index key"))?;
-                    let v = self.entries.get(entry_key(id, seq)).map_err(io)?.ok_or_else(|| {
-                        StoreError::Corrupt {
+                    let seq =
+                        be_u64(&k[prefix.len()..]).ok_or_else(|| io("malformed index key"))?;
+                    let v = self
+                        .entries
+                        .get(entry_key(id, seq))
+                        .map_err(io)?
+                        .ok_or_else(|| StoreError::Corrupt {
                             context: context.to_owned(),
                             sequence: seq,
                             reason: "the key index names an entry that is missing".into(),
-                        }
-                    })?;
+                        })?;
                     if !visit(self.decode_entry(context, seq, &v)?) {
                         break;
                     }

@@ -93,7 +93,10 @@ impl<B: Backing> Stager<'_, B> {
         if let Some(&i) = self.pending_entries.get(&(context.clone(), sequence)) {
             return Ok(Some(self.staged.committed.entries[i].1.clone()));
         }
-        Ok(self.backing.committed_entry(context, sequence)?.map(Arc::new))
+        Ok(self
+            .backing
+            .committed_entry(context, sequence)?
+            .map(Arc::new))
     }
 
     fn push(&mut self, context: &Arc<str>, entry: Entry) -> Arc<Entry> {
@@ -102,7 +105,10 @@ impl<B: Backing> Stager<'_, B> {
             (context.clone(), entry.sequence),
             self.staged.committed.entries.len(),
         );
-        self.staged.committed.entries.push((context.clone(), entry.clone()));
+        self.staged
+            .committed
+            .entries
+            .push((context.clone(), entry.clone()));
         entry
     }
 
@@ -114,11 +120,13 @@ impl<B: Backing> Stager<'_, B> {
                 None => self.backing.committed_idempotency(&context, key)?,
             };
             if let Some(sequence) = known {
-                let existing = self.entry(&context, sequence)?.ok_or_else(|| StoreError::Corrupt {
-                    context: context.to_string(),
-                    sequence,
-                    reason: format!("idempotency key {key:?} points at a missing entry"),
-                })?;
+                let existing =
+                    self.entry(&context, sequence)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            context: context.to_string(),
+                            sequence,
+                            reason: format!("idempotency key {key:?} points at a missing entry"),
+                        })?;
                 let same = existing.key == a.entry.key
                     && existing.payload == a.entry.payload
                     && existing.metadata == a.entry.metadata;
@@ -133,8 +141,11 @@ impl<B: Backing> Stager<'_, B> {
         let entry = head.next_entry(&context, a.entry, now_ns);
         head.advance(&entry);
         if let Some(key) = a.idempotency_key {
-            self.pending_keys.insert((context.clone(), key.clone()), entry.sequence);
-            self.staged.idempotency.push((context.clone(), key, entry.sequence));
+            self.pending_keys
+                .insert((context.clone(), key.clone()), entry.sequence);
+            self.staged
+                .idempotency
+                .push((context.clone(), key, entry.sequence));
         }
         Ok(WriteOutcome::Appended(self.push(&context, entry)))
     }
@@ -144,9 +155,9 @@ impl<B: Backing> Stager<'_, B> {
         let current = self.head(&context)?.sequence;
         let n = i.entries.len() as u64;
         if current > 0 && i.fail_if_exists {
-            return Ok(WriteOutcome::ImportRejected(ImportRejection::AlreadyExists {
-                head: current,
-            }));
+            return Ok(WriteOutcome::ImportRejected(
+                ImportRejection::AlreadyExists { head: current },
+            ));
         }
         let overlap = current.min(n);
         if overlap > 0 {

@@ -111,7 +111,10 @@ fn verify_chain(store: &dyn Store, ctx: &str) -> Head {
         head.advance(&e);
     }
     let stored = store.head(ctx).unwrap().unwrap_or_else(|| Head::empty(ctx));
-    assert_eq!(stored, head, "stored head of {ctx} differs from the recomputed one");
+    assert_eq!(
+        stored, head,
+        "stored head of {ctx} differs from the recomputed one"
+    );
     head
 }
 
@@ -137,7 +140,10 @@ pub fn appends_are_gapless_chained_and_merkle_rooted(h: &mut dyn Harness) {
         .iter()
         .map(|e| converge_ledger_core::merkle::leaf_hash(&e.hash.0))
         .collect();
-    assert_eq!(head.merkle_root(), converge_ledger_core::merkle::root_of_leaf_hashes(&leaves));
+    assert_eq!(
+        head.merkle_root(),
+        converge_ledger_core::merkle::root_of_leaf_hashes(&leaves)
+    );
     assert_eq!(all(s, "c")[1].payload, b"p1");
 }
 
@@ -145,7 +151,14 @@ pub fn appends_are_gapless_chained_and_merkle_rooted(h: &mut dyn Harness) {
 pub fn contexts_are_independent(h: &mut dyn Harness) {
     let s = h.store();
     let c = s
-        .write(1, vec![append("x", "k", "1"), append("y", "k", "1"), append("x", "k", "2")])
+        .write(
+            1,
+            vec![
+                append("x", "k", "1"),
+                append("y", "k", "1"),
+                append("x", "k", "2"),
+            ],
+        )
         .unwrap();
     let seqs: Vec<u64> = c.outcomes.iter().map(|o| appended(o).sequence).collect();
     assert_eq!(seqs, vec![1, 1, 2]);
@@ -187,18 +200,33 @@ pub fn timestamps_never_decrease_and_lamport_merges(h: &mut dyn Harness) {
 pub fn idempotent_retries_append_nothing(h: &mut dyn Harness) {
     let c = h
         .store()
-        .write(1, vec![append_idem("i", "k", "v", "req-1"), append_idem("i", "k", "v", "req-1")])
+        .write(
+            1,
+            vec![
+                append_idem("i", "k", "v", "req-1"),
+                append_idem("i", "k", "v", "req-1"),
+            ],
+        )
         .unwrap();
     let first = appended(&c.outcomes[0]);
     assert_eq!(c.outcomes[1], WriteOutcome::Duplicate(first.clone()));
-    let again = h.store().write(2, vec![append_idem("i", "k", "v", "req-1")]).unwrap();
+    let again = h
+        .store()
+        .write(2, vec![append_idem("i", "k", "v", "req-1")])
+        .unwrap();
     assert_eq!(again.outcomes[0], WriteOutcome::Duplicate(first.clone()));
     assert!(again.entries.is_empty());
     // Keys are per context.
-    let other = h.store().write(3, vec![append_idem("j", "k", "v", "req-1")]).unwrap();
+    let other = h
+        .store()
+        .write(3, vec![append_idem("j", "k", "v", "req-1")])
+        .unwrap();
     assert_eq!(appended(&other.outcomes[0]).sequence, 1);
     if h.reopen() {
-        let after = h.store().write(4, vec![append_idem("i", "k", "v", "req-1")]).unwrap();
+        let after = h
+            .store()
+            .write(4, vec![append_idem("i", "k", "v", "req-1")])
+            .unwrap();
         assert_eq!(after.outcomes[0], WriteOutcome::Duplicate(first));
     }
     assert_eq!(h.store().head("i").unwrap().unwrap().sequence, 1);
@@ -208,8 +236,13 @@ pub fn idempotent_retries_append_nothing(h: &mut dyn Harness) {
 pub fn idempotency_conflict_is_reported(h: &mut dyn Harness) {
     let s = h.store();
     s.write(1, vec![append_idem("i", "k", "v", "req")]).unwrap();
-    let c = s.write(2, vec![append_idem("i", "k", "other", "req")]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::IdempotencyConflict { sequence: 1 });
+    let c = s
+        .write(2, vec![append_idem("i", "k", "other", "req")])
+        .unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::IdempotencyConflict { sequence: 1 }
+    );
     assert_eq!(s.head("i").unwrap().unwrap().sequence, 1);
 }
 
@@ -219,7 +252,10 @@ pub fn scans_honour_after_until_and_key(h: &mut dyn Harness) {
     let s = h.store();
     fill(s, "s", 10, 1);
     let seqs = |v: Vec<Entry>| v.iter().map(|e| e.sequence).collect::<Vec<_>>();
-    assert_eq!(seqs(scan(s, "s", 0, u64::MAX, None)), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(scan(s, "s", 0, u64::MAX, None)),
+        (1..=10).collect::<Vec<_>>()
+    );
     assert_eq!(seqs(scan(s, "s", 3, 6, None)), vec![4, 5, 6]);
     assert_eq!(seqs(scan(s, "s", 0, u64::MAX, Some("k1"))), vec![2, 5, 8]);
     assert_eq!(seqs(scan(s, "s", 2, 7, Some("k1"))), vec![5]);
@@ -227,10 +263,18 @@ pub fn scans_honour_after_until_and_key(h: &mut dyn Harness) {
     assert!(scan(s, "s", 0, u64::MAX, Some("nope")).is_empty());
     // Early stop.
     let mut n = 0;
-    s.scan("s", Scan { after: 0, until: u64::MAX, key: None }, &mut |_| {
-        n += 1;
-        n < 4
-    })
+    s.scan(
+        "s",
+        Scan {
+            after: 0,
+            until: u64::MAX,
+            key: None,
+        },
+        &mut |_| {
+            n += 1;
+            n < 4
+        },
+    )
     .unwrap();
     assert_eq!(n, 4);
     assert_eq!(s.entry("s", 7).unwrap().unwrap().payload, b"p6");
@@ -252,7 +296,9 @@ fn snapshot_entries(s: &dyn Store, ctx: &str) -> Vec<Entry> {
         w.push(&e).unwrap();
     }
     let bytes = w.finish().unwrap();
-    snapshot::decode_and_verify(&bytes, &Limits::default()).unwrap().1
+    snapshot::decode_and_verify(&bytes, &Limits::default())
+        .unwrap()
+        .1
 }
 
 fn rechain(ctx: &str, entries: &[Entry]) -> Vec<Entry> {
@@ -284,8 +330,16 @@ pub fn import_into_empty_context_restores_exactly(h: &mut dyn Harness) {
     fill(&src, "a", 5, 77);
     let entries = snapshot_entries(&src, "a");
     let s = h.store();
-    let c = s.write(1, vec![import("a", entries.clone(), true)]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 5, head: 5 });
+    let c = s
+        .write(1, vec![import("a", entries.clone(), true)])
+        .unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::Imported {
+            restored: 5,
+            head: 5
+        }
+    );
     assert_eq!(c.entries.len(), 5);
     assert_eq!(all(s, "a"), entries);
     verify_chain(s, "a");
@@ -301,13 +355,33 @@ pub fn import_into_another_context_rechains(h: &mut dyn Harness) {
     fill(&src, "a", 4, 77);
     let entries = snapshot_entries(&src, "a");
     let s = h.store();
-    let c = s.write(1, vec![import("b", rechain("b", &entries), false)]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 4, head: 4 });
+    let c = s
+        .write(1, vec![import("b", rechain("b", &entries), false)])
+        .unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::Imported {
+            restored: 4,
+            head: 4
+        }
+    );
     let got = all(s, "b");
     for (g, e) in got.iter().zip(&entries) {
         assert_eq!(
-            (g.sequence, &g.key, &g.payload, &g.metadata, g.appended_at_ns),
-            (e.sequence, &e.key, &e.payload, &e.metadata, e.appended_at_ns)
+            (
+                g.sequence,
+                &g.key,
+                &g.payload,
+                &g.metadata,
+                g.appended_at_ns
+            ),
+            (
+                e.sequence,
+                &e.key,
+                &e.payload,
+                &e.metadata,
+                e.appended_at_ns
+            )
         );
         assert_ne!(g.hash, e.hash);
     }
@@ -321,7 +395,9 @@ pub fn import_fail_if_exists_changes_nothing(h: &mut dyn Harness) {
     let before = all(s, "a");
     let src = crate::MemoryStore::new();
     fill(&src, "a", 3, 1);
-    let c = s.write(2, vec![import("a", snapshot_entries(&src, "a"), true)]).unwrap();
+    let c = s
+        .write(2, vec![import("a", snapshot_entries(&src, "a"), true)])
+        .unwrap();
     assert_eq!(
         c.outcomes[0],
         WriteOutcome::ImportRejected(ImportRejection::AlreadyExists { head: 2 })
@@ -337,15 +413,36 @@ pub fn import_extends_a_prefix_and_is_idempotent(h: &mut dyn Harness) {
     fill(&src, "a", 6, 5);
     let full = snapshot_entries(&src, "a");
     let s = h.store();
-    s.write(1, vec![import("a", full[..2].to_vec(), false)]).unwrap();
+    s.write(1, vec![import("a", full[..2].to_vec(), false)])
+        .unwrap();
     let c = s.write(1, vec![import("a", full.clone(), false)]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 4, head: 6 });
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::Imported {
+            restored: 4,
+            head: 6
+        }
+    );
     let seqs: Vec<u64> = c.entries.iter().map(|(_, e)| e.sequence).collect();
     assert_eq!(seqs, vec![3, 4, 5, 6]);
     let c = s.write(1, vec![import("a", full.clone(), false)]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 0, head: 6 });
-    let c = s.write(1, vec![import("a", full[..3].to_vec(), false)]).unwrap();
-    assert_eq!(c.outcomes[0], WriteOutcome::Imported { restored: 0, head: 6 });
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::Imported {
+            restored: 0,
+            head: 6
+        }
+    );
+    let c = s
+        .write(1, vec![import("a", full[..3].to_vec(), false)])
+        .unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::Imported {
+            restored: 0,
+            head: 6
+        }
+    );
     assert_eq!(all(s, "a"), full);
 }
 
@@ -356,7 +453,8 @@ pub fn import_that_diverges_names_the_first_sequence(h: &mut dyn Harness) {
     let src = crate::MemoryStore::new();
     fill(&src, "a", 8, 5);
     let theirs = snapshot_entries(&src, "a");
-    s.write(1, vec![import("a", theirs[..5].to_vec(), false)]).unwrap();
+    s.write(1, vec![import("a", theirs[..5].to_vec(), false)])
+        .unwrap();
     let mut forked = theirs.clone();
     forked[3].payload = b"fork".to_vec();
     let forked = rechain("a", &forked);
@@ -373,7 +471,10 @@ pub fn find_by_hash_locates_entries(h: &mut dyn Harness) {
     let s = h.store();
     let es = fill(s, "h", 3, 1);
     for e in &es {
-        assert_eq!(s.find_by_hash(&e.hash).unwrap(), Some(("h".to_string(), e.sequence)));
+        assert_eq!(
+            s.find_by_hash(&e.hash).unwrap(),
+            Some(("h".to_string(), e.sequence))
+        );
     }
     assert_eq!(s.find_by_hash(&Digest::ZERO).unwrap(), None);
 }
@@ -395,7 +496,9 @@ pub fn contexts_are_listed_with_heads(h: &mut dyn Harness) {
 /// Entries, heads, indexes and idempotency keys survive a reopen.
 pub fn everything_survives_reopen(h: &mut dyn Harness) {
     fill(h.store(), "r", 4, 1);
-    h.store().write(2, vec![append_idem("r", "k", "v", "key")]).unwrap();
+    h.store()
+        .write(2, vec![append_idem("r", "k", "v", "key")])
+        .unwrap();
     let before = all(h.store(), "r");
     let head = h.store().head("r").unwrap();
     if !h.reopen() {

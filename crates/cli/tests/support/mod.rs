@@ -88,7 +88,10 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(std::time::Instant::now() < deadline, "server did not exit within {limit:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not exit within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -26,7 +26,12 @@ impl TestServer {
         Self::start(Arc::new(MemoryStore::new()), LedgerConfig::default()).await
     }
 
-    pub async fn start_full(store: Arc<dyn Store>, config: LedgerConfig, server: ServerConfig, at: &str) -> TestServer {
+    pub async fn start_full(
+        store: Arc<dyn Store>,
+        config: LedgerConfig,
+        server: ServerConfig,
+        at: &str,
+    ) -> TestServer {
         let listener = bind(at).await;
         let addr = listener.local_addr().unwrap();
         let ledger = Ledger::new(store, config);
