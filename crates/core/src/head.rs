@@ -82,13 +82,20 @@ impl Head {
     /// follows it (checked by [`Head::check_next`] or produced by
     /// [`Head::next_entry`]).
     pub fn advance(&mut self, entry: &Entry) {
+        self.advance_with(entry, |_, _, _| {});
+    }
+
+    /// [`Head::advance`], reporting the Merkle subtrees the entry completes
+    /// as `(level, index, root)` (see [`Frontier::push_leaf_hash_with`]).
+    pub fn advance_with(&mut self, entry: &Entry, completed: impl FnMut(u8, u64, &Digest)) {
         debug_assert_eq!(entry.sequence, self.sequence + 1);
         debug_assert_eq!(entry.prev_hash, self.hash);
         self.sequence = entry.sequence;
         self.hash = entry.hash;
         self.lamport = entry.lamport;
         self.appended_at_ns = entry.appended_at_ns;
-        self.frontier.push_entry(&entry.hash);
+        self.frontier
+            .push_leaf_hash_with(crate::merkle::leaf_hash(&entry.hash.0), completed);
     }
 
     /// Checks that `entry` validly follows this head in `context`: next

@@ -15,13 +15,15 @@ mod head;
 mod limits;
 pub mod merkle;
 pub mod record;
+mod signing;
 pub mod snapshot;
 
 pub use digest::{Digest, ParseDigestError};
 pub use entry::{Entry, Metadata, NewEntry, genesis_hash};
-pub use head::Head;
+pub use head::{ChainError, Head};
 pub use limits::{LimitError, Limits};
 pub use merkle::Frontier;
+pub use signing::{HeadSigner, PublicKey, SignatureError, SignedHead};
 
 /// Decoding failure of a stored record, a head or a snapshot.
 ///

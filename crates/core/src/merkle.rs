@@ -55,7 +55,11 @@ impl Frontier {
     /// `(level, index, root)`: the subtree of `2^level` leaves starting at
     /// leaf `index * 2^level`. Stores keep some of these (see
     /// [`STORED_LEVEL_STRIDE`]) so that proofs need few reads.
-    pub fn push_leaf_hash_with(&mut self, leaf: Digest, mut completed: impl FnMut(u8, u64, &Digest)) {
+    pub fn push_leaf_hash_with(
+        &mut self,
+        leaf: Digest,
+        mut completed: impl FnMut(u8, u64, &Digest),
+    ) {
         let mut node = leaf;
         let mut size = self.size;
         let mut level = 0u8;
@@ -84,7 +88,10 @@ impl Frontier {
     /// The frontier nodes with their levels, largest subtree first.
     pub fn nodes(&self) -> impl Iterator<Item = (u8, &Digest)> {
         let size = self.size;
-        (0..64u8).rev().filter(move |b| size >> b & 1 == 1).zip(self.nodes.iter())
+        (0..64u8)
+            .rev()
+            .filter(move |b| size >> b & 1 == 1)
+            .zip(self.nodes.iter())
     }
 
     /// The Merkle tree hash of all leaves pushed so far.
@@ -138,7 +145,6 @@ pub fn largest_power_of_two_below(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
-
 /// Interior nodes at levels that are multiples of this (and above 0) are kept
 /// by the stores: one extra record per 15 entries, and any perfect subtree
 /// root is at most `2^(STRIDE-1)` stored nodes (or leaves) away.
@@ -173,14 +179,24 @@ pub fn subtree_root<S: NodeSource>(src: &mut S, start: u64, len: u64) -> Result<
 
 /// The audit path of leaf `index` in the tree of the first `size` leaves
 /// (RFC 9162 §2.1.3.1), leaf side first. Requires `index < size`.
-pub fn inclusion_proof<S: NodeSource>(src: &mut S, index: u64, size: u64) -> Result<Vec<Digest>, S::Error> {
+pub fn inclusion_proof<S: NodeSource>(
+    src: &mut S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Digest>, S::Error> {
     assert!(index < size, "leaf {index} is not in a tree of {size}");
     let mut path = Vec::new();
     path_rec(src, index, 0, size, &mut path)?;
     Ok(path)
 }
 
-fn path_rec<S: NodeSource>(src: &mut S, m: u64, start: u64, n: u64, out: &mut Vec<Digest>) -> Result<(), S::Error> {
+fn path_rec<S: NodeSource>(
+    src: &mut S,
+    m: u64,
+    start: u64,
+    n: u64,
+    out: &mut Vec<Digest>,
+) -> Result<(), S::Error> {
     if n <= 1 {
         return Ok(());
     }
@@ -197,8 +213,15 @@ fn path_rec<S: NodeSource>(src: &mut S, m: u64, start: u64, n: u64, out: &mut Ve
 
 /// The consistency proof between the trees of the first `old` and `new`
 /// leaves (RFC 9162 §2.1.4.1). Requires `0 < old <= new`.
-pub fn consistency_proof<S: NodeSource>(src: &mut S, old: u64, new: u64) -> Result<Vec<Digest>, S::Error> {
-    assert!(0 < old && old <= new, "no consistency proof from {old} to {new}");
+pub fn consistency_proof<S: NodeSource>(
+    src: &mut S,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Digest>, S::Error> {
+    assert!(
+        0 < old && old <= new,
+        "no consistency proof from {old} to {new}"
+    );
     let mut proof = Vec::new();
     if old < new {
         subproof_rec(src, old, 0, new, true, &mut proof)?;
@@ -245,9 +268,17 @@ impl std::error::Error for ProofError {}
 
 /// Verifies that `leaf` (a leaf hash) is leaf `index` of the tree of `size`
 /// leaves with root `root` (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf: &Digest, index: u64, size: u64, proof: &[Digest], root: &Digest) -> Result<(), ProofError> {
+pub fn verify_inclusion(
+    leaf: &Digest,
+    index: u64,
+    size: u64,
+    proof: &[Digest],
+    root: &Digest,
+) -> Result<(), ProofError> {
     if index >= size {
-        return Err(ProofError(format!("leaf index {index} is outside a tree of {size}")));
+        return Err(ProofError(format!(
+            "leaf index {index} is outside a tree of {size}"
+        )));
     }
     let (mut fn_, mut sn) = (index, size - 1);
     let mut r = *leaf;
@@ -271,7 +302,9 @@ pub fn verify_inclusion(leaf: &Digest, index: u64, size: u64, proof: &[Digest], 
         return Err(ProofError("the inclusion proof is too short".into()));
     }
     if r != *root {
-        return Err(ProofError(format!("the inclusion proof leads to root {r}, not {root}")));
+        return Err(ProofError(format!(
+            "the inclusion proof leads to root {r}, not {root}"
+        )));
     }
     Ok(())
 }
@@ -286,18 +319,28 @@ pub fn verify_consistency(
     proof: &[Digest],
 ) -> Result<(), ProofError> {
     if old > new {
-        return Err(ProofError(format!("the old size {old} is larger than the new size {new}")));
+        return Err(ProofError(format!(
+            "the old size {old} is larger than the new size {new}"
+        )));
     }
     if old == new {
         return if proof.is_empty() && old_root == new_root {
             Ok(())
         } else {
-            Err(ProofError(format!("two trees of size {old} with different roots {old_root} and {new_root}")))
+            Err(ProofError(format!(
+                "two trees of size {old} with different roots {old_root} and {new_root}"
+            )))
         };
     }
     if old == 0 {
         // The empty tree is a prefix of every tree.
-        return if proof.is_empty() { Ok(()) } else { Err(ProofError("a proof from the empty tree must be empty".into())) };
+        return if proof.is_empty() {
+            Ok(())
+        } else {
+            Err(ProofError(
+                "a proof from the empty tree must be empty".into(),
+            ))
+        };
     }
     let mut path: Vec<Digest> = Vec::with_capacity(proof.len() + 1);
     if old.is_power_of_two() {
@@ -334,10 +377,14 @@ pub fn verify_consistency(
         return Err(ProofError("the consistency proof is too short".into()));
     }
     if fr != *old_root {
-        return Err(ProofError(format!("the proof does not lead to the old root {old_root} (got {fr}): history before size {old} changed")));
+        return Err(ProofError(format!(
+            "the proof does not lead to the old root {old_root} (got {fr}): history before size {old} changed"
+        )));
     }
     if sr != *new_root {
-        return Err(ProofError(format!("the proof does not lead to the new root {new_root} (got {sr})")));
+        return Err(ProofError(format!(
+            "the proof does not lead to the new root {new_root} (got {sr})"
+        )));
     }
     Ok(())
 }
@@ -436,13 +483,24 @@ mod tests {
                 assert!(verify_inclusion(&other, index, size, &proof, &root).is_err());
                 if size > 1 {
                     let wrong = (index + 1) % size;
-                    assert!(verify_inclusion(&tree[index as usize], wrong, size, &proof, &root).is_err());
+                    assert!(
+                        verify_inclusion(&tree[index as usize], wrong, size, &proof, &root)
+                            .is_err()
+                    );
                     let mut bad = proof.clone();
                     bad[0].0[0] ^= 1;
-                    assert!(verify_inclusion(&tree[index as usize], index, size, &bad, &root).is_err());
-                    assert!(verify_inclusion(&tree[index as usize], index, size, &proof[1..], &root).is_err());
+                    assert!(
+                        verify_inclusion(&tree[index as usize], index, size, &bad, &root).is_err()
+                    );
+                    assert!(
+                        verify_inclusion(&tree[index as usize], index, size, &proof[1..], &root)
+                            .is_err()
+                    );
                 }
-                assert!(verify_inclusion(&tree[index as usize], index, size, &proof, &leaf_hash(b"r")).is_err());
+                assert!(
+                    verify_inclusion(&tree[index as usize], index, size, &proof, &leaf_hash(b"r"))
+                        .is_err()
+                );
             }
         }
     }
@@ -454,13 +512,17 @@ mod tests {
             let new_root = root_of_leaf_hashes(&all[..new as usize]);
             for old in 1..=new {
                 let old_root = root_of_leaf_hashes(&all[..old as usize]);
-                let proof = consistency_proof(&mut InMemoryLeaves(&all[..new as usize]), old, new).unwrap();
+                let proof =
+                    consistency_proof(&mut InMemoryLeaves(&all[..new as usize]), old, new).unwrap();
                 verify_consistency(old, new, &old_root, &new_root, &proof).unwrap();
                 // A different old history (leaf 0 rewritten) is detected.
                 let mut forged = all[..old as usize].to_vec();
                 forged[0] = leaf_hash(b"rewritten");
                 let forged_root = root_of_leaf_hashes(&forged);
-                assert!(verify_consistency(old, new, &forged_root, &new_root, &proof).is_err(), "{old}->{new}");
+                assert!(
+                    verify_consistency(old, new, &forged_root, &new_root, &proof).is_err(),
+                    "{old}->{new}"
+                );
                 if !proof.is_empty() {
                     let mut bad = proof.clone();
                     let last = bad.len() - 1;
@@ -477,7 +539,8 @@ mod tests {
         let all: Vec<Digest> = data.iter().map(|d| leaf_hash(d)).collect();
         for new in 1..=8u64 {
             for old in 1..=new {
-                let proof = consistency_proof(&mut InMemoryLeaves(&all[..new as usize]), old, new).unwrap();
+                let proof =
+                    consistency_proof(&mut InMemoryLeaves(&all[..new as usize]), old, new).unwrap();
                 let old_root = Digest::from_hex(RFC6962_ROOTS[old as usize - 1]).unwrap();
                 let new_root = Digest::from_hex(RFC6962_ROOTS[new as usize - 1]).unwrap();
                 verify_consistency(old, new, &old_root, &new_root, &proof).unwrap();

@@ -6,7 +6,8 @@
 //! ```text
 //! [8] magic "CVLGSNAP" | u32 version (1) | u32 len, context id
 //! | u64 created_at_ns | u64 entry_count | u64 head sequence | [32] head hash
-//! | [32] Merkle root | entry_count × (u32 len, entry record)
+//! | [32] Merkle root | [32] signer public key | [64] Ed25519 signature
+//! | entry_count × (u32 len, entry record)
 //! | [32] SHA-256 of every byte before it
 //! ```
 //!
@@ -14,7 +15,7 @@
 
 use std::fmt;
 
-use crate::{DecodeError, Digest, Entry, Head, Limits, Reader, record};
+use crate::{DecodeError, Digest, Entry, Head, Limits, PublicKey, Reader, SignedHead, record};
 
 /// First bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"CVLGSNAP";
@@ -36,6 +37,10 @@ pub struct Header {
     pub head_hash: Digest,
     /// Merkle root over all entries.
     pub merkle_root: Digest,
+    /// The server's signature over the head (verified by
+    /// [`decode_and_verify`]; whether the signer is trusted is the caller's
+    /// decision).
+    pub signed: SignedHead,
 }
 
 /// Why a snapshot was refused.
@@ -47,6 +52,8 @@ pub enum SnapshotError {
     UnsupportedVersion(u32),
     /// Well-formed, but its entries do not form the chain it claims.
     Chain(String),
+    /// The head signature does not verify.
+    Signature(String),
 }
 
 impl fmt::Display for SnapshotError {
@@ -58,6 +65,7 @@ impl fmt::Display for SnapshotError {
                 "snapshot has version {v}; this build reads version {VERSION}"
             ),
             SnapshotError::Chain(m) => write!(f, "snapshot fails verification: {m}"),
+            SnapshotError::Signature(m) => write!(f, "snapshot signature is invalid: {m}"),
         }
     }
 }
@@ -80,8 +88,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts a snapshot of `context` whose entries will end at `head`.
-    pub fn new(context: &str, head: &Head, created_at_ns: u64) -> Writer {
+    /// Starts a snapshot of `context` whose entries will end at `head`,
+    /// carrying `signed`, the server's signature over that head.
+    pub fn new(context: &str, head: &Head, created_at_ns: u64, signed: &SignedHead) -> Writer {
+        debug_assert!(signed.matches(context, head));
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
@@ -92,6 +102,8 @@ impl Writer {
         out.extend_from_slice(&head.sequence.to_be_bytes());
         out.extend_from_slice(&head.hash.0);
         out.extend_from_slice(&head.merkle_root().0);
+        out.extend_from_slice(&signed.public_key.0);
+        out.extend_from_slice(&signed.signature);
         Writer {
             out,
             context: context.to_owned(),
@@ -166,13 +178,30 @@ pub fn decode_and_verify(
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let context = r.string32(limits.context_id_bytes_max, "context id")?;
+    let created_at_ns = r.u64()?;
+    let entry_count = r.u64()?;
+    let head_sequence = r.u64()?;
+    let head_hash = r.digest()?;
+    let merkle_root = r.digest()?;
+    let public_key = PublicKey(r.digest()?.0);
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(r.take(64)?);
     let header = Header {
+        signed: SignedHead {
+            context: context.clone(),
+            size: head_sequence,
+            root: merkle_root,
+            head_hash,
+            timestamp_ns: 0,
+            public_key,
+            signature,
+        },
         context,
-        created_at_ns: r.u64()?,
-        entry_count: r.u64()?,
-        head_sequence: r.u64()?,
-        head_hash: r.digest()?,
-        merkle_root: r.digest()?,
+        created_at_ns,
+        entry_count,
+        head_sequence,
+        head_hash,
+        merkle_root,
     };
     if header.entry_count != header.head_sequence {
         return Err(SnapshotError::Malformed(format!(
@@ -211,6 +240,12 @@ pub fn decode_and_verify(
             header.merkle_root
         )));
     }
+    let mut header = header;
+    header.signed.timestamp_ns = head.appended_at_ns;
+    header
+        .signed
+        .verify()
+        .map_err(|e| SnapshotError::Signature(e.0))?;
     Ok((header, entries))
 }
 
@@ -249,9 +284,13 @@ mod tests {
         (head, entries)
     }
 
+    fn signer() -> crate::HeadSigner {
+        crate::HeadSigner::from_seed([3; 32])
+    }
+
     fn snapshot(context: &str, n: u64) -> Vec<u8> {
         let (head, entries) = build(context, n);
-        let mut w = Writer::new(context, &head, 77);
+        let mut w = Writer::new(context, &head, 77, &signer().sign(context, &head));
         for e in &entries {
             w.push(e).unwrap();
         }
@@ -269,6 +308,7 @@ mod tests {
             assert_eq!(h.head_hash, head.hash);
             assert_eq!(h.merkle_root, head.merkle_root());
             assert_eq!(h.created_at_ns, 77);
+            assert_eq!(h.signed.public_key, signer().public_key());
         }
     }
 
@@ -293,7 +333,7 @@ mod tests {
     fn a_consistent_forgery_with_a_fresh_checksum_still_fails_the_chain() {
         let (head, mut entries) = build("ctx", 3);
         entries[1].payload = b"rewritten".to_vec();
-        let mut w = Writer::new("ctx", &head, 1);
+        let mut w = Writer::new("ctx", &head, 1, &signer().sign("ctx", &head));
         w.push(&entries[0]).unwrap();
         assert!(matches!(w.push(&entries[1]), Err(SnapshotError::Chain(_))));
     }
@@ -301,8 +341,25 @@ mod tests {
     #[test]
     fn writer_refuses_to_finish_short() {
         let (head, entries) = build("ctx", 3);
-        let mut w = Writer::new("ctx", &head, 1);
+        let mut w = Writer::new("ctx", &head, 1, &signer().sign("ctx", &head));
         w.push(&entries[0]).unwrap();
         assert!(w.finish().is_err());
+    }
+
+    /// A snapshot re-signed by another key with a recomputed checksum is
+    /// still a valid snapshot (by someone else); one whose signature bytes
+    /// were forged and checksum recomputed is refused.
+    #[test]
+    fn a_forged_signature_with_a_fresh_checksum_fails() {
+        let bytes = snapshot("ctx", 3);
+        let sig_at = 8 + 4 + 4 + 3 + 8 * 3 + 32 * 2 + 32;
+        let mut b = bytes[..bytes.len() - 32].to_vec();
+        b[sig_at + 5] ^= 1;
+        let sum = Digest::of(&[&b]);
+        b.extend_from_slice(&sum.0);
+        assert!(matches!(
+            decode_and_verify(&b, &Limits::default()),
+            Err(SnapshotError::Signature(_))
+        ));
     }
 }

@@ -47,6 +47,15 @@ impl Store for Faulty {
     fn find_by_hash(&self, hash: &Digest) -> Result<Option<(String, u64)>, StoreError> {
         self.inner.find_by_hash(hash)
     }
+    fn merkle_nodes(
+        &self,
+        context: &str,
+        level: u8,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        self.inner.merkle_nodes(context, level, start, count)
+    }
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
         self.inner.contexts(visit)
     }

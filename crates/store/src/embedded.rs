@@ -58,6 +58,7 @@ const KS_BY_HASH: &str = "by_hash";
 const KS_BY_KEY: &str = "by_key";
 const KS_IDEMPOTENCY: &str = "idempotency";
 const KS_META: &str = "meta";
+const KS_MERKLE: &str = "merkle";
 /// Layout version stored under `meta/format`; bumped on any change.
 const FORMAT_VERSION: u32 = 1;
 
@@ -69,6 +70,7 @@ pub struct EmbeddedStore {
     by_hash: Keyspace,
     by_key: Keyspace,
     idempotency: Keyspace,
+    merkle: Keyspace,
     fsync: FsyncPolicy,
     /// Every context's id and committed head. Loaded at open (heads are
     /// stored, so no entry is replayed); changed only after a durable commit.
@@ -110,6 +112,14 @@ fn by_key_prefix(id: u32, key: &str) -> Vec<u8> {
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(&(key.len() as u16).to_be_bytes());
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn node_key(id: u32, level: u8, index: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&id.to_be_bytes());
+    k[4] = level;
+    k[5..].copy_from_slice(&index.to_be_bytes());
     k
 }
 
@@ -160,6 +170,7 @@ impl EmbeddedStore {
             by_hash: ks(KS_BY_HASH)?,
             by_key: ks(KS_BY_KEY)?,
             idempotency: ks(KS_IDEMPOTENCY)?,
+            merkle: ks(KS_MERKLE)?,
             fsync: options.fsync,
             state: RwLock::new(State::default()),
             write_lock: Mutex::new(()),
@@ -326,6 +337,9 @@ impl Store for EmbeddedStore {
                 seq.to_be_bytes(),
             );
         }
+        for (context, level, index, root) in &staged.nodes {
+            batch.insert(&self.merkle, node_key(ids[context], *level, *index), root.0);
+        }
         for (context, head) in &staged.heads {
             if head.sequence > 0 {
                 batch.insert(
@@ -424,6 +438,38 @@ impl Store for EmbeddedStore {
         let id = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
         let seq = be_u64(&v[4..]).ok_or_else(|| io("malformed hash index value"))?;
         Ok(self.read().names.get(&id).map(|n| (n.to_string(), seq)))
+    }
+
+    fn merkle_nodes(
+        &self,
+        context: &str,
+        level: u8,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let Some(id) = self.id_of(context) else {
+            return Ok(Vec::new());
+        };
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let end = start.saturating_add(count - 1);
+        let mut out = Vec::with_capacity(count.min(1024) as usize);
+        for item in self
+            .merkle
+            .range(node_key(id, level, start)..=node_key(id, level, end))
+        {
+            let v = item.value().map_err(io)?;
+            out.push(Digest::from_slice(&v).ok_or_else(|| StoreError::Corrupt {
+                context: context.to_owned(),
+                sequence: 0,
+                reason: format!(
+                    "a Merkle node at level {level} is {} bytes, not 32",
+                    v.len()
+                ),
+            })?);
+        }
+        Ok(out)
     }
 
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {

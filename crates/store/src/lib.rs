@@ -13,6 +13,7 @@ mod command;
 mod embedded;
 mod error;
 mod memory;
+pub mod proofs;
 mod sequencer;
 mod store;
 #[cfg(any(test, feature = "testkit"))]

@@ -26,6 +26,8 @@ struct Context {
     /// `entries[i]` has sequence `i + 1`.
     entries: Vec<Arc<Entry>>,
     idempotency: HashMap<String, u64>,
+    /// Merkle nodes at stored levels: (level, index) → root.
+    nodes: HashMap<(u8, u64), Digest>,
 }
 
 impl MemoryStore {
@@ -75,6 +77,7 @@ impl Store for MemoryStore {
                     head: Head::empty(context),
                     entries: Vec::new(),
                     idempotency: HashMap::new(),
+                    nodes: HashMap::new(),
                 });
             c.entries.push(entry.clone());
             state
@@ -84,6 +87,11 @@ impl Store for MemoryStore {
         for (context, key, seq) in staged.idempotency {
             if let Some(c) = state.contexts.get_mut(&context) {
                 c.idempotency.insert(key, seq);
+            }
+        }
+        for (context, level, index, root) in staged.nodes {
+            if let Some(c) = state.contexts.get_mut(&context) {
+                c.nodes.insert((level, index), root);
             }
         }
         for (context, head) in staged.heads {
@@ -149,6 +157,22 @@ impl Store for MemoryStore {
             .by_hash
             .get(hash)
             .map(|(c, s)| (c.to_string(), *s)))
+    }
+
+    fn merkle_nodes(
+        &self,
+        context: &str,
+        level: u8,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let state = self.read();
+        let Some(c) = state.contexts.get(context) else {
+            return Ok(Vec::new());
+        };
+        Ok((start..start.saturating_add(count))
+            .map_while(|i| c.nodes.get(&(level, i)).copied())
+            .collect())
     }
 
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {

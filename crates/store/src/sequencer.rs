@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use converge_ledger_core::{Entry, Head};
+use converge_ledger_core::merkle::is_stored_level;
+use converge_ledger_core::{Digest, Entry, Head};
 
 use crate::{
     AppendCommand, Committed, ImportCommand, ImportRejection, StoreError, WriteCommand,
@@ -30,6 +31,8 @@ pub(crate) struct Staged {
     pub heads: HashMap<Arc<str>, Head>,
     /// New idempotency keys: (context, key, sequence).
     pub idempotency: Vec<(Arc<str>, String, u64)>,
+    /// Completed Merkle nodes at stored levels: (context, level, index, root).
+    pub nodes: Vec<(Arc<str>, u8, u64, Digest)>,
 }
 
 struct Stager<'a, B: Backing> {
@@ -139,7 +142,14 @@ impl<B: Backing> Stager<'_, B> {
         }
         let head = self.head(&context)?;
         let entry = head.next_entry(&context, a.entry, now_ns);
-        head.advance(&entry);
+        let mut nodes = std::mem::take(&mut self.staged.nodes);
+        self.head(&context)?
+            .advance_with(&entry, |level, index, root| {
+                if is_stored_level(level) {
+                    nodes.push((context.clone(), level, index, *root));
+                }
+            });
+        self.staged.nodes = nodes;
         if let Some(key) = a.idempotency_key {
             self.pending_keys
                 .insert((context.clone(), key.clone()), entry.sequence);
@@ -187,6 +197,7 @@ impl<B: Backing> Stager<'_, B> {
         // Check the whole tail before staging any of it: an import is all or
         // nothing.
         let mut probe = self.head(&context)?.clone();
+        let mut new_nodes = Vec::new();
         let tail = &i.entries[overlap as usize..];
         for entry in tail {
             if let Err(e) = probe.check_next(&context, entry) {
@@ -194,8 +205,13 @@ impl<B: Backing> Stager<'_, B> {
                     sequence: e.sequence,
                 }));
             }
-            probe.advance(entry);
+            probe.advance_with(entry, |level, index, root| {
+                if is_stored_level(level) {
+                    new_nodes.push((context.clone(), level, index, *root));
+                }
+            });
         }
+        self.staged.nodes.append(&mut new_nodes);
         let restored = tail.len() as u64;
         for entry in i.entries.into_iter().skip(overlap as usize) {
             self.push(&context, entry);

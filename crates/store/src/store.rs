@@ -63,6 +63,19 @@ pub trait Store: Send + Sync + 'static {
     /// The context and sequence of the entry with this hash.
     fn find_by_hash(&self, hash: &Digest) -> Result<Option<(String, u64)>, StoreError>;
 
+    /// Roots of the completed Merkle subtrees of `context` at `level` (a
+    /// stored level, see `converge_ledger_core::merkle::is_stored_level`)
+    /// with indices `start..start + count`, in order. Every completed node
+    /// at a stored level is kept, in the same batch as the entry that
+    /// completed it.
+    fn merkle_nodes(
+        &self,
+        context: &str,
+        level: u8,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<Digest>, StoreError>;
+
     /// Visits every non-empty context with its head, in context-id order,
     /// until `visit` returns `false`.
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError>;
