@@ -83,6 +83,10 @@ pub struct LoadArgs {
     /// Refuse if the context already has entries.
     #[arg(long)]
     fail_if_exists: bool,
+    /// Accept a snapshot signed by a key the server does not trust (the
+    /// signature must still verify).
+    #[arg(long)]
+    allow_unknown_signer: bool,
 }
 
 #[derive(Args, Debug)]
@@ -200,7 +204,9 @@ pub async fn load(addr: &str, out: Output, a: LoadArgs) -> anyhow::Result<()> {
         bail!("{} is empty; it is not a snapshot", a.file.display());
     }
     let client = connect(addr).await?;
-    let r = client.load(&a.context, bytes, a.fail_if_exists).await?;
+    let r = client
+        .load(&a.context, bytes, a.fail_if_exists, a.allow_unknown_signer)
+        .await?;
     out.value(
         format!(
             "loaded {} entries into {}; latest sequence {}",

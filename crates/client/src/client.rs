@@ -1,7 +1,10 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_ledger_core::{Digest, Entry, Metadata};
+use converge_ledger_core::merkle;
+use converge_ledger_core::{Digest, Entry, Metadata, PublicKey, SignedHead};
 use converge_ledger_proto::context::v1 as pb;
 use converge_ledger_proto::context::v1::context_service_client::ContextServiceClient;
 use converge_ledger_proto::ledger::v1 as ext;
@@ -24,6 +27,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Deadline for establishing a connection.
     pub connect_timeout: Duration,
+    /// The server key heads must be signed with. `None`: the key the server
+    /// reports on first use is pinned for the life of the client.
+    pub trusted_key: Option<PublicKey>,
 }
 
 impl Default for ClientOptions {
@@ -34,6 +40,7 @@ impl Default for ClientOptions {
             backoff: Duration::from_millis(50),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            trusted_key: None,
         }
     }
 }
@@ -110,6 +117,55 @@ pub struct HeadInfo {
     pub lamport: u64,
     /// Time of the last entry.
     pub appended_at_ns: u64,
+    /// Signer's public key.
+    pub public_key: PublicKey,
+    /// Ed25519 signature over the head.
+    pub signature: [u8; 64],
+}
+
+impl HeadInfo {
+    /// The head as a signed statement, for [`SignedHead::verify`].
+    pub fn signed(&self) -> SignedHead {
+        SignedHead {
+            context: self.context_id.clone(),
+            size: self.sequence,
+            root: self.merkle_root,
+            head_hash: self.hash,
+            timestamp_ns: self.appended_at_ns,
+            public_key: self.public_key,
+            signature: self.signature,
+        }
+    }
+}
+
+/// A verified inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProofInfo {
+    /// The entry's sequence.
+    pub sequence: u64,
+    /// The tree size the proof is for.
+    pub tree_size: u64,
+    /// The entry's hash.
+    pub entry_hash: Digest,
+    /// Audit path, leaf side first.
+    pub path: Vec<Digest>,
+    /// Root of the tree.
+    pub root: Digest,
+}
+
+/// A verified consistency proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProofInfo {
+    /// Older tree size.
+    pub old_size: u64,
+    /// Newer tree size.
+    pub new_size: u64,
+    /// The proof.
+    pub proof: Vec<Digest>,
+    /// Older root.
+    pub old_root: Digest,
+    /// Newer root.
+    pub new_root: Digest,
 }
 
 /// A connection to a ledger server. Cheap to clone; clones share the
@@ -119,6 +175,10 @@ pub struct Client {
     context: ContextServiceClient<Channel>,
     ledger: LedgerServiceClient<Channel>,
     options: ClientOptions,
+    /// The last verified head per context, shared by clones.
+    verified: Arc<Mutex<HashMap<String, HeadInfo>>>,
+    /// The pinned server key (from options or first use).
+    pinned: Arc<Mutex<Option<PublicKey>>>,
 }
 
 static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -177,6 +237,8 @@ impl Client {
             ledger: LedgerServiceClient::new(channel)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
+            pinned: Arc::new(Mutex::new(options.trusted_key)),
+            verified: Arc::default(),
             options,
         }
     }
@@ -285,10 +347,13 @@ impl Client {
         };
         let mut stream = self.ledger.clone().read(request).await?.into_inner();
         let mut latest = 0;
+        let mut check = EntryCheck::new(context);
         while let Some(msg) = stream.message().await? {
             latest = msg.latest_sequence;
             for e in msg.entries {
-                visit(entry_from_proto(e)?);
+                let e = entry_from_proto(e)?;
+                check.check(&e)?;
+                visit(e);
             }
         }
         Ok(latest)
@@ -318,17 +383,21 @@ impl Client {
     }
 
     /// Restores a snapshot into `context` (verified by the server before
-    /// anything is written). Safe to retry: Load is idempotent.
+    /// anything is written). Safe to retry: Load is idempotent. A snapshot
+    /// signed by a key the server does not trust needs
+    /// `allow_unknown_signer`.
     pub async fn load(
         &self,
         context: &str,
         snapshot: Vec<u8>,
         fail_if_exists: bool,
+        allow_unknown_signer: bool,
     ) -> Result<LoadResult, ClientError> {
         let request = pb::LoadRequest {
             context_id: context.to_owned(),
             snapshot,
             fail_if_exists,
+            allow_unknown_signer,
         };
         self.retry(|| {
             let mut c = self.context.clone();
@@ -354,17 +423,208 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let h = c.head(r).await?.into_inner();
-                Ok(HeadInfo {
+                let signature = <[u8; 64]>::try_from(h.signature.as_slice()).map_err(|_| {
+                    ClientError::Protocol(format!(
+                        "head signature is {} bytes, not 64",
+                        h.signature.len()
+                    ))
+                })?;
+                let info = HeadInfo {
                     context_id: h.context_id,
                     sequence: h.sequence,
                     hash: digest(&h.hash, "head hash")?,
                     merkle_root: digest(&h.merkle_root, "Merkle root")?,
                     lamport: h.lamport,
                     appended_at_ns: h.appended_at_ns,
-                })
+                    public_key: PublicKey(digest(&h.public_key, "public key")?.0),
+                    signature,
+                };
+                info.signed()
+                    .verify()
+                    .map_err(|e| ClientError::Verification(e.0))?;
+                Ok(info)
             }
         })
         .await
+    }
+
+    /// The server's signing key, as it reports it.
+    pub async fn server_public_key(&self) -> Result<PublicKey, ClientError> {
+        let info = self
+            .ledger
+            .clone()
+            .server_info(self.request(ext::ServerInfoRequest {}))
+            .await?
+            .into_inner();
+        Ok(PublicKey(digest(&info.public_key, "public key")?.0))
+    }
+
+    /// The key heads must be signed with: the configured one, or the one the
+    /// server reported first (pinned from then on).
+    pub async fn trusted_key(&self) -> Result<PublicKey, ClientError> {
+        if let Some(k) = *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(k);
+        }
+        let k = self.server_public_key().await?;
+        Ok(*self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(k))
+    }
+
+    /// Fetches the head of `context`, checks its signature is by the trusted
+    /// key, and — if this client verified a head of the context before —
+    /// checks with a consistency proof that the new head extends it. Any
+    /// rewrite of history the client has seen is reported as
+    /// [`ClientError::Verification`]; on success the new head is remembered.
+    pub async fn verify_head(&self, context: &str) -> Result<HeadInfo, ClientError> {
+        let trusted = self.trusted_key().await?;
+        let head = self.head(context).await?;
+        if head.public_key != trusted {
+            return Err(ClientError::Verification(format!(
+                "the head of {context:?} is signed by {}, not by the trusted key {trusted}",
+                head.public_key
+            )));
+        }
+        let previous = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(context)
+            .cloned();
+        if let Some(old) = previous {
+            if head.sequence < old.sequence {
+                return Err(ClientError::Verification(format!(
+                    "context {context:?} shrank from {} to {} entries: history was rewritten",
+                    old.sequence, head.sequence
+                )));
+            }
+            if old.sequence > 0 {
+                let p = self
+                    .fetch_consistency(context, old.sequence, head.sequence)
+                    .await?;
+                merkle::verify_consistency(old.sequence, head.sequence, &old.merkle_root, &head.merkle_root, &p.proof)
+                    .map_err(|e| {
+                        ClientError::Verification(format!(
+                            "context {context:?} at size {} is not an extension of the size {} verified before: {e}",
+                            head.sequence, old.sequence
+                        ))
+                    })?;
+            }
+        }
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(context.to_owned(), head.clone());
+        Ok(head)
+    }
+
+    /// Fetches and verifies a proof that entry `sequence` is in the tree of
+    /// `tree_size` entries (0: the head) of `context`.
+    pub async fn inclusion_proof(
+        &self,
+        context: &str,
+        sequence: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProofInfo, ClientError> {
+        let r = self
+            .ledger
+            .clone()
+            .inclusion_proof(self.request(ext::InclusionProofRequest {
+                context_id: context.to_owned(),
+                sequence,
+                tree_size,
+            }))
+            .await?
+            .into_inner();
+        let info = InclusionProofInfo {
+            sequence: r.sequence,
+            tree_size: r.tree_size,
+            entry_hash: digest(&r.entry_hash, "entry hash")?,
+            path: r
+                .path
+                .iter()
+                .map(|p| digest(p, "proof node"))
+                .collect::<Result<_, _>>()?,
+            root: digest(&r.root, "root")?,
+        };
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(&info.entry_hash.0),
+            info.sequence.saturating_sub(1),
+            info.tree_size,
+            &info.path,
+            &info.root,
+        )
+        .map_err(|e| ClientError::Verification(e.0))?;
+        Ok(info)
+    }
+
+    /// Fetches and verifies a consistency proof between two tree sizes of
+    /// `context` (`new_size` 0: the head).
+    pub async fn consistency_proof(
+        &self,
+        context: &str,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProofInfo, ClientError> {
+        let p = self.fetch_consistency(context, old_size, new_size).await?;
+        merkle::verify_consistency(p.old_size, p.new_size, &p.old_root, &p.new_root, &p.proof)
+            .map_err(|e| ClientError::Verification(e.0))?;
+        Ok(p)
+    }
+
+    async fn fetch_consistency(
+        &self,
+        context: &str,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProofInfo, ClientError> {
+        let r = self
+            .ledger
+            .clone()
+            .consistency_proof(self.request(ext::ConsistencyProofRequest {
+                context_id: context.to_owned(),
+                old_size,
+                new_size,
+            }))
+            .await?
+            .into_inner();
+        Ok(ConsistencyProofInfo {
+            old_size: r.old_size,
+            new_size: r.new_size,
+            proof: r
+                .proof
+                .iter()
+                .map(|p| digest(p, "proof node"))
+                .collect::<Result<_, _>>()?,
+            old_root: digest(&r.old_root, "old root")?,
+            new_root: digest(&r.new_root, "new root")?,
+        })
+    }
+
+    /// The entry with `hash` and its context, verified against the hash.
+    pub async fn get_by_hash(&self, hash: &Digest) -> Result<(String, Entry), ClientError> {
+        let r = self
+            .ledger
+            .clone()
+            .get_by_hash(self.request(ext::GetByHashRequest {
+                hash: hash.0.to_vec(),
+            }))
+            .await?
+            .into_inner();
+        let entry = entry_from_proto(
+            r.entry
+                .ok_or_else(|| ClientError::Protocol("no entry in the response".into()))?,
+        )?;
+        EntryCheck::new(&r.context_id).check(&entry)?;
+        if entry.hash != *hash {
+            return Err(ClientError::Verification(format!(
+                "asked for entry {hash}, got {}",
+                entry.hash
+            )));
+        }
+        Ok((r.context_id, entry))
     }
 
     /// Non-empty contexts with their head sequences, one page.
@@ -414,6 +674,56 @@ impl Client {
 fn digest(bytes: &[u8], what: &str) -> Result<Digest, ClientError> {
     Digest::from_slice(bytes)
         .ok_or_else(|| ClientError::Protocol(format!("{what} is {} bytes, not 32", bytes.len())))
+}
+
+/// Checks entries of one context as they arrive: each hash recomputes, and
+/// each entry that directly follows the previous one links to it.
+pub(crate) struct EntryCheck<'a> {
+    context: &'a str,
+    last: Option<(u64, Digest)>,
+}
+
+impl<'a> EntryCheck<'a> {
+    pub(crate) fn new(context: &'a str) -> Self {
+        Self {
+            context,
+            last: None,
+        }
+    }
+
+    pub(crate) fn resume(context: &'a str, last: Option<(u64, Digest)>) -> Self {
+        Self { context, last }
+    }
+
+    pub(crate) fn last(&self) -> Option<(u64, Digest)> {
+        self.last
+    }
+
+    pub(crate) fn check(&mut self, e: &Entry) -> Result<(), ClientError> {
+        let computed = e.compute_hash(self.context);
+        if computed != e.hash {
+            return Err(ClientError::Verification(format!(
+                "entry {} of {:?} hashes to {computed}, not to the {} it claims",
+                e.sequence, self.context, e.hash
+            )));
+        }
+        if let Some((seq, hash)) = self.last {
+            if e.sequence <= seq {
+                return Err(ClientError::Verification(format!(
+                    "entry {} of {:?} arrived after entry {seq}",
+                    e.sequence, self.context
+                )));
+            }
+            if e.sequence == seq + 1 && e.prev_hash != hash {
+                return Err(ClientError::Verification(format!(
+                    "entry {} of {:?} does not link to entry {seq}",
+                    e.sequence, self.context
+                )));
+            }
+        }
+        self.last = Some((e.sequence, e.hash));
+        Ok(())
+    }
 }
 
 /// Converts a wire entry, checking that its hashes are well-formed and that

@@ -24,6 +24,14 @@ pub enum ClientError {
     DataLoss(String),
     /// The server answered something that is not a valid ledger response.
     Protocol(String),
+    /// What the server returned fails verification: an entry whose hash does
+    /// not recompute, a broken chain link, a bad signature, or a head that is
+    /// not consistent with one seen before (history was rewritten).
+    Verification(String),
+    /// No such entry.
+    NotFound(String),
+    /// A position beyond the context's head.
+    OutOfRange(String),
     /// Any other gRPC status.
     Rpc {
         /// The status code.
@@ -46,7 +54,9 @@ impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
         let message = s.message().to_owned();
         match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => ClientError::InvalidArgument(message),
+            Code::InvalidArgument => ClientError::InvalidArgument(message),
+            Code::OutOfRange => ClientError::OutOfRange(message),
+            Code::NotFound => ClientError::NotFound(message),
             Code::AlreadyExists => ClientError::AlreadyExists(message),
             Code::FailedPrecondition => ClientError::FailedPrecondition(message),
             Code::ResourceExhausted => ClientError::ResourceExhausted(message),
@@ -68,6 +78,9 @@ impl fmt::Display for ClientError {
             ClientError::Unavailable(m) => write!(f, "unavailable: {m}"),
             ClientError::DataLoss(m) => write!(f, "data loss: {m}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Verification(m) => write!(f, "verification failed: {m}"),
+            ClientError::NotFound(m) => write!(f, "not found: {m}"),
+            ClientError::OutOfRange(m) => write!(f, "out of range: {m}"),
             ClientError::Rpc { code, message } => write!(f, "{code:?}: {message}"),
         }
     }

@@ -14,7 +14,10 @@
 //!
 //! Appends carry an idempotency key (one is generated when the caller gives
 //! none), so the client retries transient failures without ever appending
-//! twice. [`Watch`] resumes from its last sequence after a dropped
+//! twice. Every entry received is checked (its hash recomputes, it links to
+//! the entry before it); [`Client::verify_head`] checks signed heads and, with
+//! consistency proofs, that history the client saw was never rewritten.
+//! [`Watch`] resumes from its last sequence after a dropped
 //! connection or a server restart, without gaps or duplicates.
 
 mod client;
@@ -24,6 +27,6 @@ mod watch;
 pub use client::{
     AppendOptions, Client, ClientOptions, GetOptions, GetResult, HeadInfo, LoadResult, SnapshotBlob,
 };
-pub use converge_ledger_core::{Digest, Entry, Metadata};
+pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 pub use error::ClientError;
 pub use watch::Watch;

@@ -3,7 +3,7 @@ use std::time::Duration;
 use converge_ledger_core::Entry;
 use converge_ledger_proto::context::v1 as pb;
 
-use crate::client::entry_from_proto;
+use crate::client::{EntryCheck, entry_from_proto};
 use crate::{Client, ClientError};
 
 /// A watch that survives disconnects.
@@ -18,6 +18,8 @@ pub struct Watch {
     context: String,
     key: String,
     last: u64,
+    /// Sequence and hash of the last entry returned, to check chain links.
+    last_entry: Option<(u64, converge_ledger_core::Digest)>,
     stream: Option<tonic::Streaming<pb::WatchEvent>>,
 }
 
@@ -28,6 +30,7 @@ impl Watch {
             context: context.to_owned(),
             key: key.unwrap_or_default().to_owned(),
             last: from,
+            last_entry: None,
             stream: None,
         }
     }
@@ -75,6 +78,11 @@ impl Watch {
                         // Already returned before a reconnect.
                         continue;
                     }
+                    let mut check = EntryCheck::resume(&self.context, self.last_entry);
+                    if let Err(e) = check.check(&entry) {
+                        return Some(Err(e));
+                    }
+                    self.last_entry = check.last();
                     self.last = entry.sequence;
                     return Some(Ok(entry));
                 }

@@ -60,6 +60,13 @@ pub struct HeadSigner {
     key: SigningKey,
 }
 
+impl fmt::Debug for HeadSigner {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HeadSigner({})", self.public_key())
+    }
+}
+
 impl HeadSigner {
     /// A signer from a 32-byte secret seed.
     pub fn from_seed(seed: [u8; 32]) -> HeadSigner {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use converge_ledger_core::Limits;
+use converge_ledger_core::{Limits, PublicKey};
 use converge_ledger_store::WriterConfig;
 
 /// Bounds of the in-process ledger.
@@ -20,6 +20,9 @@ pub struct LedgerConfig {
     pub watch_buffer_entries: usize,
     /// Entries a watcher reads from storage per step while catching up.
     pub watch_catch_up_chunk: usize,
+    /// Keys whose signed snapshots Load accepts besides the server's own;
+    /// any other signer needs `allow_unknown_signer`.
+    pub trusted_keys: Vec<PublicKey>,
 }
 
 impl Default for LedgerConfig {
@@ -31,6 +34,7 @@ impl Default for LedgerConfig {
             watchers_max: 4096,
             watch_buffer_entries: 1024,
             watch_catch_up_chunk: 512,
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum LedgerError {
     /// The state of the context does not allow the request (a snapshot that
     /// does not extend it); nothing changed.
     FailedPrecondition(String),
+    /// A position beyond the context's head (a proof for a tree that does
+    /// not exist yet).
+    OutOfRange(String),
     /// A server limit (watchers, response size, queue) is reached.
     ResourceExhausted(String),
     /// Stored data failed verification.
@@ -32,6 +35,7 @@ impl fmt::Display for LedgerError {
             LedgerError::InvalidArgument(m)
             | LedgerError::AlreadyExists(m)
             | LedgerError::FailedPrecondition(m)
+            | LedgerError::OutOfRange(m)
             | LedgerError::ResourceExhausted(m)
             | LedgerError::DataLoss(m)
             | LedgerError::Unavailable(m) => f.write_str(m),
@@ -75,6 +79,7 @@ impl From<LedgerError> for Status {
             LedgerError::InvalidArgument(_) => Code::InvalidArgument,
             LedgerError::AlreadyExists(_) => Code::AlreadyExists,
             LedgerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            LedgerError::OutOfRange(_) => Code::OutOfRange,
             LedgerError::ResourceExhausted(_) => Code::ResourceExhausted,
             LedgerError::DataLoss(_) => Code::DataLoss,
             LedgerError::Unavailable(_) => Code::Unavailable,

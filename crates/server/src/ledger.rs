@@ -1,9 +1,11 @@
 use std::sync::Arc;
 
-use converge_ledger_core::{Entry, Head, Limits, Metadata, NewEntry, snapshot};
+use converge_ledger_core::{
+    Digest, Entry, Head, HeadSigner, Limits, Metadata, NewEntry, PublicKey, SignedHead, snapshot,
+};
 use converge_ledger_store::{
     AppendCommand, Clock, ImportCommand, ImportRejection, Scan, Store, SystemClock, WriteCommand,
-    WriteOutcome, Writer,
+    WriteOutcome, Writer, proofs,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +21,8 @@ pub struct Ledger {
     config: LedgerConfig,
     clock: Arc<dyn Clock>,
     watchers: Arc<Semaphore>,
+    /// Signs heads and snapshots.
+    signer: Arc<HeadSigner>,
     /// Flips to `true` when shutdown begins; watch streams end on it.
     stopping: watch::Sender<bool>,
 }
@@ -42,6 +46,8 @@ pub struct Snapshot {
     pub head: Head,
     /// Server time it was taken.
     pub created_at_ns: u64,
+    /// The server's signature over `head`.
+    pub signed: SignedHead,
 }
 
 /// A successful load.
@@ -53,20 +59,54 @@ pub struct Loaded {
     pub latest_sequence: u64,
 }
 
+/// An inclusion proof and what it proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The entry's sequence.
+    pub sequence: u64,
+    /// Size of the tree the proof is for.
+    pub tree_size: u64,
+    /// The entry's hash.
+    pub entry_hash: Digest,
+    /// Audit path, leaf side first.
+    pub path: Vec<Digest>,
+    /// Root of the tree of `tree_size` entries.
+    pub root: Digest,
+}
+
+/// A consistency proof and the two roots it links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// Size of the older tree.
+    pub old_size: u64,
+    /// Size of the newer tree.
+    pub new_size: u64,
+    /// The proof.
+    pub proof: Vec<Digest>,
+    /// Root of the older tree.
+    pub old_root: Digest,
+    /// Root of the newer tree.
+    pub new_root: Digest,
+}
+
 /// A live watch: entries in sequence order, no gap, no duplicate. Ends when
 /// the ledger shuts down; dropping it frees its resources.
 pub type WatchStream = ReceiverStream<Result<Arc<Entry>, LedgerError>>;
 
 impl Ledger {
-    /// A ledger over `store` with the system clock.
+    /// A ledger over `store` with the system clock and a fresh, ephemeral
+    /// signing key (use [`Ledger::with_signer`] to keep a key across
+    /// restarts).
     pub fn new(store: Arc<dyn Store>, config: LedgerConfig) -> Arc<Ledger> {
-        Self::with_clock(store, config, Arc::new(SystemClock))
+        let signer = Arc::new(HeadSigner::from_seed(crate::keys::random_seed()));
+        Self::with_signer(store, config, signer, Arc::new(SystemClock))
     }
 
-    /// A ledger over `store` with an injected clock.
-    pub fn with_clock(
+    /// A ledger over `store` with a given signing key and clock.
+    pub fn with_signer(
         store: Arc<dyn Store>,
         config: LedgerConfig,
+        signer: Arc<HeadSigner>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Ledger> {
         let hub = Arc::new(Hub::new(config.watch_buffer_entries));
@@ -82,6 +122,7 @@ impl Ledger {
             writer,
             hub,
             watchers: Arc::new(Semaphore::new(config.watchers_max)),
+            signer,
             config,
             clock,
             stopping: watch::channel(false).0,
@@ -96,6 +137,11 @@ impl Ledger {
     /// The configuration.
     pub fn config(&self) -> &LedgerConfig {
         &self.config
+    }
+
+    /// The key heads and snapshots are signed with.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public_key()
     }
 
     /// The store underneath.
@@ -210,9 +256,11 @@ impl Ledger {
         let context = context.to_owned();
         let max = self.config.effective_response_bytes_max();
         let created_at_ns = self.clock.now_ns();
+        let signer = self.signer.clone();
         blocking(move || {
             let head = store.head(&context)?.unwrap_or_else(|| Head::empty(&context));
-            let mut w = snapshot::Writer::new(&context, &head, created_at_ns);
+            let signed = signer.sign(&context, &head);
+            let mut w = snapshot::Writer::new(&context, &head, created_at_ns, &signed);
             let mut failure = None;
             store.scan(
                 &context,
@@ -242,7 +290,7 @@ impl Ledger {
             let bytes = w.finish().map_err(|e| {
                 LedgerError::DataLoss(format!("context {context:?} cannot be snapshotted: {e}"))
             })?;
-            Ok(Snapshot { bytes, head, created_at_ns })
+            Ok(Snapshot { bytes, head, created_at_ns, signed })
         })
         .await
     }
@@ -295,6 +343,111 @@ impl Ledger {
                 "unexpected write outcome {other:?}"
             ))),
         }
+    }
+
+    /// The committed head of `context` (empty head when unknown), signed.
+    pub async fn signed_head(&self, context: &str) -> Result<(Head, SignedHead), LedgerError> {
+        let head = self
+            .head(context)
+            .await?
+            .unwrap_or_else(|| Head::empty(context));
+        let signed = self.signer.sign(context, &head);
+        Ok((head, signed))
+    }
+
+    /// Proof that entry `sequence` is in the tree of the first `tree_size`
+    /// entries (`tree_size` 0: the head).
+    pub async fn inclusion_proof(
+        &self,
+        context: &str,
+        sequence: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProof, LedgerError> {
+        let head = self.head(context).await?.map_or(0, |h| h.sequence);
+        let size = if tree_size == 0 { head } else { tree_size };
+        if size > head {
+            return Err(LedgerError::OutOfRange(format!(
+                "tree size {size} is beyond the head of context {context:?} ({head})"
+            )));
+        }
+        if sequence == 0 || sequence > size {
+            return Err(LedgerError::OutOfRange(format!(
+                "sequence {sequence} is not in the tree of size {size} of context {context:?} (sequences start at 1)"
+            )));
+        }
+        let store = self.store.clone();
+        let context = context.to_owned();
+        blocking(move || {
+            let entry = store.entry(&context, sequence)?.ok_or_else(|| {
+                LedgerError::DataLoss(format!(
+                    "entry {sequence} of {context:?} is missing below the head"
+                ))
+            })?;
+            let path = proofs::inclusion_proof(store.as_ref(), &context, sequence, size)?;
+            let root = proofs::root_at(store.as_ref(), &context, size)?;
+            Ok(InclusionProof {
+                sequence,
+                tree_size: size,
+                entry_hash: entry.hash,
+                path,
+                root,
+            })
+        })
+        .await
+    }
+
+    /// Proof that the tree of `old_size` entries is a prefix of the tree of
+    /// `new_size` entries (`new_size` 0: the head).
+    pub async fn consistency_proof(
+        &self,
+        context: &str,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
+        let head = self.head(context).await?.map_or(0, |h| h.sequence);
+        let new = if new_size == 0 { head } else { new_size };
+        if new > head {
+            return Err(LedgerError::OutOfRange(format!(
+                "tree size {new} is beyond the head of context {context:?} ({head})"
+            )));
+        }
+        if old_size == 0 || old_size > new {
+            return Err(LedgerError::OutOfRange(format!(
+                "old size {old_size} must be between 1 and the new size {new}"
+            )));
+        }
+        let store = self.store.clone();
+        let context = context.to_owned();
+        blocking(move || {
+            let proof = proofs::consistency_proof(store.as_ref(), &context, old_size, new)?;
+            let old_root = proofs::root_at(store.as_ref(), &context, old_size)?;
+            let new_root = proofs::root_at(store.as_ref(), &context, new)?;
+            Ok(ConsistencyProof {
+                old_size,
+                new_size: new,
+                proof,
+                old_root,
+                new_root,
+            })
+        })
+        .await
+    }
+
+    /// The entry with this hash and its context.
+    pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<(String, Entry)>, LedgerError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let Some((context, sequence)) = store.find_by_hash(&hash)? else {
+                return Ok(None);
+            };
+            let entry = store.entry(&context, sequence)?.ok_or_else(|| {
+                LedgerError::DataLoss(format!(
+                    "the hash index names {context:?}#{sequence}, which is missing"
+                ))
+            })?;
+            Ok(Some((context, entry)))
+        })
+        .await
     }
 
     /// Watches `context`: entries with a sequence above `from` (matching

@@ -11,6 +11,7 @@ mod config;
 mod convert;
 mod error;
 mod hub;
+mod keys;
 mod ledger;
 mod limit_conn;
 mod serve;
@@ -21,5 +22,8 @@ pub use config::{LedgerConfig, ServerConfig};
 pub use convert::entry_to_proto;
 pub use error::LedgerError;
 pub use hub::Hub;
-pub use ledger::{Appended, Ledger, Loaded, Snapshot, WatchStream};
+pub use keys::{KeyError, load_or_create_key, random_seed};
+pub use ledger::{
+    Appended, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot, WatchStream,
+};
 pub use serve::{ServeError, run};

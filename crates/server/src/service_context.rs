@@ -112,6 +112,8 @@ impl ContextService for ContextApi {
                 version: converge_ledger_core::snapshot::VERSION,
                 head_hash: s.head.hash.0.to_vec(),
                 merkle_root: s.head.merkle_root().0.to_vec(),
+                signature: s.signed.signature.to_vec(),
+                public_key: s.signed.public_key.0.to_vec(),
             }),
         }))
     }

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use converge_ledger_core::Head;
+use converge_ledger_core::Digest;
 use converge_ledger_proto::ledger::v1 as pb;
 use pb::ledger_service_server::LedgerService;
 use tokio::sync::mpsc;
@@ -35,11 +35,7 @@ impl LedgerService for LedgerApi {
         request: Request<pb::HeadRequest>,
     ) -> Result<Response<pb::HeadResponse>, Status> {
         let r = request.into_inner();
-        let head = self
-            .ledger
-            .head(&r.context_id)
-            .await?
-            .unwrap_or_else(|| Head::empty(&r.context_id));
+        let (head, signed) = self.ledger.signed_head(&r.context_id).await?;
         Ok(Response::new(pb::HeadResponse {
             sequence: head.sequence,
             hash: head.hash.0.to_vec(),
@@ -47,6 +43,8 @@ impl LedgerService for LedgerApi {
             lamport: head.lamport,
             appended_at_ns: head.appended_at_ns,
             context_id: r.context_id,
+            signature: signed.signature.to_vec(),
+            public_key: signed.public_key.0.to_vec(),
         }))
     }
 
@@ -128,5 +126,71 @@ impl LedgerService for LedgerApi {
         .map_err(|e| Status::unavailable(format!("storage task failed: {e}")))?
         .map_err(LedgerError::from)?;
         Ok(Response::new(pb::ListContextsResponse { contexts }))
+    }
+
+    async fn inclusion_proof(
+        &self,
+        request: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        let r = request.into_inner();
+        let p = self
+            .ledger
+            .inclusion_proof(&r.context_id, r.sequence, r.tree_size)
+            .await?;
+        Ok(Response::new(pb::InclusionProofResponse {
+            sequence: p.sequence,
+            tree_size: p.tree_size,
+            entry_hash: p.entry_hash.0.to_vec(),
+            path: p.path.iter().map(|d| d.0.to_vec()).collect(),
+            root: p.root.0.to_vec(),
+        }))
+    }
+
+    async fn consistency_proof(
+        &self,
+        request: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let r = request.into_inner();
+        let p = self
+            .ledger
+            .consistency_proof(&r.context_id, r.old_size, r.new_size)
+            .await?;
+        Ok(Response::new(pb::ConsistencyProofResponse {
+            old_size: p.old_size,
+            new_size: p.new_size,
+            proof: p.proof.iter().map(|d| d.0.to_vec()).collect(),
+            old_root: p.old_root.0.to_vec(),
+            new_root: p.new_root.0.to_vec(),
+        }))
+    }
+
+    async fn get_by_hash(
+        &self,
+        request: Request<pb::GetByHashRequest>,
+    ) -> Result<Response<pb::GetByHashResponse>, Status> {
+        let r = request.into_inner();
+        let hash = Digest::from_slice(&r.hash).ok_or_else(|| {
+            LedgerError::InvalidArgument(format!(
+                "hash is {} bytes; an entry hash is 32 bytes",
+                r.hash.len()
+            ))
+        })?;
+        match self.ledger.get_by_hash(hash).await? {
+            Some((context_id, entry)) => Ok(Response::new(pb::GetByHashResponse {
+                context_id,
+                entry: Some(entry_to_proto(&entry)),
+            })),
+            None => Err(Status::not_found(format!("no entry has hash {hash}"))),
+        }
+    }
+
+    async fn server_info(
+        &self,
+        _: Request<pb::ServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        Ok(Response::new(pb::ServerInfoResponse {
+            public_key: self.ledger.public_key().0.to_vec(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
     }
 }

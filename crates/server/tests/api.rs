@@ -255,7 +255,7 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
         (0, 0, 1)
     );
     let r = c
-        .load("still-nothing", empty.bytes.clone(), true)
+        .load("still-nothing", empty.bytes.clone(), true, false)
         .await
         .unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (0, 0));
@@ -280,14 +280,14 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     for i in (0..snap.bytes.len()).step_by(7) {
         let mut bad = snap.bytes.clone();
         bad[i] ^= 0x20;
-        let err = c.load("dst", bad, false).await.unwrap_err();
+        let err = c.load("dst", bad, false, false).await.unwrap_err();
         assert!(
             matches!(err, ClientError::InvalidArgument(_)),
             "byte {i}: {err}"
         );
     }
     let err = c
-        .load("dst", b"not a snapshot".to_vec(), false)
+        .load("dst", b"not a snapshot".to_vec(), false, false)
         .await
         .unwrap_err();
     assert!(
@@ -297,7 +297,10 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     assert_eq!(c.head("dst").await.unwrap().sequence, 0);
 
     // Into another context: exact content, sequences and timestamps.
-    let r = c.load("dst", snap.bytes.clone(), true).await.unwrap();
+    let r = c
+        .load("dst", snap.bytes.clone(), true, false)
+        .await
+        .unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (5, 5));
     let copy = c.get("dst", GetOptions::default()).await.unwrap().entries;
     for (a, b) in original.iter().zip(&copy) {
@@ -323,16 +326,22 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
     verify_chain("dst", &copy);
     // Into the same context id: identical entries, hashes included.
     let r = c
-        .load("src-restored", snap.bytes.clone(), false)
+        .load("src-restored", snap.bytes.clone(), false, false)
         .await
         .unwrap();
     assert_eq!(r.entries_restored, 5);
 
     // fail_if_exists on a non-empty context.
-    let err = c.load("dst", snap.bytes.clone(), true).await.unwrap_err();
+    let err = c
+        .load("dst", snap.bytes.clone(), true, false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::AlreadyExists(_)), "{err}");
     // Loading again is idempotent; sequences are never duplicated.
-    let r = c.load("dst", snap.bytes.clone(), false).await.unwrap();
+    let r = c
+        .load("dst", snap.bytes.clone(), false, false)
+        .await
+        .unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (0, 5));
 
     // A longer snapshot of the same history appends only the tail.
@@ -343,7 +352,10 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
         .await
         .unwrap();
     let longer = c.snapshot("src").await.unwrap();
-    let r = c.load("dst", longer.bytes.clone(), false).await.unwrap();
+    let r = c
+        .load("dst", longer.bytes.clone(), false, false)
+        .await
+        .unwrap();
     assert_eq!((r.entries_restored, r.latest_sequence), (2, 7));
 
     // A diverging history names the first differing sequence.
@@ -354,7 +366,10 @@ async fn snapshot_and_load_round_trip_exactly_and_refuse_anything_altered() {
         .await
         .unwrap();
     let diverged = c.snapshot("src").await.unwrap();
-    let err = c.load("dst", diverged.bytes, false).await.unwrap_err();
+    let err = c
+        .load("dst", diverged.bytes, false, false)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, ClientError::FailedPrecondition(m) if m.contains("entry 8")),
         "{err}"

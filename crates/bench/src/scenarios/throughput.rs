@@ -1,0 +1,145 @@
+//! `append-throughput`: many concurrent gRPC clients, each appending to its
+//! own context.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args as ClapArgs, ValueEnum};
+use converge_ledger_client::{AppendOptions, Client};
+use converge_ledger_store::FsyncPolicy;
+
+use super::{Load, Stop, closed_loop};
+use crate::report::{Goal, Report};
+use crate::setup::{Common, Server, open_embedded};
+
+/// How the clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One connection per client.
+    PerConnection,
+    /// One `Client` (one HTTP/2 connection) shared by all tasks.
+    Shared,
+    /// Both, one after the other.
+    Both,
+}
+
+/// Options of `append-throughput`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Concurrent clients (tasks), each with its own context.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each mode runs per run (3 runs x 2 modes x 5 s stays under a minute).
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Appends per client instead of a duration.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Connection layout.
+    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    mode: Mode,
+}
+
+impl Args {
+    /// Whether to print JSON.
+    pub fn json(&self) -> bool {
+        self.common.json
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(a: Args) -> anyhow::Result<Report> {
+    a.common.check()?;
+    if a.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let stop = match a.count {
+        Some(n) => Stop::Count(n),
+        None => Stop::After(Duration::from_secs_f64(a.duration_secs)),
+    };
+    let mut r = Report::new("append-throughput");
+    r.config("clients", a.clients);
+    match a.count {
+        Some(n) => r.config("appends_per_client", n),
+        None => r.config("duration_secs", a.duration_secs),
+    }
+    r.config("payload_bytes", a.common.payload_bytes);
+    r.config("fsync", "always");
+    r.config("mode", format!("{:?}", a.mode));
+    let modes: &[(Mode, &str)] = match a.mode {
+        Mode::PerConnection => &[(Mode::PerConnection, "per_conn")],
+        Mode::Shared => &[(Mode::Shared, "shared")],
+        Mode::Both => &[(Mode::PerConnection, "per_conn"), (Mode::Shared, "shared")],
+    };
+    let payloads = a.common.payloads();
+    for run in 1..=a.common.runs {
+        for &(mode, label) in modes {
+            eprintln!("append-throughput: run {run}/{}, {label}", a.common.runs);
+            let dir = a.common.fresh_dir("throughput")?;
+            let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
+            let server = Server::start(store).await?;
+            let mut clients = Vec::with_capacity(a.clients);
+            if mode == Mode::Shared {
+                let c = Client::connect(server.url()).await?;
+                clients.resize(a.clients, c);
+            } else {
+                for _ in 0..a.clients {
+                    clients.push(Client::connect(server.url()).await?);
+                }
+            }
+            let clients = Arc::new(clients);
+            let contexts: Arc<Vec<String>> =
+                Arc::new((0..a.clients).map(|i| format!("tp-{i}")).collect());
+            let p = payloads.clone();
+            let load: Load = closed_loop(a.clients, stop, move |i, k| {
+                let c = clients[i].clone();
+                let ctx = contexts[i].clone();
+                let payload = p[(i + k as usize * 7) % p.len()].clone();
+                async move {
+                    c.append(&ctx, "bench", payload, AppendOptions::default())
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await?;
+            server.stop().await?;
+            drop(dir);
+            r.record(
+                &format!("{label}_appends_per_s"),
+                "1/s",
+                load.rate(),
+                Some(Goal::AtLeast(50_000.0)),
+            );
+            r.record(
+                &format!("{label}_latency_p50"),
+                "us",
+                load.latency.p_us(50.0),
+                None,
+            );
+            r.record(
+                &format!("{label}_latency_p99"),
+                "us",
+                load.latency.p_us(99.0),
+                None,
+            );
+            r.record(
+                &format!("{label}_cpu_cores"),
+                "cores",
+                load.process_cores,
+                None,
+            );
+            r.record(
+                &format!("{label}_writer_thread_cores"),
+                "cores",
+                load.writer_cores,
+                None,
+            );
+        }
+    }
+    r.note("server and 64 clients share this process and its cores; *_cpu_cores is the whole process's CPU use (max = nproc)");
+    r.note("writer_thread_cores: CPU of the group-commit thread (staging, hashing, fjall batch, fsync wait is not CPU)");
+    Ok(r)
+}
