@@ -254,3 +254,19 @@ pub async fn contexts(addr: &str, out: Output, a: ContextsArgs) -> anyhow::Resul
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    /// Read the key from this signing-key file instead of asking the server.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+pub async fn key(addr: &str, out: Output, a: KeyArgs) -> anyhow::Result<()> {
+    let key = match a.file {
+        Some(f) => converge_ledger_server::load_or_create_key(&f, false)?.public_key(),
+        None => connect(addr).await?.server_public_key().await?,
+    };
+    out.value(key.to_hex(), json!({"public_key": key.to_hex()}));
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod client_cmds;
 mod output;
 mod serve;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,13 @@ enum Command {
     Head(client_cmds::HeadArgs),
     /// List non-empty contexts with their head sequences.
     Contexts(client_cmds::ContextsArgs),
+    /// Verify a context over the network, or every context of a stopped server's data directory.
+    Verify(verify::VerifyArgs),
+    /// Print and verify a Merkle inclusion or consistency proof.
+    #[command(subcommand)]
+    Proof(verify::ProofArgs),
+    /// Print the server's public signing key (or the one in a key file).
+    Key(client_cmds::KeyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +76,9 @@ fn main() -> std::process::ExitCode {
             Command::Load(a) => client_cmds::load(&cli.addr, out, a).await,
             Command::Head(a) => client_cmds::head(&cli.addr, out, a).await,
             Command::Contexts(a) => client_cmds::contexts(&cli.addr, out, a).await,
+            Command::Verify(a) => verify::run(&cli.addr, out, a).await,
+            Command::Proof(a) => verify::proof(&cli.addr, out, a).await,
+            Command::Key(a) => client_cmds::key(&cli.addr, out, a).await,
         }
     });
     match result {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig};
+use converge_ledger_core::{HeadSigner, PublicKey};
+use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, load_or_create_key, random_seed};
+use converge_ledger_store::SystemClock;
 use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore, Store};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,6 +72,20 @@ pub struct ServeArgs {
     /// Block cache of embedded storage, in MiB.
     #[arg(long, env = "CONVERGE_LEDGER_CACHE_MIB", default_value_t = 64)]
     cache_mib: u64,
+    /// Ed25519 key that signs heads and snapshots (64 hex characters of the
+    /// seed). Default: DATA_DIR/signing.key, created on first start; with
+    /// --storage memory and no key, a fresh key per process.
+    #[arg(long, env = "CONVERGE_LEDGER_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// Public key (hex) whose signed snapshots Load accepts besides this
+    /// server's own; repeatable, or comma-separated in the environment.
+    #[arg(
+        long = "trusted-key",
+        env = "CONVERGE_LEDGER_TRUSTED_KEYS",
+        value_delimiter = ',',
+        value_name = "HEX"
+    )]
+    trusted_keys: Vec<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -105,7 +121,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let signer = match (&args.signing_key, args.storage) {
+        (Some(path), _) => load_or_create_key(path, true)?,
+        (None, Storage::Embedded) => load_or_create_key(&args.data_dir.join("signing.key"), true)?,
+        (None, Storage::Memory) => HeadSigner::from_seed(random_seed()),
+    };
     let mut config = LedgerConfig::default();
+    for k in &args.trusted_keys {
+        config.trusted_keys.push(
+            PublicKey::from_hex(k.trim()).map_err(|e| anyhow::anyhow!("--trusted-key {k}: {e}"))?,
+        );
+    }
     config.limits.payload_bytes_max = args.max_payload_bytes;
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
@@ -118,8 +144,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let ledger = Ledger::new(store, config);
-    eprintln!("converge-ledger listening on {local}; storage: {described}");
+    let public_key = signer.public_key();
+    let ledger = Ledger::with_signer(store, config, Arc::new(signer), Arc::new(SystemClock));
+    eprintln!(
+        "converge-ledger listening on {local}; storage: {described}; signing key {public_key}"
+    );
     converge_ledger_server::run(listener, ledger, server, shutdown_signal()).await?;
     eprintln!("converge-ledger stopped cleanly");
     Ok(())

@@ -295,9 +295,11 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.append(r).await?.into_inner();
-                entry_from_proto(resp.entry.ok_or_else(|| {
+                let e = entry_from_proto(resp.entry.ok_or_else(|| {
                     ClientError::Protocol("append response without an entry".into())
-                })?)
+                })?)?;
+                EntryCheck::new(context).check(&e)?;
+                Ok(e)
             }
         })
         .await
@@ -317,12 +319,17 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.get(r).await?.into_inner();
+                let entries: Vec<Entry> = resp
+                    .entries
+                    .into_iter()
+                    .map(entry_from_proto)
+                    .collect::<Result<_, _>>()?;
+                let mut check = EntryCheck::new(context);
+                for e in &entries {
+                    check.check(e)?;
+                }
                 Ok(GetResult {
-                    entries: resp
-                        .entries
-                        .into_iter()
-                        .map(entry_from_proto)
-                        .collect::<Result<_, _>>()?,
+                    entries,
                     latest_sequence: resp.latest_sequence,
                 })
             }

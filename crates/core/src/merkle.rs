@@ -152,7 +152,7 @@ pub const STORED_LEVEL_STRIDE: u8 = 4;
 
 /// Whether a completed node at `level` is kept by the stores.
 pub fn is_stored_level(level: u8) -> bool {
-    level > 0 && level % STORED_LEVEL_STRIDE == 0
+    level > 0 && level.is_multiple_of(STORED_LEVEL_STRIDE)
 }
 
 /// Where proof generation gets the roots of perfect subtrees.
@@ -168,7 +168,7 @@ pub trait NodeSource {
 /// every subtree met by the RFC algorithms is.
 pub fn subtree_root<S: NodeSource>(src: &mut S, start: u64, len: u64) -> Result<Digest, S::Error> {
     debug_assert!(len > 0);
-    if len.is_power_of_two() && start % len == 0 {
+    if len.is_power_of_two() && start.is_multiple_of(len) {
         return src.perfect(len.trailing_zeros() as u8, start / len);
     }
     let k = largest_power_of_two_below(len);

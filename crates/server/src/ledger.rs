@@ -295,19 +295,31 @@ impl Ledger {
         .await
     }
 
-    /// Verifies `bytes` completely, then restores it into `context`.
+    /// Verifies `bytes` completely (checksum, chain, root, signature, signer
+    /// trust), then restores it into `context`.
     pub async fn load(
         &self,
         context: String,
         bytes: Vec<u8>,
         fail_if_exists: bool,
+        allow_unknown_signer: bool,
     ) -> Result<Loaded, LedgerError> {
         self.config.limits.check_context_id(&context)?;
         let limits = self.config.limits.clone();
         let target = context.clone();
+        let own = self.public_key();
+        let trusted = self.config.trusted_keys.clone();
         let entries = blocking(move || {
             let (header, entries) = snapshot::decode_and_verify(&bytes, &limits)
                 .map_err(|e| LedgerError::InvalidArgument(format!("{e}; nothing was loaded")))?;
+            let signer = header.signed.public_key;
+            if signer != own && !trusted.contains(&signer) && !allow_unknown_signer {
+                return Err(LedgerError::FailedPrecondition(format!(
+                    "the snapshot is signed by key {signer}, which this server does not trust; nothing was \
+                     loaded. Load it with allow_unknown_signer (CLI: --allow-unknown-signer) or start the \
+                     server with --trusted-key {signer}"
+                )));
+            }
             Ok(if header.context == target {
                 entries
             } else {

@@ -125,7 +125,12 @@ impl ContextService for ContextApi {
         let r = request.into_inner();
         let loaded = self
             .ledger
-            .load(r.context_id, r.snapshot, r.fail_if_exists)
+            .load(
+                r.context_id,
+                r.snapshot,
+                r.fail_if_exists,
+                r.allow_unknown_signer,
+            )
             .await?;
         Ok(Response::new(pb::LoadResponse {
             entries_restored: loaded.restored,

@@ -492,6 +492,38 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Raw access to stored records, for tamper and corruption tests only.
+#[cfg(feature = "testkit")]
+impl EmbeddedStore {
+    /// The stored record of an entry, as bytes.
+    pub fn raw_entry(&self, context: &str, sequence: u64) -> Option<Vec<u8>> {
+        let id = self.id_of(context)?;
+        self.entries
+            .get(entry_key(id, sequence))
+            .ok()
+            .flatten()
+            .map(|v| v.to_vec())
+    }
+
+    /// Overwrites the stored record of an entry with arbitrary bytes.
+    pub fn raw_put_entry(&self, context: &str, sequence: u64, bytes: &[u8]) {
+        let id = self.id_of(context).expect("context exists");
+        self.entries
+            .insert(entry_key(id, sequence), bytes)
+            .expect("raw write");
+        self.db.persist(PersistMode::SyncAll).expect("raw persist");
+    }
+
+    /// Deletes the stored record of an entry.
+    pub fn raw_delete_entry(&self, context: &str, sequence: u64) {
+        let id = self.id_of(context).expect("context exists");
+        self.entries
+            .remove(entry_key(id, sequence))
+            .expect("raw delete");
+        self.db.persist(PersistMode::SyncAll).expect("raw persist");
+    }
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         if let Some(s) = self.syncer.take() {

@@ -18,6 +18,7 @@ mod sequencer;
 mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod verify;
 mod writer;
 
 pub use command::{

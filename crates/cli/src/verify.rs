@@ -1,0 +1,302 @@
+//! `converge-ledger verify` (online and offline) and `converge-ledger proof`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use converge_ledger_client::{Client, GetOptions, PublicKey};
+use converge_ledger_core::Head;
+use converge_ledger_store::verify::verify_context;
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, Store};
+use serde_json::json;
+
+use crate::output::Output;
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Context to verify (offline: every context when omitted).
+    context: Option<String>,
+    /// Verify the files of a stopped server instead of asking one over the network.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Online: the server key heads must be signed with (default: the key the server reports).
+    #[arg(long, value_name = "HEX")]
+    public_key: Option<String>,
+}
+
+/// Prints progress on stderr at most every two seconds.
+struct Progress {
+    last: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Progress {
+            last: now,
+            started: now,
+        }
+    }
+
+    fn report(&mut self, context: &str, done: u64, total: u64) {
+        if self.last.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
+        eprintln!(
+            "verifying {context}: {done} of {total} entries ({pct:.0}%, {rate:.0} entries/s)"
+        );
+    }
+}
+
+pub async fn run(addr: &str, out: Output, a: VerifyArgs) -> anyhow::Result<()> {
+    match a.data_dir {
+        Some(dir) => offline(out, dir, a.context).await,
+        None => {
+            let context = a.context.ok_or_else(|| {
+                anyhow!(
+                    "online verify needs a CONTEXT (or --data-dir DIR for offline verification)"
+                )
+            })?;
+            online(addr, out, &context, a.public_key.as_deref()).await
+        }
+    }
+}
+
+async fn offline(out: Output, dir: PathBuf, only: Option<String>) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a data directory", dir.display());
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut options = EmbeddedOptions::new(&dir);
+        options.fsync = FsyncPolicy::Never;
+        let store = EmbeddedStore::open(options)
+            .with_context(|| format!("opening {} (is a server still running on it?)", dir.display()))?;
+        let mut contexts = Vec::new();
+        match only {
+            Some(c) => contexts.push(c),
+            None => store.contexts(&mut |c, _| {
+                contexts.push(c.to_owned());
+                true
+            })?,
+        }
+        let started = Instant::now();
+        let mut progress = Progress::new();
+        let (mut entries, mut failures) = (0u64, Vec::new());
+        for c in &contexts {
+            match verify_context(&store, c, &mut |done, total| progress.report(c, done, total)) {
+                Ok(v) => entries += v.head.sequence,
+                Err(f) => {
+                    out.value(
+                        format!("FAILED: {f}"),
+                        json!({"verdict": "failed", "context_id": f.context, "sequence": f.sequence, "reason": f.reason}),
+                    );
+                    failures.push(f);
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        if failures.is_empty() {
+            out.value(
+                format!(
+                    "OK: {} contexts, {entries} entries verified in {secs:.2} s ({:.0} entries/s)",
+                    contexts.len(),
+                    entries as f64 / secs.max(1e-9)
+                ),
+                json!({"verdict": "ok", "contexts": contexts.len(), "entries": entries, "seconds": secs}),
+            );
+            Ok(())
+        } else {
+            bail!("{} of {} contexts failed verification", failures.len(), contexts.len())
+        }
+    })
+    .await?
+}
+
+async fn online(
+    addr: &str,
+    out: Output,
+    context: &str,
+    public_key: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = Client::connect(addr)
+        .await
+        .with_context(|| format!("is a ledger running at {addr}?"))?;
+    let trusted = match public_key {
+        Some(k) => PublicKey::from_hex(k).map_err(|e| anyhow!("--public-key: {e}"))?,
+        None => client.server_public_key().await?,
+    };
+    let head = client.head(context).await?;
+    if head.public_key != trusted {
+        bail!(
+            "FAILED: the head of {context} is signed by {}, not by {trusted}",
+            head.public_key
+        );
+    }
+    let mut folded = Head::empty(context);
+    let mut failure: Option<String> = None;
+    let mut progress = Progress::new();
+    let total = head.sequence;
+    let read = client
+        .read_all(
+            context,
+            GetOptions {
+                limit: total as u32,
+                ..GetOptions::default()
+            },
+            |e| {
+                if failure.is_some() || e.sequence > total {
+                    return;
+                }
+                match folded.check_next(context, &e) {
+                    Ok(()) => folded.advance(&e),
+                    Err(err) => {
+                        failure = Some(format!(
+                            "FAILED: context {context} at sequence {}: {}",
+                            err.sequence, err.reason
+                        ))
+                    }
+                }
+                progress.report(context, folded.sequence, total);
+            },
+        )
+        .await;
+    if let Err(e) = read {
+        bail!(
+            "FAILED: context {context} at sequence {}: {e}",
+            folded.sequence + 1
+        );
+    }
+    if let Some(f) = failure {
+        bail!(f);
+    }
+    if folded.sequence != head.sequence
+        || folded.hash != head.hash
+        || folded.merkle_root() != head.merkle_root
+    {
+        bail!(
+            "FAILED: context {context}: the entries fold to sequence {} (hash {}, root {}) but the signed head says {} (hash {}, root {})",
+            folded.sequence,
+            folded.hash,
+            folded.merkle_root(),
+            head.sequence,
+            head.hash,
+            head.merkle_root
+        );
+    }
+    out.value(
+        format!(
+            "OK: {context}: {} entries, chain and Merkle root {} match the head signed by {}",
+            head.sequence, head.merkle_root, head.public_key
+        ),
+        json!({"verdict": "ok", "context_id": context, "entries": head.sequence,
+               "merkle_root": head.merkle_root.to_hex(), "public_key": head.public_key.to_hex()}),
+    );
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProofArgs {
+    /// Prove that entry SEQUENCE is in the tree of TREE_SIZE entries.
+    Inclusion {
+        /// Context id.
+        context: String,
+        /// Entry sequence.
+        sequence: u64,
+        /// Tree size (default: the current head).
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
+    },
+    /// Prove that the tree of OLD entries is a prefix of the tree of NEW entries.
+    Consistency {
+        /// Context id.
+        context: String,
+        /// Older tree size.
+        old: u64,
+        /// Newer tree size (default: the current head).
+        new: Option<u64>,
+    },
+}
+
+pub async fn proof(addr: &str, out: Output, a: ProofArgs) -> anyhow::Result<()> {
+    let client = Client::connect(addr)
+        .await
+        .with_context(|| format!("is a ledger running at {addr}?"))?;
+    match a {
+        ProofArgs::Inclusion {
+            context,
+            sequence,
+            tree_size,
+        } => {
+            let p = client
+                .inclusion_proof(&context, sequence, tree_size)
+                .await?;
+            let anchored = anchor(&client, &context, p.tree_size, &p.root).await?;
+            let path: Vec<String> = p.path.iter().map(|d| d.to_hex()).collect();
+            out.value(
+                format!(
+                    "inclusion of {context}#{} (hash {}) in the tree of {} entries, root {}\n{}\nverified{anchored}",
+                    p.sequence,
+                    p.entry_hash,
+                    p.tree_size,
+                    p.root,
+                    path.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n")
+                ),
+                json!({"context_id": context, "sequence": p.sequence, "tree_size": p.tree_size,
+                       "entry_hash": p.entry_hash.to_hex(), "path": path, "root": p.root.to_hex(), "verified": true}),
+            );
+        }
+        ProofArgs::Consistency { context, old, new } => {
+            let p = client
+                .consistency_proof(&context, old, new.unwrap_or(0))
+                .await?;
+            let anchored = anchor(&client, &context, p.new_size, &p.new_root).await?;
+            let proof: Vec<String> = p.proof.iter().map(|d| d.to_hex()).collect();
+            out.value(
+                format!(
+                    "consistency of {context} from {} entries (root {}) to {} entries (root {})\n{}\nverified{anchored}",
+                    p.old_size,
+                    p.old_root,
+                    p.new_size,
+                    p.new_root,
+                    proof.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n")
+                ),
+                json!({"context_id": context, "old_size": p.old_size, "new_size": p.new_size, "proof": proof,
+                       "old_root": p.old_root.to_hex(), "new_root": p.new_root.to_hex(), "verified": true}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// When the proof is for the current head, checks its root against the
+/// signed head.
+async fn anchor(
+    client: &Client,
+    context: &str,
+    size: u64,
+    root: &converge_ledger_client::Digest,
+) -> anyhow::Result<String> {
+    let head = client.verify_head(context).await?;
+    if head.sequence != size {
+        return Ok(String::new());
+    }
+    if head.merkle_root != *root {
+        bail!(
+            "the proof's root {root} is not the root {} of the signed head",
+            head.merkle_root
+        );
+    }
+    Ok(format!(
+        "; the root matches the head signed by {}",
+        head.public_key
+    ))
+}
