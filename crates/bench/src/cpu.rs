@@ -80,3 +80,64 @@ fn cores(ticks: u64, wall: Duration) -> f64 {
 
 /// Name of the group-commit thread (`converge_ledger_store::Writer`).
 pub const WRITER_THREAD: &str = "ledger-writer";
+
+/// CPU use of the whole machine and of this process (with its reaped
+/// children), to tell how much other work ran during a measurement.
+#[derive(Debug, Clone)]
+pub struct MachineSample {
+    at: Instant,
+    busy: u64,
+    own: u64,
+}
+
+impl MachineSample {
+    /// Samples now (zeros without `/proc`).
+    pub fn now() -> Self {
+        // /proc/stat: "cpu user nice system idle iowait irq softirq steal ..."
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let line = t.lines().next()?.to_owned();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let total: u64 = v.iter().take(8).sum();
+                Some(total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|t| {
+                let rest: Vec<u64> = t[t.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                Some(rest.iter().sum())
+            })
+            .unwrap_or(0);
+        Self {
+            at: Instant::now(),
+            busy,
+            own,
+        }
+    }
+
+    /// Average cores used by other processes between `self` and `later`.
+    pub fn others_cores(&self, later: &MachineSample) -> f64 {
+        let busy = later.busy.saturating_sub(self.busy);
+        let own = later.own.saturating_sub(self.own);
+        cores(busy.saturating_sub(own), later.at - self.at)
+    }
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}

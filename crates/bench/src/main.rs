@@ -56,7 +56,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let json;
-    let report = match cli.command {
+    let load_before = cpu::loadavg();
+    let machine = cpu::MachineSample::now();
+    let mut report = match cli.command {
         Cmd::RestartBuild(a) => return restart::child_build(a),
         Cmd::RestartOpen(a) => return restart::child_open(a),
         Cmd::Restart(a) => {
@@ -97,6 +99,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     };
+    report.config("loadavg_1m_before", load_before);
+    report.config("loadavg_1m_after", cpu::loadavg());
+    let others = machine.others_cores(&cpu::MachineSample::now());
+    report.config("other_processes_cores", (others * 100.0).round() / 100.0);
     report.print(json);
     Ok(())
 }
