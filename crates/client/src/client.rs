@@ -227,6 +227,38 @@ impl Client {
         Ok(Self::from_channel(channel, options))
     }
 
+    /// Connects to several ledger nodes serving the same contexts (over a
+    /// shared store). Requests are balanced over the nodes that are up; when
+    /// a node fails, retries (with the same idempotency key) and resumed
+    /// watches go to the others. Connections are made lazily, so this
+    /// succeeds while some nodes are down.
+    pub fn connect_many<S: AsRef<str>>(
+        addrs: &[S],
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Connect("no node address given".into()));
+        }
+        let mut endpoints = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let addr = addr.as_ref();
+            endpoints.push(
+                Endpoint::from_shared(addr.to_owned())
+                    .map_err(|e| {
+                        ClientError::Connect(format!("{addr:?} is not a valid address: {e}"))
+                    })?
+                    .connect_timeout(options.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_while_idle(true),
+            );
+        }
+        Ok(Self::from_channel(
+            Channel::balance_list(endpoints.into_iter()),
+            options,
+        ))
+    }
+
     /// A client over an existing channel (e.g. an in-memory one in tests).
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Client {
         let max = options.message_bytes_max;

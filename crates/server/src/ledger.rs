@@ -562,6 +562,49 @@ impl Ledger {
         }
     }
 
+    /// Tells the ledger that `context` may have entries it did not write
+    /// itself (another node over a shared store appended them). If the
+    /// context is watched here, the missing entries are read from storage and
+    /// published to its watchers, in order. Cheap when nobody watches.
+    pub async fn notify_appended(&self, context: &str) -> Result<(), LedgerError> {
+        let Some(mut last) = self.hub.last_published(context) else {
+            return Ok(());
+        };
+        let head = self.head(context).await?.map_or(0, |h| h.sequence);
+        let context: Arc<str> = Arc::from(context);
+        while last < head {
+            let (chunk, _) = self
+                .read_chunk(
+                    &context,
+                    last,
+                    head,
+                    None,
+                    self.config.watch_catch_up_chunk,
+                    usize::MAX,
+                )
+                .await?;
+            let Some(end) = chunk.last().map(|e| e.sequence) else {
+                break;
+            };
+            let published: Vec<(Arc<str>, Arc<Entry>)> = chunk
+                .into_iter()
+                .map(|e| (context.clone(), Arc::new(e)))
+                .collect();
+            self.hub.publish(&published);
+            last = end;
+        }
+        Ok(())
+    }
+
+    /// [`Ledger::notify_appended`] for every watched context: the periodic
+    /// catch-up that covers notifications lost (e.g. during a reconnect).
+    pub async fn notify_all_watched(&self) -> Result<(), LedgerError> {
+        for context in self.hub.watched() {
+            self.notify_appended(&context).await?;
+        }
+        Ok(())
+    }
+
     /// Begins shutdown: ends every watch, stops accepting writes, commits
     /// what is queued and syncs the store.
     pub async fn shutdown(&self) {
