@@ -232,6 +232,8 @@ impl Client {
     /// a node fails, retries (with the same idempotency key) and resumed
     /// watches go to the others. Connections are made lazily, so this
     /// succeeds while some nodes are down.
+    ///
+    /// Must be called within a Tokio runtime (the balancer runs as a task).
     pub fn connect_many<S: AsRef<str>>(
         addrs: &[S],
         options: ClientOptions,

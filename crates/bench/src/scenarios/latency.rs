@@ -70,9 +70,18 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         // What the same appends cost without the gRPC hop.
         let dir = a.common.fresh_dir("latency")?;
         let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
-        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends).await?;
+        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, false).await?;
         r.record("inproc_embedded_p50", "us", l.p_us(50.0), None);
         r.record("inproc_embedded_p99", "us", l.p_us(99.0), None);
+        drop(dir);
+
+        // The same with an idempotency key per append, as every SDK append
+        // carries one (index lookup + index write).
+        let dir = a.common.fresh_dir("latency")?;
+        let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
+        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, true).await?;
+        r.record("inproc_embedded_keyed_p50", "us", l.p_us(50.0), None);
+        r.record("inproc_embedded_keyed_p99", "us", l.p_us(99.0), None);
         drop(dir);
 
         // What gRPC and the ledger cost without storage.
@@ -93,7 +102,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         drop(dir);
     }
     r.note("grpc_*: SDK Client::append (generates an idempotency key) -> tonic -> Ledger::append; one append in flight");
-    r.note("inproc_*: Ledger::append directly (no idempotency key), one in flight");
+    r.note("inproc_*: Ledger::append directly (no idempotency key; *_keyed: a fresh key each), one in flight");
     r.note("raw_write_fsync: append the payload to a plain file + File::sync_all, the disk's floor per commit");
     Ok(r)
 }
@@ -127,13 +136,15 @@ async fn inprocess_sequential(
     payloads: &[Vec<u8>],
     warmup: usize,
     n: usize,
+    keyed: bool,
 ) -> anyhow::Result<Latencies> {
     let ledger = Ledger::new(store, LedgerConfig::default());
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let e = new_entry(payloads[i % payloads.len()].clone());
         let t = Instant::now();
-        ledger.append("latency".to_owned(), e, None).await?;
+        let key = keyed.then(|| format!("bench-key-{i:016}"));
+        ledger.append("latency".to_owned(), e, key).await?;
         if i >= warmup {
             samples.push(t.elapsed().as_nanos() as u64);
         }
