@@ -179,6 +179,9 @@ pub struct Client {
     verified: Arc<Mutex<HashMap<String, HeadInfo>>>,
     /// The pinned server key (from options or first use).
     pinned: Arc<Mutex<Option<PublicKey>>>,
+    /// Serialises [`Client::verify_head`], so two concurrent calls cannot
+    /// each accept a head that forks from the other's.
+    verifying: Arc<tokio::sync::Mutex<()>>,
 }
 
 static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -273,6 +276,7 @@ impl Client {
                 .max_encoding_message_size(max),
             pinned: Arc::new(Mutex::new(options.trusted_key)),
             verified: Arc::default(),
+            verifying: Arc::default(),
             options,
         }
     }
@@ -327,12 +331,21 @@ impl Client {
         self.retry(|| {
             let mut c = self.context.clone();
             let r = self.request(request.clone());
+            let sent = &request;
             async move {
                 let resp = c.append(r).await?.into_inner();
                 let e = entry_from_proto(resp.entry.ok_or_else(|| {
                     ClientError::Protocol("append response without an entry".into())
                 })?)?;
                 EntryCheck::new(context).check(&e)?;
+                if e.key != sent.key || e.payload != sent.payload || e.metadata.len() != sent.metadata.len()
+                    || e.metadata.iter().any(|(k, v)| sent.metadata.get(k) != Some(v))
+                {
+                    return Err(ClientError::Verification(format!(
+                        "the server acknowledged entry {} of {context:?} with other content than was appended",
+                        e.sequence
+                    )));
+                }
                 Ok(e)
             }
         })
@@ -348,6 +361,11 @@ impl Client {
             after_sequence: options.after,
             limit: options.limit,
         };
+        let (filtered, after, unlimited) = (
+            !request.key.is_empty(),
+            request.after_sequence,
+            request.limit == 0,
+        );
         self.retry(|| {
             let mut c = self.context.clone();
             let r = self.request(request.clone());
@@ -358,9 +376,15 @@ impl Client {
                     .into_iter()
                     .map(entry_from_proto)
                     .collect::<Result<_, _>>()?;
-                let mut check = EntryCheck::new(context);
+                let mut check = match filtered {
+                    false => EntryCheck::contiguous(context, after),
+                    true => EntryCheck::new(context),
+                };
                 for e in &entries {
                     check.check(e)?;
+                }
+                if unlimited {
+                    check.finish(resp.latest_sequence)?;
                 }
                 Ok(GetResult {
                     entries,
@@ -386,9 +410,17 @@ impl Client {
             after_sequence: options.after,
             limit: options.limit as u64,
         };
+        let (key_filtered, after, limited) = (
+            !request.key.is_empty(),
+            request.after_sequence,
+            request.limit != 0,
+        );
         let mut stream = self.ledger.clone().read(request).await?.into_inner();
         let mut latest = 0;
-        let mut check = EntryCheck::new(context);
+        let mut check = match key_filtered {
+            false => EntryCheck::contiguous(context, after),
+            true => EntryCheck::new(context),
+        };
         while let Some(msg) = stream.message().await? {
             latest = msg.latest_sequence;
             for e in msg.entries {
@@ -396,6 +428,9 @@ impl Client {
                 check.check(&e)?;
                 visit(e);
             }
+        }
+        if !limited {
+            check.finish(latest)?;
         }
         Ok(latest)
     }
@@ -424,9 +459,11 @@ impl Client {
     }
 
     /// Restores a snapshot into `context` (verified by the server before
-    /// anything is written). Safe to retry: Load is idempotent. A snapshot
-    /// signed by a key the server does not trust needs
-    /// `allow_unknown_signer`.
+    /// anything is written). A snapshot signed by a key the server does not
+    /// trust needs `allow_unknown_signer`. Transient failures are retried
+    /// (Load is idempotent) except with `fail_if_exists`: a retry after a
+    /// lost reply would report `AlreadyExists` for a load that succeeded, so
+    /// that case returns the transient error for the caller to check.
     pub async fn load(
         &self,
         context: &str,
@@ -440,7 +477,7 @@ impl Client {
             fail_if_exists,
             allow_unknown_signer,
         };
-        self.retry(|| {
+        let call = || {
             let mut c = self.context.clone();
             let r = self.request(request.clone());
             async move {
@@ -450,8 +487,12 @@ impl Client {
                     latest_sequence: resp.latest_sequence,
                 })
             }
-        })
-        .await
+        };
+        if fail_if_exists {
+            call().await
+        } else {
+            self.retry(call).await
+        }
     }
 
     /// The head of a context.
@@ -480,6 +521,12 @@ impl Client {
                     public_key: PublicKey(digest(&h.public_key, "public key")?.0),
                     signature,
                 };
+                if info.context_id != context {
+                    return Err(ClientError::Verification(format!(
+                        "asked for the head of {context:?}, the server answered with the head of {:?}",
+                        info.context_id
+                    )));
+                }
                 info.signed()
                     .verify()
                     .map_err(|e| ClientError::Verification(e.0))?;
@@ -520,6 +567,7 @@ impl Client {
     /// rewrite of history the client has seen is reported as
     /// [`ClientError::Verification`]; on success the new head is remembered.
     pub async fn verify_head(&self, context: &str) -> Result<HeadInfo, ClientError> {
+        let _one_at_a_time = self.verifying.lock().await;
         let trusted = self.trusted_key().await?;
         let head = self.head(context).await?;
         if head.public_key != trusted {
@@ -579,6 +627,12 @@ impl Client {
             }))
             .await?
             .into_inner();
+        if r.sequence != sequence || (tree_size != 0 && r.tree_size != tree_size) {
+            return Err(ClientError::Verification(format!(
+                "asked for entry {sequence} in a tree of {tree_size}, the server proved entry {} in a tree of {}",
+                r.sequence, r.tree_size
+            )));
+        }
         let info = InclusionProofInfo {
             sequence: r.sequence,
             tree_size: r.tree_size,
@@ -610,6 +664,12 @@ impl Client {
         new_size: u64,
     ) -> Result<ConsistencyProofInfo, ClientError> {
         let p = self.fetch_consistency(context, old_size, new_size).await?;
+        if p.old_size != old_size || (new_size != 0 && p.new_size != new_size) {
+            return Err(ClientError::Verification(format!(
+                "asked for a proof from {old_size} to {new_size}, the server proved {} to {}",
+                p.old_size, p.new_size
+            )));
+        }
         merkle::verify_consistency(p.old_size, p.new_size, &p.old_root, &p.new_root, &p.proof)
             .map_err(|e| ClientError::Verification(e.0))?;
         Ok(p)
@@ -722,18 +782,51 @@ fn digest(bytes: &[u8], what: &str) -> Result<Digest, ClientError> {
 pub(crate) struct EntryCheck<'a> {
     context: &'a str,
     last: Option<(u64, Digest)>,
+    /// For unfiltered reads: the sequence the next entry must have (a
+    /// server that skips entries is caught).
+    next: Option<u64>,
 }
 
 impl<'a> EntryCheck<'a> {
+    /// Checks hashes and links of entries that may skip sequences (filtered
+    /// reads, single entries).
     pub(crate) fn new(context: &'a str) -> Self {
         Self {
             context,
             last: None,
+            next: None,
         }
     }
 
-    pub(crate) fn resume(context: &'a str, last: Option<(u64, Digest)>) -> Self {
-        Self { context, last }
+    /// Also requires every sequence after `after`, without gaps.
+    pub(crate) fn contiguous(context: &'a str, after: u64) -> Self {
+        Self {
+            context,
+            last: None,
+            next: Some(after + 1),
+        }
+    }
+
+    /// Continues a check after `last` (a resumed watch).
+    pub(crate) fn resume(context: &'a str, last: Option<(u64, Digest)>, next: Option<u64>) -> Self {
+        Self {
+            context,
+            last,
+            next,
+        }
+    }
+
+    /// For contiguous checks of a complete read: the entries must reach
+    /// `latest` (the head the server reported).
+    pub(crate) fn finish(&self, latest: u64) -> Result<(), ClientError> {
+        match self.next {
+            Some(n) if n <= latest => Err(ClientError::Verification(format!(
+                "the server reported {latest} entries in {:?} but returned none after {}",
+                self.context,
+                n - 1
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn last(&self) -> Option<(u64, Digest)> {
@@ -747,6 +840,15 @@ impl<'a> EntryCheck<'a> {
                 "entry {} of {:?} hashes to {computed}, not to the {} it claims",
                 e.sequence, self.context, e.hash
             )));
+        }
+        if let Some(n) = self.next {
+            if e.sequence != n {
+                return Err(ClientError::Verification(format!(
+                    "expected entry {n} of {:?}, the server sent entry {}",
+                    self.context, e.sequence
+                )));
+            }
+            self.next = Some(n + 1);
         }
         if let Some((seq, hash)) = self.last {
             if e.sequence <= seq {

@@ -78,7 +78,9 @@ impl Watch {
                         // Already returned before a reconnect.
                         continue;
                     }
-                    let mut check = EntryCheck::resume(&self.context, self.last_entry);
+                    // Without a key filter every sequence must arrive.
+                    let next = self.key.is_empty().then_some(self.last + 1);
+                    let mut check = EntryCheck::resume(&self.context, self.last_entry, next);
                     if let Err(e) = check.check(&entry) {
                         return Some(Err(e));
                     }

@@ -55,6 +55,11 @@ fn err(field: &'static str, message: String) -> Result<(), LimitError> {
     Err(LimitError { field, message })
 }
 
+/// The largest Lamport time a client may pass (2^62): leaves room for
+/// 2^62 more appends before the clock could saturate, so the strictly
+/// increasing clock invariant can never be broken from outside.
+pub const LAMPORT_MAX: u64 = 1 << 62;
+
 /// Human byte count: `4 MiB`, `1.5 KiB`, `12 bytes`.
 pub fn human_bytes(n: usize) -> String {
     const KIB: f64 = 1024.0;
@@ -190,6 +195,17 @@ impl Limits {
             key,
             self.idempotency_key_bytes_max,
         )
+    }
+
+    /// A received Lamport time.
+    pub fn check_lamport(&self, lamport: u64) -> Result<(), LimitError> {
+        if lamport > LAMPORT_MAX {
+            return err(
+                "lamport",
+                format!("lamport is {lamport}; the largest accepted is {LAMPORT_MAX} (2^62)"),
+            );
+        }
+        Ok(())
     }
 
     /// Every field of an append.

@@ -251,7 +251,8 @@ pub fn decode_and_verify(
 
 fn check_limits(limits: &Limits, e: &Entry) -> Result<(), String> {
     limits
-        .check_key(&e.key)
+        .check_lamport(e.lamport)
+        .and_then(|_| limits.check_key(&e.key))
         .and_then(|_| limits.check_payload(e.payload.len()))
         .and_then(|_| limits.check_metadata(&e.metadata))
         .map_err(|l| format!("sequence {}: {l}", e.sequence))

@@ -58,6 +58,11 @@ pub struct ServerConfig {
     pub request_bytes_max: usize,
     /// HTTP/2 keepalive ping interval, so dead peers are noticed.
     pub keepalive: Duration,
+    /// How long shutdown waits for in-flight requests and streams to finish
+    /// before closing connections anyway (a client that stopped reading
+    /// must not keep the server alive). Writes already queued are committed
+    /// either way.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +72,7 @@ impl Default for ServerConfig {
             requests_per_connection_max: 256,
             request_bytes_max: 64 * 1024 * 1024,
             keepalive: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

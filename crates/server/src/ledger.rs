@@ -164,6 +164,7 @@ impl Ledger {
             &entry.metadata,
             idempotency_key.as_deref().unwrap_or(""),
         )?;
+        self.config.limits.check_lamport(entry.lamport)?;
         let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
         let key_for_error = idempotency_key.clone();
         let outcome = self
@@ -474,6 +475,11 @@ impl Ledger {
         if let Some(k) = &key {
             self.config.limits.check_key(k)?;
         }
+        if *self.stopping.borrow() {
+            return Err(LedgerError::Unavailable(
+                "the ledger is shutting down; watch another node or retry after the restart".into(),
+            ));
+        }
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
             LedgerError::ResourceExhausted(format!(
                 "{} watches are open, the limit (--max-watchers); close one or retry later",
@@ -507,6 +513,8 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let mut stopping = self.stopping.subscribe();
         let mut live = self.hub.subscribe(context);
+        let chunk_entries = self.config.watch_catch_up_chunk.max(1);
+        let chunk_bytes = self.config.effective_response_bytes_max();
         // Every sequence <= `handled` was delivered or filtered out.
         let mut handled = from;
         loop {
@@ -514,34 +522,24 @@ impl Ledger {
             let head = self.head(context).await?.map_or(0, |h| h.sequence);
             while handled < head {
                 let (chunk, _) = self
-                    .read_chunk(
-                        context,
-                        handled,
-                        head,
-                        key,
-                        self.config.watch_catch_up_chunk,
-                        usize::MAX,
-                    )
+                    .read_chunk(context, handled, head, key, chunk_entries, chunk_bytes)
                     .await?;
                 let Some(last) = chunk.last().map(|e| e.sequence) else {
                     break;
                 };
                 for e in chunk {
-                    if tx.send(Ok(Arc::new(e))).await.is_err() {
+                    if !send_unless_stopping(tx, &mut stopping, Arc::new(e)).await {
                         return Ok(());
                     }
                 }
                 handled = last;
-                if *stopping.borrow() {
-                    return Ok(());
-                }
             }
             handled = handled.max(head);
             // Follow live entries until a gap sends us back to storage.
             loop {
                 let next = tokio::select! {
                     biased;
-                    _ = stopping.changed() => return Ok(()),
+                    _ = stopping.wait_for(|s| *s) => return Ok(()),
                     _ = tx.closed() => return Ok(()),
                     next = live.recv() => next,
                 };
@@ -549,7 +547,9 @@ impl Ledger {
                     Ok(e) if e.sequence <= handled => continue,
                     Ok(e) if e.sequence == handled + 1 => {
                         handled = e.sequence;
-                        if key.is_none_or(|k| e.key == k) && tx.send(Ok(e)).await.is_err() {
+                        if key.is_none_or(|k| e.key == k)
+                            && !send_unless_stopping(tx, &mut stopping, e).await
+                        {
                             return Ok(());
                         }
                     }
@@ -608,18 +608,34 @@ impl Ledger {
     /// Begins shutdown: ends every watch, stops accepting writes, commits
     /// what is queued and syncs the store.
     pub async fn shutdown(&self) {
-        let _ = self.stopping.send(true);
+        self.stopping.send_replace(true);
         self.writer.shutdown().await;
     }
 
     /// Ends every watch stream (the first step of shutdown).
     pub fn stop_watches(&self) {
-        let _ = self.stopping.send(true);
+        // `send_replace`, not `send`: the flag must stick even when no watch
+        // is open yet, so a watch that starts later sees it.
+        self.stopping.send_replace(true);
     }
 
     /// Number of open watches.
     pub fn open_watches(&self) -> usize {
         self.config.watchers_max - self.watchers.available_permits()
+    }
+}
+
+/// Sends one watch item unless shutdown begins first (a client that stopped
+/// reading must not hold shutdown up). `false`: stop watching.
+async fn send_unless_stopping(
+    tx: &mpsc::Sender<Result<Arc<Entry>, LedgerError>>,
+    stopping: &mut watch::Receiver<bool>,
+    entry: Arc<Entry>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stopping.wait_for(|s| *s) => false,
+        sent = tx.send(Ok(entry)) => sent.is_ok(),
     }
 }
 

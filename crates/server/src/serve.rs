@@ -54,19 +54,31 @@ pub async fn run(
     .max_encoding_message_size(response_max);
     let incoming = ReceiverStream::new(limit_conn::accept(listener, config.connections_max));
     let stopping = ledger.clone();
-    let served = tonic::transport::Server::builder()
+    let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.requests_per_connection_max)
         .http2_keepalive_interval(Some(config.keepalive))
         .tcp_nodelay(true)
         .add_service(context)
         .add_service(extension)
         .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
+            let _ = shutdown_begun.await;
             // Watches never end on their own; end them so the graceful
             // shutdown does not wait forever.
             stopping.stop_watches();
-        })
-        .await;
+        });
+    tokio::pin!(serve);
+    let grace = config.shutdown_grace;
+    let served = tokio::select! {
+        served = &mut serve => served,
+        // Graceful shutdown got `grace` to finish; past that, dropping the
+        // server closes the remaining connections.
+        _ = async {
+            shutdown.await;
+            let _ = begin_shutdown.send(());
+            tokio::time::sleep(grace).await;
+        } => Ok(()),
+    };
     ledger.shutdown().await;
     served.map_err(ServeError::Transport)
 }

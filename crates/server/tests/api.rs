@@ -469,6 +469,22 @@ async fn bad_input_is_refused_with_a_message_and_the_server_keeps_serving() {
         );
     }
     let err = c
+        .append(
+            "c",
+            "k",
+            vec![],
+            AppendOptions {
+                lamport: u64::MAX,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidArgument(m) if m.contains("2^62")),
+        "{err}"
+    );
+    let err = c
         .get(
             "c",
             GetOptions {

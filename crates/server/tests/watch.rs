@@ -231,3 +231,51 @@ async fn watch_rejects_bad_input() {
     assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
     s.stop().await;
 }
+
+/// A watcher that stops reading (its HTTP/2 window full) must not hold the
+/// server's shutdown up, and a watch cannot start once shutdown has begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_does_not_block_shutdown() {
+    let server = ServerConfig {
+        shutdown_grace: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start_full(
+        Arc::new(MemoryStore::new()),
+        LedgerConfig::default(),
+        server,
+        "127.0.0.1:0",
+    )
+    .await;
+    let c = client(&s).await;
+    let mut raw =
+        converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(
+            s.url(),
+        )
+        .await
+        .unwrap();
+    let _stalled = raw
+        .watch(converge_ledger_proto::context::v1::WatchRequest {
+            context_id: "big".into(),
+            key: String::new(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Far more than the stream and HTTP/2 buffers hold, never read.
+    let payload = vec![7u8; 64 * 1024];
+    for _ in 0..200 {
+        c.append("big", "k", payload.clone(), AppendOptions::default())
+            .await
+            .unwrap();
+    }
+    let ledger = s.ledger.clone();
+    tokio::time::timeout(Duration::from_secs(20), s.stop())
+        .await
+        .expect("shutdown waited for a stalled watcher");
+    let Err(err) = ledger.watch("big".into(), None, 0) else {
+        panic!("a watch after shutdown was accepted");
+    };
+    assert!(err.to_string().contains("shutting down"), "{err}");
+}

@@ -129,7 +129,9 @@ impl Writer {
         on_commit: OnCommit,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
-        let bytes_max = config.queue_bytes_max.clamp(1, Semaphore::MAX_PERMITS);
+        let bytes_max = config
+            .queue_bytes_max
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (done_tx, done) = oneshot::channel();
         std::thread::Builder::new()
             .name("ledger-writer".into())
