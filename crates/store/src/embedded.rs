@@ -59,6 +59,14 @@ const KS_BY_KEY: &str = "by_key";
 const KS_IDEMPOTENCY: &str = "idempotency";
 const KS_META: &str = "meta";
 const KS_MERKLE: &str = "merkle";
+/// fjall replays every journal not yet flushed on open (after a crash *and*
+/// after a clean close), so the journal bound is the restart-time bound:
+/// 64 MiB (fjall's minimum) instead of the 512 MiB default keeps opening
+/// under about a second whatever the data size (BENCHMARKS.md, "Storage
+/// engine choice" and "restart").
+const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Smaller memtables flush sooner, so less journal is pending at any time.
+const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Layout version stored under `meta/format`; bumped on any change.
 const FORMAT_VERSION: u32 = 1;
 
@@ -142,11 +150,14 @@ impl EmbeddedStore {
             .map_err(|e| io(format!("cannot create {}: {e}", options.path.display())))?;
         let db = Database::builder(&options.path)
             .cache_size(options.cache_bytes)
+            .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
             .map_err(|e| io(format!("cannot open {}: {e}", options.path.display())))?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(io)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
+            })
+            .map_err(io)
         };
         let meta = ks(KS_META)?;
         match meta.get("format").map_err(io)? {
