@@ -6,6 +6,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use converge_ledger_core::{HeadSigner, PublicKey};
+use converge_ledger_postgres::{
+    BoxFuture, NotificationTarget, PostgresOptions, PostgresStore, relay_notifications,
+};
 use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, load_or_create_key, random_seed};
 use converge_ledger_store::SystemClock;
 use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore, Store};
@@ -16,6 +19,18 @@ pub enum Storage {
     Embedded,
     /// In RAM only; everything is lost when the process exits.
     Memory,
+    /// In PostgreSQL (--postgres-url), shared by any number of nodes.
+    Postgres,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Wakeup {
+    /// Commits are announced with NOTIFY and every node LISTENs: watchers
+    /// on other nodes get new entries within milliseconds.
+    Notify,
+    /// No LISTEN/NOTIFY (for proxies that do not support them): watchers on
+    /// other nodes get new entries every --catch-up-interval-ms.
+    Poll,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,12 +84,50 @@ pub struct ServeArgs {
     /// Most concurrent watches.
     #[arg(long, env = "CONVERGE_LEDGER_MAX_WATCHERS", default_value_t = 4096)]
     max_watchers: usize,
+    /// PostgreSQL connection string for --storage postgres, as a URL
+    /// (postgresql://user:password@host:5432/dbname) or key=value pairs.
+    #[arg(long, env = "CONVERGE_LEDGER_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// Schema holding the ledger's tables; the nodes of one ledger share it.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_POSTGRES_SCHEMA",
+        default_value = converge_ledger_postgres::DEFAULT_SCHEMA
+    )]
+    postgres_schema: String,
+    /// Most PostgreSQL connections of this node (its notification listener
+    /// uses one more).
+    #[arg(long, env = "CONVERGE_LEDGER_POSTGRES_POOL_SIZE", default_value_t = 8)]
+    postgres_pool_size: usize,
+    /// Deadline of one PostgreSQL operation, in milliseconds; a request
+    /// that misses it fails with UNAVAILABLE.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_POSTGRES_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    postgres_timeout_ms: u64,
+    /// With --storage postgres: how this node learns of other nodes'
+    /// commits.
+    #[arg(long, env = "CONVERGE_LEDGER_POSTGRES_WAKEUP", value_enum, default_value_t = Wakeup::Notify)]
+    postgres_wakeup: Wakeup,
+    /// With --storage postgres: every this many milliseconds, watched
+    /// contexts are checked against the database, covering notifications
+    /// lost while the listener reconnected.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_CATCH_UP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    catch_up_interval_ms: u64,
     /// Block cache of embedded storage, in MiB.
     #[arg(long, env = "CONVERGE_LEDGER_CACHE_MIB", default_value_t = 64)]
     cache_mib: u64,
     /// Ed25519 key that signs heads and snapshots (64 hex characters of the
     /// seed). Default: DATA_DIR/signing.key, created on first start; with
-    /// --storage memory and no key, a fresh key per process.
+    /// --storage memory and no key, a fresh key per process. Required with
+    /// --storage postgres: every node of a ledger gets a copy of the same
+    /// file (created if missing).
     #[arg(long, env = "CONVERGE_LEDGER_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
     /// Public key (hex) whose signed snapshots Load accepts besides this
@@ -102,6 +155,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         Fsync::Never => FsyncPolicy::Never,
     };
+    let mut postgres: Option<(Arc<PostgresStore>, PostgresOptions)> = None;
     let (store, described): (Arc<dyn Store>, String) = match args.storage {
         Storage::Memory => (
             Arc::new(MemoryStore::new()),
@@ -120,12 +174,77 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 format!("embedded in {path}, fsync {:?}", args.fsync).to_lowercase(),
             )
         }
+        Storage::Postgres => {
+            let Some(url) = args.postgres_url.clone() else {
+                bail!(
+                    "--storage postgres needs --postgres-url URL (env CONVERGE_LEDGER_POSTGRES_URL), \
+                     e.g. postgresql://user:password@127.0.0.1:5432/ledger"
+                );
+            };
+            if args.catch_up_interval_ms == 0 {
+                bail!("--catch-up-interval-ms must be at least 1");
+            }
+            if args.postgres_timeout_ms == 0 {
+                bail!("--postgres-timeout-ms must be at least 1");
+            }
+            let mut options = PostgresOptions::new(url);
+            options.schema = args.postgres_schema.clone();
+            options.pool_size = args.postgres_pool_size;
+            options.operation_timeout = Duration::from_millis(args.postgres_timeout_ms);
+            options.notifications = args.postgres_wakeup == Wakeup::Notify;
+            let opening = options.clone();
+            let opened = tokio::task::spawn_blocking(move || PostgresStore::open(opening))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "opening PostgreSQL storage at {} (schema {})",
+                        options.describe(),
+                        options.schema
+                    )
+                })?;
+            let opened = Arc::new(opened);
+            let described = format!(
+                "postgres at {}, schema {} (version {}), other nodes' commits by {}",
+                opened.server(),
+                options.schema,
+                opened.schema_version(),
+                match args.postgres_wakeup {
+                    Wakeup::Notify => "notification".to_string(),
+                    Wakeup::Poll => format!("polling every {} ms", args.catch_up_interval_ms),
+                }
+            );
+            postgres = Some((opened.clone(), options));
+            (opened, described)
+        }
     };
     let signer = match (&args.signing_key, args.storage) {
         (Some(path), _) => load_or_create_key(path, true)?,
         (None, Storage::Embedded) => load_or_create_key(&args.data_dir.join("signing.key"), true)?,
         (None, Storage::Memory) => HeadSigner::from_seed(random_seed()),
+        (None, Storage::Postgres) => bail!(
+            "--storage postgres needs --signing-key FILE (env CONVERGE_LEDGER_SIGNING_KEY): every node of \
+             a ledger must sign with the same key, or clients that verify heads through several nodes \
+             see different signers. Give every node a copy of the same key file (it is created if missing)"
+        ),
     };
+    if let Some((pg, options)) = &postgres {
+        let ours = signer.public_key();
+        let pg = pg.clone();
+        let registered = tokio::task::spawn_blocking(move || pg.register_signing_key(&ours))
+            .await?
+            .context("recording the signing key in PostgreSQL")?;
+        if registered != ours {
+            bail!(
+                "this node's signing key {ours} ({}) differs from the key {registered} that the nodes of \
+                 this ledger sign with (recorded in schema {}); give this node a copy of their key file",
+                args.signing_key
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                options.schema
+            );
+        }
+    }
     let mut config = LedgerConfig::default();
     for k in &args.trusted_keys {
         config.trusted_keys.push(
@@ -149,9 +268,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "converge-ledger listening on {local}; storage: {described}; signing key {public_key}"
     );
+    if let Some((_, options)) = postgres {
+        // Wakes this node's watchers when any node commits; see
+        // docs/design.md, "PostgreSQL storage".
+        let target = Arc::new(LedgerTarget(ledger.clone()));
+        let every = Duration::from_millis(args.catch_up_interval_ms);
+        tokio::spawn(async move {
+            if let Err(e) = relay_notifications(options, every, target).await {
+                eprintln!("converge-ledger: cannot listen for other nodes' commits: {e}");
+            }
+        });
+    }
     converge_ledger_server::run(listener, ledger, server, shutdown_signal()).await?;
     eprintln!("converge-ledger stopped cleanly");
     Ok(())
+}
+
+/// The ledger's hooks for entries that other nodes committed.
+struct LedgerTarget(Arc<Ledger>);
+
+impl NotificationTarget for LedgerTarget {
+    fn appended<'a>(&'a self, context: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .notify_appended(context)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn catch_up(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.notify_all_watched().await.map_err(|e| e.to_string()) })
+    }
+
+    fn log(&self, message: &str) {
+        eprintln!("converge-ledger: {message}");
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,7 +14,7 @@ mod embedded;
 mod error;
 mod memory;
 pub mod proofs;
-mod sequencer;
+pub mod sequencer;
 mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -1,6 +1,12 @@
-//! The append rule applied to a batch, shared by the backends that own their
-//! heads (memory, embedded). Pure staging: nothing here writes; the backend
-//! persists what [`stage`] returns and installs the heads only once durable.
+//! The append rule applied to a batch, shared by every backend (memory,
+//! embedded, and backends in other crates such as PostgreSQL). Pure staging:
+//! nothing here writes; the backend persists what [`stage`] returns and
+//! installs the heads only once durable.
+//!
+//! A backend implements [`Backing`] over its *committed* state (for a shared
+//! database: the state seen while holding the locks of the batch's contexts)
+//! and calls [`stage`]; the result says exactly which entries, idempotency
+//! keys, Merkle nodes and heads to write, and what to answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use crate::{
 };
 
 /// What staging needs to read from committed state.
-pub(crate) trait Backing {
+pub trait Backing {
     /// Committed head of a context.
     fn committed_head(&self, context: &str) -> Result<Option<Head>, StoreError>;
     /// Committed sequence an idempotency key maps to.
@@ -25,7 +31,9 @@ pub(crate) trait Backing {
 
 /// A staged batch: what to persist, and what to report once persisted.
 #[derive(Default)]
-pub(crate) struct Staged {
+pub struct Staged {
+    /// Outcomes (one per command, in order) and the new entries, in commit
+    /// order; what [`crate::Store::write`] returns once the batch is durable.
     pub committed: Committed,
     /// Final head of every touched context.
     pub heads: HashMap<Arc<str>, Head>,
@@ -46,7 +54,12 @@ struct Stager<'a, B: Backing> {
     names: HashMap<String, Arc<str>>,
 }
 
-pub(crate) fn stage<B: Backing>(
+/// Applies the append rule to `commands` in order over `backing`'s committed
+/// state, as if one at a time: sequences, times, Lamport clocks, chain
+/// links, Merkle frontiers, idempotency (within the batch too) and import
+/// checks. Reads through `backing`; writes nothing. `now_ns` is the server
+/// clock for every append of the batch.
+pub fn stage<B: Backing>(
     backing: &B,
     now_ns: u64,
     commands: Vec<WriteCommand>,

@@ -1,0 +1,84 @@
+//! Turning driver errors into [`StoreError`]s with messages an operator can
+//! act on.
+
+use std::error::Error as _;
+
+use converge_ledger_store::StoreError;
+use tokio_postgres::error::SqlState;
+
+/// The driver's error with its whole cause chain (the driver's own
+/// `Display` often says only "db error" or "error connecting to server").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(" (");
+            s.push_str(d);
+            s.push(')');
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// Whether the error means the connection (or the server) is gone, as
+/// opposed to a statement that failed on a working connection.
+pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+        }
+        // No SQLSTATE: an I/O error, a failed connect, a timeout or a
+        // protocol error is about the connection; a conversion error is not.
+        None => {
+            let m = e.to_string();
+            e.source().is_some_and(|s| s.is::<std::io::Error>())
+                || m.starts_with("error connecting")
+                || m.starts_with("error communicating")
+                || m.starts_with("timeout waiting")
+                || m.starts_with("unexpected message")
+        }
+    }
+}
+
+/// A failed database operation, as the store reports it. Every database
+/// failure is [`StoreError::Io`] (`UNAVAILABLE` over gRPC: retry later or
+/// elsewhere); corrupt data read back is reported separately by the codec.
+pub(crate) fn failed(server: &str, what: &str, e: &tokio_postgres::Error) -> StoreError {
+    if is_connection_error(e) {
+        StoreError::Io(format!(
+            "PostgreSQL at {server} is unavailable ({what}): {}",
+            describe(e)
+        ))
+    } else {
+        StoreError::Io(format!(
+            "PostgreSQL at {server} refused {what}: {}",
+            describe(e)
+        ))
+    }
+}
+
+/// An operation that missed its deadline.
+pub(crate) fn timed_out(server: &str, what: &str, after: std::time::Duration) -> StoreError {
+    StoreError::Io(format!(
+        "PostgreSQL at {server} is unavailable ({what}): no answer within {} ms; the connection was closed",
+        after.as_millis()
+    ))
+}

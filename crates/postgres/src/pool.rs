@@ -1,0 +1,322 @@
+//! A small connection pool: at most `pool_size` connections, opened lazily,
+//! each with its statements prepared once. A connection that failed, timed
+//! out or was closed by the server is dropped rather than returned, so the
+//! next request opens a fresh one: the store reconnects by itself after a
+//! database restart, without restarting the node.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use converge_ledger_store::StoreError;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::codec::ENTRY_COLUMNS;
+use crate::error::{failed, timed_out};
+
+/// Prepared statements of one connection (names are schema-qualified).
+pub(crate) struct Statements {
+    pub begin: Statement,
+    pub commit: Statement,
+    pub rollback: Statement,
+    /// `$1` contexts, `$2` genesis hashes, `$3` empty heads (sorted by
+    /// context): creates missing head rows so they can be locked.
+    pub heads_create: Statement,
+    /// `$1` contexts: locks their head rows in context order.
+    pub heads_lock: Statement,
+    /// `$1` contexts, `$2` idempotency keys: the stored sequences.
+    pub idempotency_find: Statement,
+    pub entry_get: Statement,
+    pub entries_insert: Statement,
+    pub idempotency_insert: Statement,
+    pub nodes_insert: Statement,
+    pub heads_update: Statement,
+    pub snapshots_insert: Statement,
+    /// `$1` channel, `$2` payloads.
+    pub notify: Statement,
+    pub head_get: Statement,
+    pub scan_all: Statement,
+    pub scan_key: Statement,
+    /// `$1` context, `$2` sequence: the head and whether that entry exists,
+    /// in one snapshot.
+    pub tail_check: Statement,
+    pub by_hash: Statement,
+    pub nodes_get: Statement,
+    pub contexts_page: Statement,
+}
+
+impl Statements {
+    async fn prepare(c: &Client, s: &str) -> Result<Statements, tokio_postgres::Error> {
+        let cols = ENTRY_COLUMNS;
+        Ok(Statements {
+            begin: c.prepare("BEGIN").await?,
+            commit: c.prepare("COMMIT").await?,
+            rollback: c.prepare("ROLLBACK").await?,
+            heads_create: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".heads (context, seq, hash, head)
+                       SELECT c, 0, g, h FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS u(c, g, h)
+                       ORDER BY c
+                       ON CONFLICT (context) DO NOTHING"#
+                ))
+                .await?,
+            heads_lock: c
+                .prepare(&format!(
+                    r#"SELECT context, seq, head FROM "{s}".heads
+                       WHERE context = ANY($1::text[]) ORDER BY context FOR UPDATE"#
+                ))
+                .await?,
+            idempotency_find: c
+                .prepare(&format!(
+                    r#"SELECT i.context, i.idem_key, i.seq
+                       FROM "{s}".idempotency i
+                       JOIN unnest($1::text[], $2::text[]) AS u(c, k)
+                         ON i.context = u.c AND i.idem_key = u.k"#
+                ))
+                .await?,
+            entry_get: c
+                .prepare(&format!(
+                    r#"SELECT {cols} FROM "{s}".entries WHERE context = $1 AND seq = $2"#
+                ))
+                .await?,
+            entries_insert: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".entries
+                         (context, seq, hash, prev_hash, key, payload, metadata, appended_at_ns, lamport)
+                       SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[], $5::text[],
+                                            $6::bytea[], $7::bytea[], $8::int8[], $9::int8[])"#
+                ))
+                .await?,
+            idempotency_insert: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".idempotency (context, idem_key, seq)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])"#
+                ))
+                .await?,
+            nodes_insert: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".merkle_nodes (context, level, idx, root)
+                       SELECT * FROM unnest($1::text[], $2::int2[], $3::int8[], $4::bytea[])"#
+                ))
+                .await?,
+            heads_update: c
+                .prepare(&format!(
+                    r#"UPDATE "{s}".heads AS h SET seq = u.seq, hash = u.hash, head = u.head
+                       FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[]) AS u(context, seq, hash, head)
+                       WHERE h.context = u.context"#
+                ))
+                .await?,
+            snapshots_insert: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".snapshots (context, seq, head_hash, state, state_hash, appended_at_ns)
+                       SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[], $5::bytea[], $6::int8[])
+                       ON CONFLICT DO NOTHING"#
+                ))
+                .await?,
+            notify: c
+                .prepare("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .await?,
+            head_get: c
+                .prepare(&format!(
+                    r#"SELECT seq, head FROM "{s}".heads WHERE context = $1 AND seq > 0"#
+                ))
+                .await?,
+            scan_all: c
+                .prepare(&format!(
+                    r#"SELECT {cols} FROM "{s}".entries
+                       WHERE context = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"#
+                ))
+                .await?,
+            scan_key: c
+                .prepare(&format!(
+                    r#"SELECT {cols} FROM "{s}".entries
+                       WHERE context = $1 AND key = $5 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"#
+                ))
+                .await?,
+            tail_check: c
+                .prepare(&format!(
+                    r#"SELECT h.seq, EXISTS (SELECT 1 FROM "{s}".entries e WHERE e.context = $1 AND e.seq = $2)
+                       FROM "{s}".heads h WHERE h.context = $1"#
+                ))
+                .await?,
+            by_hash: c
+                .prepare(&format!(
+                    r#"SELECT context, seq FROM "{s}".entries WHERE hash = $1 ORDER BY context, seq LIMIT 1"#
+                ))
+                .await?,
+            nodes_get: c
+                .prepare(&format!(
+                    r#"SELECT idx, root FROM "{s}".merkle_nodes
+                       WHERE context = $1 AND level = $2 AND idx >= $3 AND idx <= $4 ORDER BY idx"#
+                ))
+                .await?,
+            contexts_page: c
+                .prepare(&format!(
+                    r#"SELECT context, seq, head FROM "{s}".heads
+                       WHERE seq > 0 AND ($1::text IS NULL OR context > $1) ORDER BY context LIMIT $2"#
+                ))
+                .await?,
+        })
+    }
+}
+
+/// One open connection and its prepared statements.
+pub(crate) struct Conn {
+    pub client: Client,
+    pub st: Statements,
+}
+
+pub(crate) struct Pool {
+    config: tokio_postgres::Config,
+    schema: String,
+    /// `host:port/db`, for messages.
+    pub server: String,
+    idle: Mutex<Vec<Conn>>,
+    permits: Arc<Semaphore>,
+    size: usize,
+    runtime: Handle,
+    pub operation_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// A connection taken from the pool; goes back on drop unless marked broken
+/// or closed.
+pub(crate) struct Pooled<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+    broken: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pooled<'_> {
+    pub fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("present until drop")
+    }
+
+    /// Drops the connection instead of returning it (after an error or a
+    /// timeout its state is unknown; closing it makes PostgreSQL roll back
+    /// any open transaction).
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !self.broken
+            && !conn.client.is_closed()
+        {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(
+        config: tokio_postgres::Config,
+        schema: String,
+        server: String,
+        size: usize,
+        runtime: Handle,
+        operation_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Pool {
+        Pool {
+            config,
+            schema,
+            server,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            runtime,
+            operation_timeout,
+            connect_timeout,
+        }
+    }
+
+    /// A pooled connection: an idle one that is still open, or a new one.
+    pub async fn get(&self) -> Result<Pooled<'_>, StoreError> {
+        let permit = tokio::time::timeout(
+            self.operation_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Io(format!(
+                "no PostgreSQL connection became free within {} ms (all {} in use); raise --postgres-pool-size",
+                self.operation_timeout.as_millis(),
+                self.size
+            ))
+        })?
+        .map_err(|_| StoreError::Closed)?;
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match conn {
+                Some(c) if c.client.is_closed() => continue,
+                Some(c) => {
+                    return Ok(Pooled {
+                        pool: self,
+                        conn: Some(c),
+                        broken: false,
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let conn = self.connect().await?;
+        Ok(Pooled {
+            pool: self,
+            conn: Some(conn),
+            broken: false,
+            _permit: permit,
+        })
+    }
+
+    /// Forgets every idle connection (the next requests open new ones).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        let connect = async {
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| failed(&self.server, "connecting", &e))?;
+            self.runtime.spawn(async move {
+                // Ends when the client is dropped or the server goes away;
+                // requests then fail with "connection closed".
+                let _ = connection.await;
+            });
+            client
+                .batch_execute(
+                    // A node that stops talking in the middle of a write
+                    // (hung, partitioned) must not hold head locks forever.
+                    "SET idle_in_transaction_session_timeout = '60s'",
+                )
+                .await
+                .map_err(|e| failed(&self.server, "configuring a connection", &e))?;
+            let st = Statements::prepare(&client, &self.schema)
+                .await
+                .map_err(|e| failed(&self.server, "preparing statements", &e))?;
+            Ok(Conn { client, st })
+        };
+        tokio::time::timeout(self.connect_timeout + self.operation_timeout, connect)
+            .await
+            .map_err(|_| {
+                timed_out(
+                    &self.server,
+                    "connecting",
+                    self.connect_timeout + self.operation_timeout,
+                )
+            })?
+    }
+}

@@ -1,0 +1,198 @@
+//! The versioned schema and its migrations.
+//!
+//! Every node runs [`migrate`] when it opens the store. Migrations run in one
+//! transaction under a transaction-scoped advisory lock, so nodes starting
+//! together apply each migration exactly once, and a failed migration leaves
+//! nothing behind. A database whose schema is newer than this build is
+//! refused rather than written with an older layout.
+
+use converge_ledger_store::StoreError;
+
+use crate::error::{describe, failed};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+struct Migration {
+    version: i32,
+    description: &'static str,
+    sql: fn(&str) -> String,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "heads, entries (indexed by hash and by context, key, sequence), idempotency keys, \
+                  Merkle nodes, snapshots (head checkpoints), meta",
+    sql: v1,
+}];
+
+/// Version 1. Column and table names follow the ledger's model (docs/design.md,
+/// "PostgreSQL storage"); `text COLLATE "C"` makes `ORDER BY context` byte
+/// order, the order of `Store::contexts` and of head locking.
+fn v1(s: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE "{s}".meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- One row per context: its head (Head::encode: sequence, hash, Lamport, time,
+-- Merkle frontier). Writers lock these rows; seq = 0 is a row created to be
+-- locked before the context's first entry commits.
+CREATE TABLE "{s}".heads (
+    context text COLLATE "C" PRIMARY KEY,
+    seq     bigint NOT NULL CHECK (seq >= 0),
+    hash    bytea  NOT NULL,
+    head    bytea  NOT NULL
+);
+
+CREATE TABLE "{s}".entries (
+    context        text COLLATE "C" NOT NULL,
+    seq            bigint NOT NULL CHECK (seq >= 1),
+    hash           bytea  NOT NULL,
+    prev_hash      bytea  NOT NULL,
+    key            text COLLATE "C" NOT NULL,
+    payload        bytea  NOT NULL,
+    metadata       bytea  NOT NULL,
+    appended_at_ns bigint NOT NULL,
+    lamport        bigint NOT NULL,
+    PRIMARY KEY (context, seq)
+);
+CREATE INDEX entries_hash_idx ON "{s}".entries (hash);
+CREATE INDEX entries_key_idx ON "{s}".entries (context, key, seq);
+
+CREATE TABLE "{s}".idempotency (
+    context  text COLLATE "C" NOT NULL,
+    idem_key text COLLATE "C" NOT NULL,
+    seq      bigint NOT NULL,
+    PRIMARY KEY (context, idem_key)
+);
+
+-- Roots of completed perfect Merkle subtrees at levels 4, 8, 12, ...
+CREATE TABLE "{s}".merkle_nodes (
+    context text COLLATE "C" NOT NULL,
+    level   smallint NOT NULL,
+    idx     bigint NOT NULL,
+    root    bytea  NOT NULL,
+    PRIMARY KEY (context, level, idx)
+);
+
+-- Head checkpoints: the state (encoded head) of a context at `seq`,
+-- anchored to the hash of entry `seq`; written whenever a commit crosses a
+-- multiple of 1024 entries.
+CREATE TABLE "{s}".snapshots (
+    context        text COLLATE "C" NOT NULL,
+    seq            bigint NOT NULL,
+    head_hash      bytea  NOT NULL,
+    state          bytea  NOT NULL,
+    state_hash     bytea  NOT NULL,
+    appended_at_ns bigint NOT NULL,
+    PRIMARY KEY (context, seq)
+);
+
+-- History is append-only: refuse UPDATE, DELETE and TRUNCATE of it.
+CREATE FUNCTION "{s}".refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'converge-ledger: % of %.% is not allowed; history is append-only',
+        TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME;
+END $$;
+CREATE TRIGGER entries_append_only BEFORE UPDATE OR DELETE ON "{s}".entries
+    FOR EACH ROW EXECUTE FUNCTION "{s}".refuse_change();
+CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON "{s}".entries
+    FOR EACH STATEMENT EXECUTE FUNCTION "{s}".refuse_change();
+CREATE TRIGGER idempotency_append_only BEFORE UPDATE OR DELETE ON "{s}".idempotency
+    FOR EACH ROW EXECUTE FUNCTION "{s}".refuse_change();
+CREATE TRIGGER merkle_nodes_append_only BEFORE UPDATE OR DELETE ON "{s}".merkle_nodes
+    FOR EACH ROW EXECUTE FUNCTION "{s}".refuse_change();
+"#
+    )
+}
+
+/// Creates the schema if needed and applies every migration it lacks.
+/// Returns the version the schema is at afterwards.
+pub(crate) async fn migrate(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    server: &str,
+) -> Result<i32, StoreError> {
+    let fail = |what: &str, e: tokio_postgres::Error| failed(server, what, &e);
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|e| fail("starting the schema migration", e))?;
+    let result = migrate_in_transaction(client, schema, server).await;
+    match result {
+        Ok(version) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| fail("committing the schema migration", e))?;
+            Ok(version)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn migrate_in_transaction(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    server: &str,
+) -> Result<i32, StoreError> {
+    let fail = |what: String, e: tokio_postgres::Error| failed(server, &what, &e);
+    // Serialises nodes that start at the same time; released at commit.
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtext('converge-ledger/migrate/' || $1::text))",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| fail("locking the schema for migration".into(), e))?;
+    client
+        .batch_execute(&format!(
+            r#"CREATE SCHEMA IF NOT EXISTS "{schema}";
+               CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations (
+                   version     integer PRIMARY KEY,
+                   description text NOT NULL,
+                   applied_at  timestamptz NOT NULL DEFAULT now()
+               );"#
+        ))
+        .await
+        .map_err(|e| fail(format!("creating schema {schema:?}"), e))?;
+    let current: i32 = client
+        .query_one(
+            &format!(r#"SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations"#),
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| fail("reading the schema version".into(), e))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Io(format!(
+            "schema {schema:?} at {server} is at version {current}, newer than this build's \
+             version {SCHEMA_VERSION}; upgrade this node (nothing was changed)"
+        )));
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        client.batch_execute(&(m.sql)(schema)).await.map_err(|e| {
+            StoreError::Io(format!(
+                "migrating schema {schema:?} at {server} to version {} failed: {}; nothing was changed",
+                m.version,
+                describe(&e)
+            ))
+        })?;
+        client
+            .execute(
+                &format!(
+                    r#"INSERT INTO "{schema}".schema_migrations (version, description) VALUES ($1, $2)"#
+                ),
+                &[&m.version, &m.description],
+            )
+            .await
+            .map_err(|e| fail(format!("recording migration {}", m.version), e))?;
+    }
+    Ok(SCHEMA_VERSION.max(current))
+}
