@@ -16,6 +16,30 @@ pub struct CpuSample {
     by_name: HashMap<String, u64>,
 }
 
+/// The `stat` file of the newest live thread named `name` (an earlier one
+/// may still be listed for a moment after it finished).
+fn find_thread(name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .filter_map(|t| {
+            let tid: u64 = t.file_name().to_str()?.parse().ok()?;
+            let p = t.path().join("stat");
+            let text = std::fs::read_to_string(&p).ok()?;
+            let (comm, _) = parse_stat(&text)?;
+            let alive = !matches!(stat_state(&text), Some('Z' | 'X'));
+            (comm == name && alive).then_some((tid, p))
+        })
+        .max_by_key(|(tid, _)| *tid)
+        .map(|(_, p)| p)
+}
+
+/// The state letter of a `stat` file.
+fn stat_state(text: &str) -> Option<char> {
+    text.rfind(')')
+        .and_then(|i| text[i + 1..].trim_start().chars().next())
+}
+
 /// `(comm, utime + stime)` of a `stat` file.
 fn parse_stat(text: &str) -> Option<(String, u64)> {
     let open = text.find('(')?;
@@ -140,4 +164,71 @@ pub fn loadavg() -> f64 {
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// Samples the scheduler state of one thread every few milliseconds: how
+/// often it was running or runnable (`R`), asleep waiting for work (`S`), or
+/// in uninterruptible disk wait (`D`, e.g. inside fsync).
+pub struct StateSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<[u64; 3]>,
+}
+
+/// Fractions of samples in each state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct States {
+    /// Running or runnable.
+    pub running: f64,
+    /// Sleeping (waiting for work).
+    pub sleeping: f64,
+    /// Uninterruptible (disk) wait.
+    pub disk: f64,
+}
+
+impl StateSampler {
+    /// Starts sampling the newest thread named `name` (from when it
+    /// appears); `None` if no sampler thread could be started.
+    pub fn start(name: &str, every: Duration) -> Option<StateSampler> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let name = name.to_owned();
+        let handle = std::thread::Builder::new()
+            .name("bench-sampler".into())
+            .spawn(move || {
+                let mut counts = [0u64; 3];
+                // A thread names itself once it runs, so look until found.
+                let mut path = None;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    if path.is_none() {
+                        path = find_thread(&name);
+                    }
+                    if let Some(p) = &path
+                        && let Ok(text) = std::fs::read_to_string(p)
+                        && let Some(state) = stat_state(&text)
+                    {
+                        match state {
+                            'R' => counts[0] += 1,
+                            'D' => counts[2] += 1,
+                            _ => counts[1] += 1,
+                        }
+                    }
+                    std::thread::sleep(every);
+                }
+                counts
+            })
+            .ok()?;
+        Some(StateSampler { stop, handle })
+    }
+
+    /// Stops and returns the fractions.
+    pub fn finish(self) -> States {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let c = self.handle.join().unwrap_or_default();
+        let n = (c[0] + c[1] + c[2]).max(1) as f64;
+        States {
+            running: c[0] as f64 / n,
+            sleeping: c[1] as f64 / n,
+            disk: c[2] as f64 / n,
+        }
+    }
 }

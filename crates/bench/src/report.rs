@@ -249,6 +249,11 @@ impl Latencies {
         Self { sorted: samples }
     }
 
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
     /// Nearest-rank percentile `p` (0..=100), in microseconds.
     pub fn p_us(&self, p: f64) -> f64 {
         if self.sorted.is_empty() {

@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use converge_ledger_client::{AppendOptions, Client};
@@ -23,6 +23,10 @@ pub struct Args {
     /// Unmeasured appends first (connection and store warm-up).
     #[arg(long, default_value_t = 200)]
     warmup: usize,
+    /// Longest any one case may take per run (bounds the scenario on a slow
+    /// disk); fewer appends are measured if it is reached (see `*_samples`).
+    #[arg(long, default_value_t = 3.0)]
+    max_case_secs: f64,
     /// Skip the breakdown cases (in-process, memory store, raw fsync).
     #[arg(long)]
     no_breakdown: bool,
@@ -48,12 +52,14 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         "gRPC over 127.0.0.1, server and client in one process",
     );
     let payloads = a.common.payloads();
+    let cap = Duration::from_secs_f64(a.max_case_secs);
+    r.config("max_case_secs", a.max_case_secs);
     for run in 1..=a.common.runs {
         eprintln!("append-latency: run {run}/{}", a.common.runs);
 
         let dir = a.common.fresh_dir("latency")?;
         let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
-        let l = grpc_sequential(store, &payloads, a.warmup, a.appends).await?;
+        let l = grpc_sequential(store, &payloads, a.warmup, a.appends, cap).await?;
         r.record(
             "grpc_embedded_p50",
             "us",
@@ -62,6 +68,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         );
         r.record("grpc_embedded_p99", "us", l.p_us(99.0), None);
         r.record("grpc_embedded_mean", "us", l.mean_us(), None);
+        r.record("grpc_embedded_samples", "count", l.len() as f64, None);
         drop(dir);
 
         if a.no_breakdown {
@@ -70,7 +77,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         // What the same appends cost without the gRPC hop.
         let dir = a.common.fresh_dir("latency")?;
         let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
-        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, false).await?;
+        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, false, cap).await?;
         r.record("inproc_embedded_p50", "us", l.p_us(50.0), None);
         r.record("inproc_embedded_p99", "us", l.p_us(99.0), None);
         drop(dir);
@@ -79,14 +86,20 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         // carries one (index lookup + index write).
         let dir = a.common.fresh_dir("latency")?;
         let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
-        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, true).await?;
+        let l = inprocess_sequential(store, &payloads, a.warmup, a.appends, true, cap).await?;
         r.record("inproc_embedded_keyed_p50", "us", l.p_us(50.0), None);
         r.record("inproc_embedded_keyed_p99", "us", l.p_us(99.0), None);
         drop(dir);
 
         // What gRPC and the ledger cost without storage.
-        let l =
-            grpc_sequential(Arc::new(MemoryStore::new()), &payloads, a.warmup, a.appends).await?;
+        let l = grpc_sequential(
+            Arc::new(MemoryStore::new()),
+            &payloads,
+            a.warmup,
+            a.appends,
+            cap,
+        )
+        .await?;
         r.record("grpc_memory_p50", "us", l.p_us(50.0), None);
         r.record("grpc_memory_p99", "us", l.p_us(99.0), None);
 
@@ -96,13 +109,14 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         let path = dir.path().join("probe");
         let payload = payloads[0].clone();
         let n = a.appends.min(2000);
-        let l = tokio::task::spawn_blocking(move || raw_fsync(&path, &payload, n)).await??;
+        let l = tokio::task::spawn_blocking(move || raw_fsync(&path, &payload, n, cap)).await??;
         r.record("raw_write_fsync_p50", "us", l.p_us(50.0), None);
         r.record("raw_write_fsync_p99", "us", l.p_us(99.0), None);
         drop(dir);
     }
     r.note("grpc_*: SDK Client::append (generates an idempotency key) -> tonic -> Ledger::append; one append in flight");
     r.note("inproc_*: Ledger::append directly (no idempotency key; *_keyed: a fresh key each), one in flight");
+    r.note("each case stops after --max-case-secs (warm-up included); grpc_embedded_samples says how many appends were measured");
     r.note("raw_write_fsync: append the payload to a plain file + File::sync_all, the disk's floor per commit");
     Ok(r)
 }
@@ -112,11 +126,16 @@ async fn grpc_sequential(
     payloads: &[Vec<u8>],
     warmup: usize,
     n: usize,
+    cap: Duration,
 ) -> anyhow::Result<Latencies> {
     let server = Server::start(store).await?;
     let client = Client::connect(server.url()).await?;
     let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
     for i in 0..warmup + n {
+        if started.elapsed() > cap {
+            break;
+        }
         let p = payloads[i % payloads.len()].clone();
         let t = Instant::now();
         client
@@ -137,10 +156,15 @@ async fn inprocess_sequential(
     warmup: usize,
     n: usize,
     keyed: bool,
+    cap: Duration,
 ) -> anyhow::Result<Latencies> {
     let ledger = Ledger::new(store, LedgerConfig::default());
     let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
     for i in 0..warmup + n {
+        if started.elapsed() > cap {
+            break;
+        }
         let e = new_entry(payloads[i % payloads.len()].clone());
         let t = Instant::now();
         let key = keyed.then(|| format!("bench-key-{i:016}"));
@@ -153,13 +177,22 @@ async fn inprocess_sequential(
     Ok(Latencies::new(samples))
 }
 
-fn raw_fsync(path: &std::path::Path, payload: &[u8], n: usize) -> anyhow::Result<Latencies> {
+fn raw_fsync(
+    path: &std::path::Path,
+    payload: &[u8],
+    n: usize,
+    cap: Duration,
+) -> anyhow::Result<Latencies> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
     let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
     for _ in 0..n {
+        if started.elapsed() > cap {
+            break;
+        }
         let t = Instant::now();
         f.write_all(payload)?;
         f.sync_all()?;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cpu::{CpuSample, WRITER_THREAD};
+use crate::cpu::{CpuSample, StateSampler, States, WRITER_THREAD};
 use crate::report::Latencies;
 
 /// When each worker of a closed-loop load stops.
@@ -36,9 +36,63 @@ pub struct Load {
     pub process_cores: f64,
     /// Cores used by the group-commit thread meanwhile.
     pub writer_cores: f64,
+    /// Where the group-commit thread spent its time (sampled).
+    pub writer_states: States,
 }
 
 impl Load {
+    /// Records this load's metrics under `label`; `goal` applies to the rate.
+    pub fn record(
+        &self,
+        r: &mut crate::report::Report,
+        label: &str,
+        goal: Option<crate::report::Goal>,
+    ) {
+        r.record(&format!("{label}_appends_per_s"), "1/s", self.rate(), goal);
+        r.record(
+            &format!("{label}_latency_p50"),
+            "us",
+            self.latency.p_us(50.0),
+            None,
+        );
+        r.record(
+            &format!("{label}_latency_p99"),
+            "us",
+            self.latency.p_us(99.0),
+            None,
+        );
+        r.record(
+            &format!("{label}_cpu_cores"),
+            "cores",
+            self.process_cores,
+            None,
+        );
+        r.record(
+            &format!("{label}_writer_cpu_cores"),
+            "cores",
+            self.writer_cores,
+            None,
+        );
+        r.record(
+            &format!("{label}_writer_running"),
+            "frac",
+            self.writer_states.running,
+            None,
+        );
+        r.record(
+            &format!("{label}_writer_in_disk_wait"),
+            "frac",
+            self.writer_states.disk,
+            None,
+        );
+        r.record(
+            &format!("{label}_writer_waiting_for_work"),
+            "frac",
+            self.writer_states.sleeping,
+            None,
+        );
+    }
+
     /// Appends per second.
     pub fn rate(&self) -> f64 {
         self.appends as f64 / self.elapsed.as_secs_f64()
@@ -54,6 +108,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let append = Arc::new(append);
+    let sampler = StateSampler::start(WRITER_THREAD, Duration::from_millis(2));
     let cpu0 = CpuSample::now();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(workers);
@@ -82,11 +137,13 @@ where
     }
     let elapsed = start.elapsed();
     let cpu1 = CpuSample::now();
+    let writer_states = sampler.map(StateSampler::finish).unwrap_or_default();
     Ok(Load {
         appends: all.len() as u64,
         elapsed,
         latency: Latencies::new(all),
         process_cores: cpu0.process_cores(&cpu1),
         writer_cores: cpu0.thread_cores(&cpu1, WRITER_THREAD),
+        writer_states,
     })
 }

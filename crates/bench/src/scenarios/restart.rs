@@ -304,22 +304,29 @@ pub fn run(a: Args) -> anyhow::Result<Report> {
         Ok(())
     };
 
-    if a.existing.is_none() {
-        // Right after the build the kernel is still writing back what the
+    // The state as left behind: after a build, unclean (the builder never
+    // closed the store); with --existing, whatever it is ("as_found").
+    let state = if a.existing.is_none() {
+        "unclean"
+    } else {
+        "as_found"
+    };
+    {
+        // Right after a build the kernel is still writing back what the
         // build left dirty (fsync never); the first open competes with that.
-        eprintln!("restart: unclean open right after the build (no sync first)");
+        eprintln!("restart: {state} open before any sync");
         let v = open_sample(&dir, false, false)?;
-        record(&mut r, "unclean_immediate", &v)?;
-        // The build ended uncleanly: time opens of that state. Each sample
-        // exits uncleanly too, so the state stays unclean.
+        record(&mut r, &format!("{state}_immediate"), &v)?;
+        r.config("entries_found", v["entries"].clone());
+        // Each sample exits without closing, so the state stays as it was.
         for run in 1..=a.common.runs {
-            eprintln!("restart: unclean open {run}/{}", a.common.runs);
+            eprintln!("restart: {state} open {run}/{}", a.common.runs);
             sync()?;
             let v = open_sample(&dir, false, false)?;
-            record(&mut r, "unclean_warm", &v)?;
+            record(&mut r, &format!("{state}_warm"), &v)?;
             if a.drop_caches {
                 let v = open_sample(&dir, false, true)?;
-                record(&mut r, "unclean_cold", &v)?;
+                record(&mut r, &format!("{state}_cold"), &v)?;
             }
         }
     }
@@ -345,7 +352,8 @@ pub fn run(a: Args) -> anyhow::Result<Report> {
     }
     r.note("open_ms: EmbeddedStore::open; open_head_ms: open + the first Store::head, each timed inside a fresh child process");
     r.note("unclean: the builder exited via std::process::exit with the store open (no drop, no final sync, flushes cut off); fsync never, so the OS had every write");
-    r.note("unclean_immediate: one open right after the builder died, while the kernel still writes back its dirty pages; every other sample runs `sync` first (not timed)");
+    r.note("as_found (with --existing): the store's state as found, e.g. after the builder was killed with SIGKILL mid-write");
+    r.note("*_immediate: one open before any sync (right after a build: the builder died, while the kernel still writes back its dirty pages; every other sample runs `sync` first (not timed)");
     r.note("warm: the store's files are in the OS page cache (just written); cold: after sync + drop_caches");
     Ok(r)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args as ClapArgs, ValueEnum};
 use converge_ledger_client::{AppendOptions, Client};
-use converge_ledger_store::FsyncPolicy;
+use converge_ledger_store::{FsyncPolicy, MemoryStore, Store};
 
 use super::{Load, Stop, closed_loop};
 use crate::report::{Goal, Report};
@@ -32,12 +32,15 @@ pub struct Args {
     /// Concurrent clients (tasks), each with its own context.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Seconds each mode runs per run (3 runs x 2 modes x 5 s stays under a minute).
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds each case runs per run (3 runs x 3 cases x 4 s stays under a minute).
+    #[arg(long, default_value_t = 4.0)]
     duration_secs: f64,
     /// Appends per client instead of a duration.
     #[arg(long)]
     count: Option<u64>,
+    /// Skip the memory-store case (per-connection clients, no disk).
+    #[arg(long)]
+    no_memory: bool,
     /// Connection layout.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
@@ -75,11 +78,19 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
         Mode::Both => &[(Mode::PerConnection, "per_conn"), (Mode::Shared, "shared")],
     };
     let payloads = a.common.payloads();
+    let mut cases: Vec<(Mode, bool, &str)> = modes.iter().map(|&(m, l)| (m, false, l)).collect();
+    if !a.no_memory {
+        cases.push((Mode::PerConnection, true, "memory_per_conn"));
+    }
     for run in 1..=a.common.runs {
-        for &(mode, label) in modes {
+        for &(mode, memory, label) in &cases {
             eprintln!("append-throughput: run {run}/{}, {label}", a.common.runs);
             let dir = a.common.fresh_dir("throughput")?;
-            let store = open_embedded(dir.path(), FsyncPolicy::Always)?;
+            let store: Arc<dyn Store> = if memory {
+                Arc::new(MemoryStore::new())
+            } else {
+                open_embedded(dir.path(), FsyncPolicy::Always)?
+            };
             let server = Server::start(store).await?;
             let mut clients = Vec::with_capacity(a.clients);
             if mode == Mode::Shared {
@@ -107,39 +118,12 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
             .await?;
             server.stop().await?;
             drop(dir);
-            r.record(
-                &format!("{label}_appends_per_s"),
-                "1/s",
-                load.rate(),
-                Some(Goal::AtLeast(50_000.0)),
-            );
-            r.record(
-                &format!("{label}_latency_p50"),
-                "us",
-                load.latency.p_us(50.0),
-                None,
-            );
-            r.record(
-                &format!("{label}_latency_p99"),
-                "us",
-                load.latency.p_us(99.0),
-                None,
-            );
-            r.record(
-                &format!("{label}_cpu_cores"),
-                "cores",
-                load.process_cores,
-                None,
-            );
-            r.record(
-                &format!("{label}_writer_thread_cores"),
-                "cores",
-                load.writer_cores,
-                None,
-            );
+            load.record(&mut r, label, (!memory).then_some(Goal::AtLeast(50_000.0)));
         }
     }
     r.note("server and 64 clients share this process and its cores; *_cpu_cores is the whole process's CPU use (max = nproc)");
-    r.note("writer_thread_cores: CPU of the group-commit thread (staging, hashing, fjall batch, fsync wait is not CPU)");
+    r.note("memory_per_conn: the same load on MemoryStore: what gRPC + the ledger manage without storage");
+    r.note("writer_running / writer_in_disk_wait / writer_waiting_for_work: share of 2 ms samples of the group-commit thread in state R (running or runnable) / D (disk wait, fsync) / S (idle)");
+    r.note("writer_cpu_cores: CPU of the group-commit thread (staging, hashing, fjall batch, fsync wait is not CPU)");
     Ok(r)
 }

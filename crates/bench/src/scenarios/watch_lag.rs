@@ -8,7 +8,9 @@ use anyhow::{bail, ensure};
 use clap::Args as ClapArgs;
 use converge_ledger_client::{AppendOptions, Client};
 use converge_ledger_store::{FsyncPolicy, MemoryStore, Store};
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, oneshot};
 
 use crate::report::{Goal, Latencies, Report};
 use crate::setup::{Common, Server, open_embedded};
@@ -29,6 +31,10 @@ pub struct Args {
     /// Milliseconds between batches of appends (rate x tick appends each).
     #[arg(long, default_value_t = 1)]
     tick_ms: u64,
+    /// Most unanswered appends; a send beyond it is skipped and counted
+    /// (keeps an overloaded run bounded).
+    #[arg(long, default_value_t = 2000)]
+    max_in_flight: u64,
     /// Skip the memory-store case.
     #[arg(long)]
     no_memory: bool,
@@ -42,6 +48,9 @@ impl Args {
 }
 
 struct Outcome {
+    skipped: u64,
+    errors: u64,
+    first_error: Option<String>,
     lag: Latencies,
     ack: Latencies,
     send_rate: f64,
@@ -86,6 +95,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
                 per_tick,
                 ticks,
                 Duration::from_millis(a.tick_ms),
+                a.max_in_flight,
             )
             .await?;
             drop(dir);
@@ -121,10 +131,29 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
                 None,
             );
             r.record(&format!("{label}_send_rate"), "1/s", o.send_rate, None);
+            r.record(
+                &format!("{label}_append_errors"),
+                "count",
+                o.errors as f64,
+                None,
+            );
+            r.record(
+                &format!("{label}_sends_skipped"),
+                "count",
+                o.skipped as f64,
+                None,
+            );
+            if let Some(e) = o.first_error {
+                r.note(format!(
+                    "run {run} {label}: {} append(s) failed, first: {e}",
+                    o.errors
+                ));
+            }
         }
     }
     r.note("lag = watcher receive instant - instant the appender issued Client::append (send time carried in the payload, one shared Instant)");
     r.note("append_ack: the appender's Client::append latency for the same appends; lag includes the commit (fsync) the ack waits for");
+    r.note("sends_skipped: paced sends not issued because max_in_flight appends were unanswered (the ledger fell behind the offered rate)");
     r.note("appender: one SDK client, a batch of concurrent appends every tick; watcher: SDK Client::watch on its own connection");
     Ok(r)
 }
@@ -135,31 +164,47 @@ async fn one_case(
     per_tick: u64,
     ticks: u64,
     tick: Duration,
+    max_in_flight: u64,
 ) -> anyhow::Result<Outcome> {
     let server = Server::start(store).await?;
     let watcher_client = Client::connect(server.url()).await?;
     let appender = Client::connect(server.url()).await?;
     let epoch = Instant::now();
     let total = per_tick * ticks;
-    let deadline = tokio::time::Instant::now() + tick * (ticks as u32) + Duration::from_secs(20);
+    // Until the appender is done the watcher may wait up to the paced
+    // duration + 40 s; afterwards at most 10 s more.
+    let deadline_ms = Arc::new(AtomicU64::new(
+        (epoch.elapsed() + tick * (ticks as u32) + Duration::from_secs(40)).as_millis() as u64,
+    ));
+    let dl = deadline_ms.clone();
     let (ready_tx, ready_rx) = oneshot::channel::<()>();
 
-    // The watcher: the warm-up entry (sequence 1), then `total` measured ones.
+    // The watcher: the warm-up entry (sequence 1), then every measured one;
+    // how many there are is known once the appender is done (failed appends
+    // append nothing).
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let target_set = Arc::new(Notify::new());
+    let (t, n) = (target.clone(), target_set.clone());
     let watcher = tokio::spawn(async move {
         let mut w = watcher_client.watch(CONTEXT, None, 0);
         let mut ready = Some(ready_tx);
         let mut lags = Vec::with_capacity(total as usize);
-        while w.last_sequence() < total + 1 {
-            let e = match tokio::time::timeout_at(deadline, w.next()).await {
+        let mut got = 0u64;
+        while got < t.load(Ordering::SeqCst) {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(epoch + Duration::from_millis(dl.load(Ordering::SeqCst))),
+                    w.next(),
+                ) => next,
+                _ = n.notified() => continue,
+            };
+            let e = match next {
                 Ok(Some(Ok(e))) => e,
                 Ok(Some(Err(e))) => return Err(anyhow::Error::from(e)),
                 Ok(None) => bail!("the watch ended"),
-                Err(_) => bail!(
-                    "the watch saw only {} of {} entries in time",
-                    w.last_sequence(),
-                    total + 1
-                ),
+                Err(_) => bail!("the watch saw only {got} entries in time"),
             };
+            got += 1;
             let now = epoch.elapsed().as_nanos() as u64;
             let sent = u64::from_le_bytes(e.payload[..8].try_into()?);
             if e.sequence == 1 {
@@ -186,24 +231,51 @@ async fn one_case(
     let stamped = Arc::new(stamped);
     let start = tokio::time::Instant::now();
     let mut acks = Vec::with_capacity(total as usize);
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let mut skipped = 0u64;
     for t in 0..ticks {
         tokio::time::sleep_until(start + tick * (t as u32)).await;
         for j in 0..per_tick {
-            let (c, s) = (appender.clone(), stamped.clone());
+            // Open loop, but bounded: past `max_in_flight` unanswered
+            // appends the send is skipped (and counted), so an overloaded
+            // run ends instead of queueing without bound.
+            if in_flight.load(Ordering::SeqCst) >= max_in_flight {
+                skipped += 1;
+                continue;
+            }
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let (c, s, f) = (appender.clone(), stamped.clone(), in_flight.clone());
             acks.push(tokio::spawn(async move {
                 let payload = s(t * per_tick + j + 1);
                 let sent = Instant::now();
-                c.append(CONTEXT, "lag", payload, AppendOptions::default())
-                    .await?;
-                Ok::<_, anyhow::Error>(sent.elapsed().as_nanos() as u64)
+                let r = c
+                    .append(CONTEXT, "lag", payload, AppendOptions::default())
+                    .await
+                    .map(|_| sent.elapsed().as_nanos() as u64);
+                f.fetch_sub(1, Ordering::SeqCst);
+                r
             }));
         }
     }
     let send_secs = start.elapsed().as_secs_f64();
     let mut ack = Vec::with_capacity(acks.len());
+    let mut errors = 0u64;
+    let mut first_error = None;
     for h in acks {
-        ack.push(h.await??);
+        match h.await? {
+            Ok(ns) => ack.push(ns),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
     }
+    deadline_ms.store(
+        (epoch.elapsed() + Duration::from_secs(10)).as_millis() as u64,
+        Ordering::SeqCst,
+    );
+    target.store(ack.len() as u64 + 1, Ordering::SeqCst);
+    target_set.notify_one();
     let lags = watcher.await??;
     drop(appender);
     server.stop().await?;
@@ -211,6 +283,9 @@ async fn one_case(
         lag: Latencies::new(lags),
         ack: Latencies::new(ack),
         // `ticks` batches were issued over `ticks - 1` intervals.
-        send_rate: (total - per_tick) as f64 / send_secs.max(1e-9),
+        send_rate: (total - per_tick).saturating_sub(skipped) as f64 / send_secs.max(1e-9),
+        skipped,
+        errors,
+        first_error,
     })
 }
