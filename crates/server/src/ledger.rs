@@ -205,6 +205,13 @@ impl Ledger {
         blocking(move || store.head(&context).map_err(LedgerError::from)).await
     }
 
+    /// Validates a read of `context` filtered by `key` (empty: all keys) and
+    /// returns the head sequence the read ends at (0: no entries).
+    pub async fn read_head(&self, context: &str, key: &str) -> Result<u64, LedgerError> {
+        self.config.limits.check_key_filter(key)?;
+        Ok(self.head(context).await?.map_or(0, |h| h.sequence))
+    }
+
     /// Entries of `context` with `after < sequence <= until`, filtered by
     /// `key`, at most `max_entries`, stopping before `max_bytes` (by
     /// [`Entry::approximate_size`]) would be exceeded (but always at least

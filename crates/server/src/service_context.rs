@@ -49,16 +49,7 @@ impl ContextService for ContextApi {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
-        let limits = self.ledger.limits();
-        limits
-            .check_context_id(&r.context_id)
-            .map_err(LedgerError::from)?;
-        limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
-        let latest = self
-            .ledger
-            .head(&r.context_id)
-            .await?
-            .map_or(0, |h| h.sequence);
+        let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let max_bytes = self.ledger.config().effective_response_bytes_max();
         let max_entries = if r.limit == 0 {
             usize::MAX

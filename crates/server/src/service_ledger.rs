@@ -55,16 +55,7 @@ impl LedgerService for LedgerApi {
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
-        let limits = self.ledger.limits();
-        limits
-            .check_context_id(&r.context_id)
-            .map_err(LedgerError::from)?;
-        limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
-        let latest = self
-            .ledger
-            .head(&r.context_id)
-            .await?
-            .map_or(0, |h| h.sequence);
+        let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let (tx, rx) = mpsc::channel(4);
         let ledger = self.ledger.clone();
         tokio::spawn(async move {

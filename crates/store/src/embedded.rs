@@ -12,6 +12,7 @@ use converge_ledger_core::{Digest, Entry, Head, record};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::sequencer::{Backing, stage};
+use crate::store::visit_heads;
 use crate::{Committed, Scan, Store, StoreError, WriteCommand};
 
 /// When an acknowledged write is on disk.
@@ -484,17 +485,13 @@ impl Store for EmbeddedStore {
     }
 
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        let heads: Vec<(Arc<str>, Head)> = self
+        let heads = self
             .read()
             .contexts
             .iter()
             .map(|(k, c)| (k.clone(), c.head.clone()))
             .collect();
-        for (k, h) in heads {
-            if !visit(&k, &h) {
-                break;
-            }
-        }
+        visit_heads(heads, visit);
         Ok(())
     }
 

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use converge_ledger_core::{Digest, Entry, Head};
 
 use crate::sequencer::{Backing, stage};
+use crate::store::visit_heads;
 use crate::{Committed, Scan, Store, StoreError, WriteCommand};
 
 /// A store that keeps everything in RAM: fast, and gone with the process
@@ -176,17 +177,13 @@ impl Store for MemoryStore {
     }
 
     fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        let heads: Vec<(Arc<str>, Head)> = self
+        let heads = self
             .read()
             .contexts
             .iter()
             .map(|(k, c)| (k.clone(), c.head.clone()))
             .collect();
-        for (k, h) in heads {
-            if !visit(&k, &h) {
-                break;
-            }
-        }
+        visit_heads(heads, visit);
         Ok(())
     }
 

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use converge_ledger_core::{Digest, Entry, Head};
 
 use crate::{Committed, StoreError, WriteCommand};
@@ -83,4 +85,17 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable regardless of the fsync
     /// policy (used at shutdown and by the interval policy).
     fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// Visits a copy of the heads taken under a backend's lock, so the lock is
+/// never held while `visit` runs.
+pub(crate) fn visit_heads(
+    heads: Vec<(Arc<str>, Head)>,
+    visit: &mut dyn FnMut(&str, &Head) -> bool,
+) {
+    for (context, head) in heads {
+        if !visit(&context, &head) {
+            break;
+        }
+    }
 }
