@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// Largest payload accepted, in bytes.
     #[arg(long, env = "CONVERGE_LEDGER_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_payload_bytes: usize,
+    /// Most entries in one batch append (AppendBatch).
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_BATCH_ENTRIES",
+        default_value_t = 4096
+    )]
+    max_batch_entries: usize,
     /// Largest Get/Snapshot response, in bytes (never below one maximal entry).
     #[arg(long, env = "CONVERGE_LEDGER_MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024 + 128 * 1024)]
     max_response_bytes: usize,
@@ -144,6 +151,9 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.max_payload_bytes == 0 {
         bail!("--max-payload-bytes must be at least 1");
+    }
+    if args.max_batch_entries == 0 {
+        bail!("--max-batch-entries must be at least 1");
     }
     let fsync = match args.fsync {
         Fsync::Always => FsyncPolicy::Always,
@@ -252,6 +262,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     config.limits.payload_bytes_max = args.max_payload_bytes;
+    config.limits.batch_entries_max = args.max_batch_entries;
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
     let server = ServerConfig {

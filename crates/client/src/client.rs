@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use converge_ledger_core::merkle;
-use converge_ledger_core::{Digest, Entry, Metadata, PublicKey, SignedHead};
+use converge_ledger_core::{Digest, Entry, Metadata, PublicKey, SignedHead, genesis_hash};
 use converge_ledger_proto::context::v1 as pb;
 use converge_ledger_proto::context::v1::context_service_client::ContextServiceClient;
 use converge_ledger_proto::ledger::v1 as ext;
@@ -56,6 +56,52 @@ pub struct AppendOptions {
     pub idempotency_key: Option<String>,
     /// A Lamport time received from elsewhere (0: none).
     pub lamport: u64,
+}
+
+/// One entry of [`Client::append_batch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// Entry key.
+    pub key: String,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// Metadata pairs.
+    pub metadata: Metadata,
+}
+
+/// Optional parts of a batch append.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOptions {
+    /// Idempotency key of the whole batch; when `None` the client generates
+    /// one, so its own retries can never append the batch twice.
+    pub idempotency_key: Option<String>,
+    /// Append only if the context's head sequence is exactly this (0: the
+    /// context must be empty); otherwise [`ClientError::FailedPrecondition`]
+    /// and nothing is appended.
+    pub expected_sequence: Option<u64>,
+    /// A Lamport time received from elsewhere (0: none).
+    pub lamport: u64,
+}
+
+/// The entries of a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    /// The entries as stored, in order, with consecutive sequences.
+    pub entries: Vec<Entry>,
+    /// The batch had already been appended under its idempotency key (a
+    /// retry); nothing new was appended.
+    pub duplicate: bool,
+}
+
+/// What the server says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The key heads and snapshots are signed with.
+    pub public_key: PublicKey,
+    /// The server's version.
+    pub version: String,
+    /// Most entries one [`Client::append_batch`] may carry.
+    pub batch_entries_max: u32,
 }
 
 /// Which entries [`Client::get`] returns.
@@ -352,6 +398,95 @@ impl Client {
         .await
     }
 
+    /// Appends `entries` to `context` in order, atomically: they get
+    /// consecutive sequences and become durable in one commit, or nothing
+    /// is appended. One round trip whatever the count (up to the server's
+    /// [`ServerInfo::batch_entries_max`] and the message limit). Transient
+    /// failures are retried under one idempotency key, so the batch is
+    /// appended exactly once. Every returned entry is checked: its hash
+    /// recomputes from what was sent, and each links to the one before.
+    pub async fn append_batch(
+        &self,
+        context: &str,
+        entries: Vec<BatchEntry>,
+        options: BatchOptions,
+    ) -> Result<BatchResult, ClientError> {
+        let request = ext::AppendBatchRequest {
+            context_id: context.to_owned(),
+            entries: entries
+                .into_iter()
+                .map(|e| ext::BatchEntry {
+                    key: e.key,
+                    payload: e.payload,
+                    metadata: e.metadata.into_iter().collect(),
+                })
+                .collect(),
+            idempotency_key: options.idempotency_key.unwrap_or_else(generated_key),
+            expected_sequence: options.expected_sequence,
+            lamport: options.lamport,
+        };
+        let resp = self
+            .retry(|| {
+                let mut c = self.ledger.clone();
+                let r = self.request(request.clone());
+                async move { Ok(c.append_batch(r).await?.into_inner()) }
+            })
+            .await?;
+        let n = request.entries.len();
+        if resp.receipts.len() != n {
+            return Err(ClientError::Protocol(format!(
+                "a batch of {n} entries was acknowledged with {} receipts",
+                resp.receipts.len()
+            )));
+        }
+        let first = resp.first_sequence;
+        if first == 0 {
+            return Err(ClientError::Protocol(
+                "a batch was acknowledged at sequence 0".into(),
+            ));
+        }
+        if let Some(expected) = options.expected_sequence
+            && !resp.duplicate
+            && first != expected + 1
+        {
+            return Err(ClientError::Verification(format!(
+                "a batch conditional on head {expected} of {context:?} was appended at sequence {first}"
+            )));
+        }
+        let mut prev = digest(&resp.prev_hash, "previous hash")?;
+        if first == 1 && prev != genesis_hash(context) {
+            return Err(ClientError::Verification(format!(
+                "the first entry of {context:?} does not link to the context's genesis hash"
+            )));
+        }
+        let mut out = Vec::with_capacity(n);
+        for (i, (e, receipt)) in request.entries.into_iter().zip(resp.receipts).enumerate() {
+            let entry = Entry {
+                sequence: first + i as u64,
+                key: e.key,
+                payload: e.payload,
+                metadata: e.metadata.into_iter().collect(),
+                appended_at_ns: receipt.appended_at_ns,
+                lamport: receipt.lamport,
+                prev_hash: prev,
+                hash: digest(&receipt.hash, "entry hash")?,
+            };
+            if entry.compute_hash(context) != entry.hash {
+                return Err(ClientError::Verification(format!(
+                    "the server acknowledged entry {} of {context:?} with a hash that does not \
+                     match what was appended",
+                    entry.sequence
+                )));
+            }
+            prev = entry.hash;
+            out.push(entry);
+        }
+        Ok(BatchResult {
+            entries: out,
+            duplicate: resp.duplicate,
+        })
+    }
+
     /// Entries of a context (one message; see [`Client::read_all`] for
     /// contexts beyond the message limit).
     pub async fn get(&self, context: &str, options: GetOptions) -> Result<GetResult, ClientError> {
@@ -497,14 +632,55 @@ impl Client {
 
     /// The head of a context.
     pub async fn head(&self, context: &str) -> Result<HeadInfo, ClientError> {
+        Ok(self.head_request(context, false).await?.0)
+    }
+
+    /// The head of a context and its last entry (`None`: the context is
+    /// empty), read together in one call: the entry is the one the head
+    /// names, checked against the head's hash.
+    pub async fn last_entry(
+        &self,
+        context: &str,
+    ) -> Result<(HeadInfo, Option<Entry>), ClientError> {
+        let (head, entry) = self.head_request(context, true).await?;
+        match &entry {
+            None if head.sequence > 0 => Err(ClientError::Protocol(format!(
+                "the head of {context:?} is at sequence {} but came without its entry",
+                head.sequence
+            ))),
+            Some(e) if e.sequence != head.sequence || e.hash != head.hash => {
+                Err(ClientError::Verification(format!(
+                    "the last entry of {context:?} (sequence {}) is not the one its head names \
+                     (sequence {})",
+                    e.sequence, head.sequence
+                )))
+            }
+            _ => Ok((head, entry)),
+        }
+    }
+
+    async fn head_request(
+        &self,
+        context: &str,
+        include_entry: bool,
+    ) -> Result<(HeadInfo, Option<Entry>), ClientError> {
         let request = ext::HeadRequest {
             context_id: context.to_owned(),
+            include_entry,
         };
         self.retry(|| {
             let mut c = self.ledger.clone();
             let r = self.request(request.clone());
             async move {
-                let h = c.head(r).await?.into_inner();
+                let mut h = c.head(r).await?.into_inner();
+                let entry = match h.entry.take() {
+                    Some(e) => {
+                        let e = entry_from_proto(e)?;
+                        EntryCheck::new(context).check(&e)?;
+                        Some(e)
+                    }
+                    None => None,
+                };
                 let signature = <[u8; 64]>::try_from(h.signature.as_slice()).map_err(|_| {
                     ClientError::Protocol(format!(
                         "head signature is {} bytes, not 64",
@@ -530,7 +706,7 @@ impl Client {
                 info.signed()
                     .verify()
                     .map_err(|e| ClientError::Verification(e.0))?;
-                Ok(info)
+                Ok((info, entry))
             }
         })
         .await
@@ -538,13 +714,22 @@ impl Client {
 
     /// The server's signing key, as it reports it.
     pub async fn server_public_key(&self) -> Result<PublicKey, ClientError> {
+        Ok(self.server_info().await?.public_key)
+    }
+
+    /// The server's key, version and limits.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
         let info = self
             .ledger
             .clone()
             .server_info(self.request(ext::ServerInfoRequest {}))
             .await?
             .into_inner();
-        Ok(PublicKey(digest(&info.public_key, "public key")?.0))
+        Ok(ServerInfo {
+            public_key: PublicKey(digest(&info.public_key, "public key")?.0),
+            version: info.version,
+            batch_entries_max: info.batch_entries_max,
+        })
     }
 
     /// The key heads must be signed with: the configured one, or the one the

@@ -25,7 +25,8 @@ mod error;
 mod watch;
 
 pub use client::{
-    AppendOptions, Client, ClientOptions, GetOptions, GetResult, HeadInfo, LoadResult, SnapshotBlob,
+    AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions, GetOptions,
+    GetResult, HeadInfo, LoadResult, ServerInfo, SnapshotBlob,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 pub use error::ClientError;

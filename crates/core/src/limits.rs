@@ -18,6 +18,8 @@ pub struct Limits {
     pub metadata_bytes_max: usize,
     /// Longest idempotency key, in bytes.
     pub idempotency_key_bytes_max: usize,
+    /// Most entries in one batch append.
+    pub batch_entries_max: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
             metadata_entries_max: 64,
             metadata_bytes_max: 64 * 1024,
             idempotency_key_bytes_max: 256,
+            batch_entries_max: 4096,
         }
     }
 }
@@ -222,6 +225,29 @@ impl Limits {
         self.check_payload(payload_len)?;
         self.check_metadata(metadata)?;
         self.check_idempotency_key(idempotency_key)
+    }
+
+    /// The number of entries of a batch append: 1..=`batch_entries_max`.
+    pub fn check_batch_len(&self, n: usize) -> Result<(), LimitError> {
+        if n == 0 {
+            return err(
+                "entries",
+                format!(
+                    "the batch has no entries; send 1 to {} entries",
+                    self.batch_entries_max
+                ),
+            );
+        }
+        if n > self.batch_entries_max {
+            return err(
+                "entries",
+                format!(
+                    "the batch has {n} entries; the limit is {} (--max-batch-entries); split it",
+                    self.batch_entries_max
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// The largest encoded size of one entry these limits admit, plus

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
 use converge_ledger_core::{Digest, Entry, Head, PublicKey, genesis_hash};
-use converge_ledger_store::sequencer::{Backing, stage};
+use converge_ledger_store::sequencer::{Backing, batch_end_key, stage};
 use converge_ledger_store::{Committed, Scan, Store, StoreError, WriteCommand};
 use tokio::runtime::{Handle, Runtime};
 
@@ -392,9 +392,20 @@ impl Batch {
                     check_text("the key", &a.entry.key)?;
                     if let Some(k) = &a.idempotency_key {
                         check_text("the idempotency key", k)?;
-                        keys.insert((a.context.as_str(), k.as_str()));
+                        keys.insert((a.context.clone(), k.clone()));
                     }
                     &a.context
+                }
+                WriteCommand::AppendBatch(b) => {
+                    for e in &b.entries {
+                        check_text("the key", &e.key)?;
+                    }
+                    if let Some(k) = &b.idempotency_key {
+                        check_text("the idempotency key", k)?;
+                        keys.insert((b.context.to_owned(), k.clone()));
+                        keys.insert((b.context.to_owned(), batch_end_key(k)));
+                    }
+                    &b.context
                 }
                 WriteCommand::Import(i) => {
                     for e in &i.entries {
@@ -407,10 +418,7 @@ impl Batch {
             contexts.insert(context.as_str());
         }
         let contexts: Vec<String> = contexts.into_iter().map(str::to_owned).collect();
-        let (key_contexts, keys) = keys
-            .into_iter()
-            .map(|(c, k)| (c.to_owned(), k.to_owned()))
-            .unzip();
+        let (key_contexts, keys) = keys.into_iter().unzip();
         Ok(Batch {
             geneses: contexts
                 .iter()

@@ -4,8 +4,8 @@ use converge_ledger_core::{
     Digest, Entry, Head, HeadSigner, Limits, Metadata, NewEntry, PublicKey, SignedHead, snapshot,
 };
 use converge_ledger_store::{
-    AppendCommand, Clock, ImportCommand, ImportRejection, Scan, Store, SystemClock, WriteCommand,
-    WriteOutcome, Writer, proofs,
+    AppendCommand, BatchCommand, Clock, ImportCommand, ImportRejection, Scan, Store, SystemClock,
+    WriteCommand, WriteOutcome, Writer, proofs,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +33,16 @@ pub struct Appended {
     /// The entry as stored.
     pub entry: Arc<Entry>,
     /// `true` when this was a retry of an earlier append with the same
+    /// idempotency key and nothing new was appended.
+    pub duplicate: bool,
+}
+
+/// A successful batch append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedBatch {
+    /// The entries as stored, in order (consecutive sequences).
+    pub entries: Vec<Arc<Entry>>,
+    /// `true` when this was a retry of an earlier batch with the same
     /// idempotency key and nothing new was appended.
     pub duplicate: bool,
 }
@@ -357,6 +367,73 @@ impl Ledger {
                 Err(LedgerError::FailedPrecondition(format!(
                     "the snapshot does not extend context {context:?}: its entry {sequence} differs from the \
                      stored one; nothing was loaded"
+                )))
+            }
+            other => Err(LedgerError::Unavailable(format!(
+                "unexpected write outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Appends `entries` to `context` in order, atomically: they take
+    /// consecutive sequences in one commit, or nothing is appended. With
+    /// `expected_sequence`, only if the context's head sequence is exactly
+    /// that when the batch commits. `lamport` is a received Lamport time,
+    /// merged before the first entry.
+    pub async fn append_batch(
+        &self,
+        context: String,
+        entries: Vec<NewEntry>,
+        idempotency_key: Option<String>,
+        expected_sequence: Option<u64>,
+    ) -> Result<AppendedBatch, LedgerError> {
+        let limits = &self.config.limits;
+        limits.check_context_id(&context)?;
+        limits.check_batch_len(entries.len())?;
+        limits.check_idempotency_key(idempotency_key.as_deref().unwrap_or(""))?;
+        for (i, e) in entries.iter().enumerate() {
+            limits
+                .check_key(&e.key)
+                .and_then(|()| limits.check_payload(e.payload.len()))
+                .and_then(|()| limits.check_metadata(&e.metadata))
+                .and_then(|()| limits.check_lamport(e.lamport))
+                .map_err(|err| {
+                    LedgerError::InvalidArgument(format!("entries[{i}]: {}", err.message))
+                })?;
+        }
+        let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
+        let key_for_error = idempotency_key.clone();
+        let outcome = self
+            .writer
+            .submit(WriteCommand::AppendBatch(BatchCommand {
+                context: context.clone(),
+                entries,
+                idempotency_key,
+                expected_sequence,
+            }))
+            .await?;
+        match outcome {
+            WriteOutcome::AppendedBatch(entries) => Ok(AppendedBatch {
+                entries,
+                duplicate: false,
+            }),
+            WriteOutcome::DuplicateBatch(entries) => Ok(AppendedBatch {
+                entries,
+                duplicate: true,
+            }),
+            WriteOutcome::IdempotencyConflict { sequence } => {
+                Err(LedgerError::AlreadyExists(format!(
+                    "idempotency key {:?} was already used in context {context:?} for the entries \
+                     from sequence {sequence} on, which differ from this batch; use a new \
+                     idempotency key for a new batch",
+                    key_for_error.unwrap_or_default()
+                )))
+            }
+            WriteOutcome::SequenceMismatch { expected, actual } => {
+                Err(LedgerError::FailedPrecondition(format!(
+                    "context {context:?} is at sequence {actual}, not the expected {expected}; \
+                     nothing was appended (read the new entries, then retry with \
+                     expected_sequence {actual})"
                 )))
             }
             other => Err(LedgerError::Unavailable(format!(

@@ -24,6 +24,7 @@ pub use error::LedgerError;
 pub use hub::Hub;
 pub use keys::{KeyError, load_or_create_key, random_seed};
 pub use ledger::{
-    Appended, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot, WatchStream,
+    Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot,
+    WatchStream,
 };
 pub use serve::{ServeError, run};

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use converge_ledger_core::Digest;
+use converge_ledger_core::{Digest, NewEntry};
 use converge_ledger_proto::ledger::v1 as pb;
 use pb::ledger_service_server::LedgerService;
 use tokio::sync::mpsc;
@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::ledger::metadata_from_wire;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
 pub(crate) struct LedgerApi {
@@ -36,7 +37,32 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<pb::HeadResponse>, Status> {
         let r = request.into_inner();
         let (head, signed) = self.ledger.signed_head(&r.context_id).await?;
+        let entry = if r.include_entry && head.sequence > 0 {
+            // Entries are immutable: the one at the head's sequence is the
+            // head's entry whatever was appended since.
+            let (entries, _) = self
+                .ledger
+                .read_chunk(
+                    &r.context_id,
+                    head.sequence - 1,
+                    head.sequence,
+                    None,
+                    1,
+                    usize::MAX,
+                )
+                .await?;
+            let entry = entries.into_iter().next().ok_or_else(|| {
+                LedgerError::DataLoss(format!(
+                    "the head of {:?} is at sequence {}, but that entry cannot be read",
+                    r.context_id, head.sequence
+                ))
+            })?;
+            Some(entry_to_proto(&entry))
+        } else {
+            None
+        };
         Ok(Response::new(pb::HeadResponse {
+            entry,
             sequence: head.sequence,
             hash: head.hash.0.to_vec(),
             merkle_root: head.merkle_root().0.to_vec(),
@@ -182,6 +208,52 @@ impl LedgerService for LedgerApi {
         Ok(Response::new(pb::ServerInfoResponse {
             public_key: self.ledger.public_key().0.to_vec(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            batch_entries_max: u32::try_from(self.ledger.limits().batch_entries_max)
+                .unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<pb::AppendBatchRequest>,
+    ) -> Result<Response<pb::AppendBatchResponse>, Status> {
+        let r = request.into_inner();
+        let mut entries: Vec<NewEntry> = r
+            .entries
+            .into_iter()
+            .map(|e| NewEntry {
+                key: e.key,
+                payload: e.payload,
+                metadata: metadata_from_wire(e.metadata),
+                lamport: 0,
+            })
+            .collect();
+        if let Some(first) = entries.first_mut() {
+            first.lamport = r.lamport;
+        }
+        let batch = self
+            .ledger
+            .append_batch(
+                r.context_id,
+                entries,
+                Some(r.idempotency_key),
+                r.expected_sequence,
+            )
+            .await?;
+        let first = batch.entries.first();
+        Ok(Response::new(pb::AppendBatchResponse {
+            first_sequence: first.map_or(0, |e| e.sequence),
+            prev_hash: first.map_or_else(Vec::new, |e| e.prev_hash.0.to_vec()),
+            receipts: batch
+                .entries
+                .iter()
+                .map(|e| pb::EntryReceipt {
+                    hash: e.hash.0.to_vec(),
+                    lamport: e.lamport,
+                    appended_at_ns: e.appended_at_ns,
+                })
+                .collect(),
+            duplicate: batch.duplicate,
         }))
     }
 }

@@ -7,6 +7,8 @@ use converge_ledger_core::{Entry, NewEntry};
 pub enum WriteCommand {
     /// Append one entry.
     Append(AppendCommand),
+    /// Append several entries to one context, all or none.
+    AppendBatch(BatchCommand),
     /// Restore verified entries (a Load).
     Import(ImportCommand),
 }
@@ -15,22 +17,25 @@ impl WriteCommand {
     /// Approximate bytes of the command, for queue accounting.
     pub fn approximate_size(&self) -> usize {
         match self {
-            WriteCommand::Append(a) => {
-                a.context.len()
-                    + a.entry.key.len()
-                    + a.entry.payload.len()
-                    + a.entry
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>()
-                    + 64
+            WriteCommand::Append(a) => a.context.len() + new_entry_size(&a.entry),
+            WriteCommand::AppendBatch(b) => {
+                b.context.len() + b.entries.iter().map(new_entry_size).sum::<usize>()
             }
             WriteCommand::Import(i) => {
                 i.context.len() + i.entries.iter().map(Entry::approximate_size).sum::<usize>()
             }
         }
     }
+}
+
+fn new_entry_size(e: &NewEntry) -> usize {
+    e.key.len()
+        + e.payload.len()
+        + e.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + 64
 }
 
 /// Append `entry` to `context`.
@@ -44,6 +49,27 @@ pub struct AppendCommand {
     /// same key in the same context returns the first entry and appends
     /// nothing, forever (the key is stored with the entry).
     pub idempotency_key: Option<String>,
+}
+
+/// Append `entries` to `context` in order, atomically: they take
+/// consecutive sequences in one commit, or nothing is appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCommand {
+    /// Target context (already validated against the limits).
+    pub context: String,
+    /// What to append, in order (at least one; each already validated). The
+    /// Lamport time of the first is merged into the clock; those of the
+    /// others too, so a caller may carry one per entry.
+    pub entries: Vec<NewEntry>,
+    /// Identifies the whole batch: a batch with a key already used in this
+    /// context and the same entries (key, payload, metadata) returns the
+    /// entries appended the first time and appends nothing; with other
+    /// entries it is an [`WriteOutcome::IdempotencyConflict`]. Stored with
+    /// the first entry's sequence, forever.
+    pub idempotency_key: Option<String>,
+    /// Append only if the context's head sequence is exactly this (0: the
+    /// context is empty) at commit; checked after the idempotency key.
+    pub expected_sequence: Option<u64>,
 }
 
 /// Restore `entries` into `context`.
@@ -66,10 +92,23 @@ pub enum WriteOutcome {
     /// A retry: the idempotency key was already used for this entry, with the
     /// same key, payload and metadata; nothing was appended.
     Duplicate(Arc<Entry>),
-    /// The idempotency key was already used for a *different* entry.
+    /// The batch was appended: its entries, in order.
+    AppendedBatch(Vec<Arc<Entry>>),
+    /// A retried batch: the idempotency key was already used for a batch of
+    /// the same entries; these are the entries appended then.
+    DuplicateBatch(Vec<Arc<Entry>>),
+    /// The idempotency key was already used for a *different* entry (or
+    /// batch).
     IdempotencyConflict {
-        /// Sequence of the entry the key belongs to.
+        /// Sequence of the entry the key belongs to (the first of its batch).
         sequence: u64,
+    },
+    /// A conditional batch found another head; nothing was appended.
+    SequenceMismatch {
+        /// The head sequence the batch required.
+        expected: u64,
+        /// The context's actual head sequence.
+        actual: u64,
     },
     /// The import committed.
     Imported {

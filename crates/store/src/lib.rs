@@ -22,7 +22,8 @@ pub mod verify;
 mod writer;
 
 pub use command::{
-    AppendCommand, Committed, ImportCommand, ImportRejection, WriteCommand, WriteOutcome,
+    AppendCommand, BatchCommand, Committed, ImportCommand, ImportRejection, WriteCommand,
+    WriteOutcome,
 };
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};

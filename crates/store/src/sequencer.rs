@@ -12,12 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use converge_ledger_core::merkle::is_stored_level;
-use converge_ledger_core::{Digest, Entry, Head};
+use converge_ledger_core::{Digest, Entry, Head, NewEntry};
 
 use crate::{
-    AppendCommand, Committed, ImportCommand, ImportRejection, StoreError, WriteCommand,
-    WriteOutcome,
+    AppendCommand, BatchCommand, Committed, ImportCommand, ImportRejection, StoreError,
+    WriteCommand, WriteOutcome,
 };
+
+/// The idempotency record that holds the last sequence of the batch
+/// appended under `key` (the record under `key` itself holds the first).
+/// Its U+0001 cannot occur in a client's key (control characters are
+/// refused), so the two never collide.
+pub fn batch_end_key(key: &str) -> String {
+    format!("{key}\u{1}end")
+}
 
 /// What staging needs to read from committed state.
 pub trait Backing {
@@ -75,6 +83,7 @@ pub fn stage<B: Backing>(
     for command in commands {
         let outcome = match command {
             WriteCommand::Append(a) => s.append(now_ns, a)?,
+            WriteCommand::AppendBatch(b) => s.append_batch(now_ns, b)?,
             WriteCommand::Import(i) => s.import(i)?,
         };
         s.staged.committed.outcomes.push(outcome);
@@ -131,11 +140,7 @@ impl<B: Backing> Stager<'_, B> {
     fn append(&mut self, now_ns: u64, a: AppendCommand) -> Result<WriteOutcome, StoreError> {
         let context = self.intern(a.context);
         if let Some(key) = &a.idempotency_key {
-            let known = match self.pending_keys.get(&(context.clone(), key.clone())) {
-                Some(&seq) => Some(seq),
-                None => self.backing.committed_idempotency(&context, key)?,
-            };
-            if let Some(sequence) = known {
+            if let Some(sequence) = self.known_key(&context, key)? {
                 let existing =
                     self.entry(&context, sequence)?
                         .ok_or_else(|| StoreError::Corrupt {
@@ -153,16 +158,7 @@ impl<B: Backing> Stager<'_, B> {
                 });
             }
         }
-        let head = self.head(&context)?;
-        let entry = head.next_entry(&context, a.entry, now_ns);
-        let mut nodes = std::mem::take(&mut self.staged.nodes);
-        self.head(&context)?
-            .advance_with(&entry, |level, index, root| {
-                if is_stored_level(level) {
-                    nodes.push((context.clone(), level, index, *root));
-                }
-            });
-        self.staged.nodes = nodes;
+        let entry = self.push_new(&context, now_ns, a.entry)?;
         if let Some(key) = a.idempotency_key {
             self.pending_keys
                 .insert((context.clone(), key.clone()), entry.sequence);
@@ -170,7 +166,89 @@ impl<B: Backing> Stager<'_, B> {
                 .idempotency
                 .push((context.clone(), key, entry.sequence));
         }
-        Ok(WriteOutcome::Appended(self.push(&context, entry)))
+        Ok(WriteOutcome::Appended(entry))
+    }
+
+    /// Appends one new entry at the staged head of `context`.
+    fn push_new(
+        &mut self,
+        context: &Arc<str>,
+        now_ns: u64,
+        new: NewEntry,
+    ) -> Result<Arc<Entry>, StoreError> {
+        let entry = self.head(context)?.next_entry(context, new, now_ns);
+        let mut nodes = std::mem::take(&mut self.staged.nodes);
+        self.head(context)?
+            .advance_with(&entry, |level, index, root| {
+                if is_stored_level(level) {
+                    nodes.push((context.clone(), level, index, *root));
+                }
+            });
+        self.staged.nodes = nodes;
+        Ok(self.push(context, entry))
+    }
+
+    /// The sequence `key` is bound to in `context`, staged or committed.
+    fn known_key(&self, context: &Arc<str>, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.pending_keys.get(&(context.clone(), key.to_owned())) {
+            Some(&seq) => Ok(Some(seq)),
+            None => self.backing.committed_idempotency(context, key),
+        }
+    }
+
+    fn append_batch(&mut self, now_ns: u64, b: BatchCommand) -> Result<WriteOutcome, StoreError> {
+        let context = self.intern(b.context);
+        if b.entries.is_empty() {
+            return Ok(WriteOutcome::AppendedBatch(Vec::new()));
+        }
+        if let Some(key) = &b.idempotency_key
+            && let Some(first) = self.known_key(&context, key)?
+        {
+            // A single append's key has no end record: a batch of one.
+            let last = self
+                .known_key(&context, &batch_end_key(key))?
+                .unwrap_or(first);
+            if last.checked_sub(first) != Some(b.entries.len() as u64 - 1) {
+                return Ok(WriteOutcome::IdempotencyConflict { sequence: first });
+            }
+            let mut existing = Vec::with_capacity(b.entries.len());
+            for (i, new) in b.entries.iter().enumerate() {
+                match self.entry(&context, first + i as u64)? {
+                    Some(e)
+                        if e.key == new.key
+                            && e.payload == new.payload
+                            && e.metadata == new.metadata =>
+                    {
+                        existing.push(e)
+                    }
+                    _ => return Ok(WriteOutcome::IdempotencyConflict { sequence: first }),
+                }
+            }
+            return Ok(WriteOutcome::DuplicateBatch(existing));
+        }
+        let actual = self.head(&context)?.sequence;
+        if let Some(expected) = b.expected_sequence
+            && expected != actual
+        {
+            return Ok(WriteOutcome::SequenceMismatch { expected, actual });
+        }
+        let mut appended = Vec::with_capacity(b.entries.len());
+        for new in b.entries {
+            appended.push(self.push_new(&context, now_ns, new)?);
+        }
+        if let Some(key) = b.idempotency_key {
+            let last = actual + appended.len() as u64;
+            let end = batch_end_key(&key);
+            self.pending_keys
+                .insert((context.clone(), end.clone()), last);
+            self.staged.idempotency.push((context.clone(), end, last));
+            self.pending_keys
+                .insert((context.clone(), key.clone()), actual + 1);
+            self.staged
+                .idempotency
+                .push((context.clone(), key, actual + 1));
+        }
+        Ok(WriteOutcome::AppendedBatch(appended))
     }
 
     fn import(&mut self, i: ImportCommand) -> Result<WriteOutcome, StoreError> {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use converge_ledger_core::{Digest, Entry, Head, Limits, Metadata, NewEntry, snapshot};
 
 use crate::{
-    AppendCommand, ImportCommand, ImportRejection, Scan, Store, WriteCommand, WriteOutcome,
+    AppendCommand, BatchCommand, ImportCommand, ImportRejection, Scan, Store, WriteCommand,
+    WriteOutcome,
 };
 
 /// Gives the suite a store, and a way to reopen it for persistent backends.
@@ -44,6 +45,9 @@ macro_rules! conformance_tests {
             contexts_are_listed_with_heads,
             everything_survives_reopen,
             merkle_proofs_come_from_stored_nodes,
+            batches_append_in_order_and_atomically,
+            batch_retries_and_conflicts,
+            conditional_batches_check_the_head,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -80,6 +84,22 @@ fn append_idem(ctx: &str, key: &str, payload: &str, idem: &str) -> WriteCommand 
         entry: new(key, payload),
         idempotency_key: Some(idem.into()),
     })
+}
+
+fn batch(ctx: &str, payloads: &[&str], idem: Option<&str>, expected: Option<u64>) -> WriteCommand {
+    WriteCommand::AppendBatch(BatchCommand {
+        context: ctx.into(),
+        entries: payloads.iter().map(|p| new("k", p)).collect(),
+        idempotency_key: idem.map(Into::into),
+        expected_sequence: expected,
+    })
+}
+
+fn appended_batch(o: &WriteOutcome) -> Vec<Arc<Entry>> {
+    match o {
+        WriteOutcome::AppendedBatch(e) => e.clone(),
+        other => panic!("expected AppendedBatch, got {other:?}"),
+    }
 }
 
 fn appended(o: &WriteOutcome) -> Arc<Entry> {
@@ -562,4 +582,145 @@ pub fn merkle_proofs_come_from_stored_nodes(h: &mut dyn Harness) {
         assert!(nodes.reads <= 3 * 64, "{} reads for one proof", nodes.reads);
     }
     let _ = reopened;
+}
+
+/// A batch takes consecutive sequences in its own order, interleaves with
+/// single appends of the same write exactly as submitted, and chains like
+/// single appends.
+pub fn batches_append_in_order_and_atomically(h: &mut dyn Harness) {
+    let s = h.store();
+    let c = s
+        .write(
+            5,
+            vec![
+                append("b", "k", "one"),
+                batch("b", &["two", "three", "four"], None, None),
+                append("b", "k", "five"),
+                batch("other", &["x"], None, None),
+            ],
+        )
+        .unwrap();
+    let b = appended_batch(&c.outcomes[1]);
+    assert_eq!(
+        b.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(appended(&c.outcomes[2]).sequence, 5);
+    assert_eq!(appended_batch(&c.outcomes[3])[0].sequence, 1);
+    let stored = all(s, "b");
+    let payloads: Vec<&[u8]> = stored.iter().map(|e| e.payload.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            b"one".as_slice(),
+            b"two".as_slice(),
+            b"three".as_slice(),
+            b"four".as_slice(),
+            b"five".as_slice()
+        ]
+    );
+    assert_eq!(*b[0], stored[1]);
+    assert_eq!(c.entries.len(), 6, "every new entry is published");
+    verify_chain(s, "b");
+    verify_chain(s, "other");
+    // An empty batch appends nothing.
+    let e = s
+        .write(6, vec![batch("b", &[], Some("empty"), None)])
+        .unwrap();
+    assert_eq!(e.outcomes[0], WriteOutcome::AppendedBatch(Vec::new()));
+    assert_eq!(s.head("b").unwrap().unwrap().sequence, 5);
+}
+
+/// A batch sent again under its idempotency key returns the first entries
+/// and appends nothing, within a write, across writes and after reopening;
+/// the key with other entries is a conflict naming the first sequence.
+pub fn batch_retries_and_conflicts(h: &mut dyn Harness) {
+    let c = h
+        .store()
+        .write(
+            1,
+            vec![
+                append("r", "k", "zero"),
+                batch("r", &["a", "b"], Some("batch-1"), None),
+                batch("r", &["a", "b"], Some("batch-1"), None),
+            ],
+        )
+        .unwrap();
+    let first = appended_batch(&c.outcomes[1]);
+    assert_eq!(first[0].sequence, 2);
+    assert_eq!(c.outcomes[2], WriteOutcome::DuplicateBatch(first.clone()));
+    let again = h
+        .store()
+        .write(2, vec![batch("r", &["a", "b"], Some("batch-1"), Some(0))])
+        .unwrap();
+    assert_eq!(
+        again.outcomes[0],
+        WriteOutcome::DuplicateBatch(first.clone()),
+        "a retry is recognised before the head condition"
+    );
+    assert!(again.entries.is_empty());
+    for other in [&["a", "c"][..], &["a"][..], &["a", "b", "c"][..]] {
+        let c = h
+            .store()
+            .write(3, vec![batch("r", other, Some("batch-1"), None)])
+            .unwrap();
+        assert_eq!(
+            c.outcomes[0],
+            WriteOutcome::IdempotencyConflict { sequence: 2 },
+            "{other:?}"
+        );
+    }
+    if h.reopen() {
+        let after = h
+            .store()
+            .write(4, vec![batch("r", &["a", "b"], Some("batch-1"), None)])
+            .unwrap();
+        assert_eq!(after.outcomes[0], WriteOutcome::DuplicateBatch(first));
+    }
+    assert_eq!(h.store().head("r").unwrap().unwrap().sequence, 3);
+    verify_chain(h.store(), "r");
+}
+
+/// A conditional batch appends only at the expected head; otherwise it
+/// reports the actual head and appends nothing, and the rest of the write
+/// commits as usual.
+pub fn conditional_batches_check_the_head(h: &mut dyn Harness) {
+    let s = h.store();
+    let c = s
+        .write(
+            1,
+            vec![
+                batch("c", &["a"], None, Some(0)),
+                batch("c", &["b"], None, Some(0)),
+                batch("c", &["c", "d"], None, Some(1)),
+                batch("c", &["e"], None, Some(2)),
+                append("c", "k", "f"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(appended_batch(&c.outcomes[0])[0].sequence, 1);
+    assert_eq!(
+        c.outcomes[1],
+        WriteOutcome::SequenceMismatch {
+            expected: 0,
+            actual: 1
+        }
+    );
+    assert_eq!(appended_batch(&c.outcomes[2])[1].sequence, 3);
+    assert_eq!(
+        c.outcomes[3],
+        WriteOutcome::SequenceMismatch {
+            expected: 2,
+            actual: 3
+        }
+    );
+    assert_eq!(appended(&c.outcomes[4]).sequence, 4);
+    let later = s.write(2, vec![batch("c", &["g"], None, Some(4))]).unwrap();
+    assert_eq!(appended_batch(&later.outcomes[0])[0].sequence, 5);
+    let payloads: Vec<Vec<u8>> = all(s, "c").into_iter().map(|e| e.payload).collect();
+    assert_eq!(
+        payloads,
+        [b"a", b"c", b"d", b"f", b"g"].map(|p| p.to_vec()).to_vec()
+    );
+    verify_chain(s, "c");
 }
