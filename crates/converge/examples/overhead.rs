@@ -23,7 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use converge_core::{Budget, ContextFact, ContextKey, ContextState, Engine, StreamingCallback};
+use converge_core::experience_store::ExperienceEvent;
+use converge_core::{
+    Budget, ContextFact, ContextKey, ContextState, Engine, ExperienceEventObserver,
+    StreamingCallback,
+};
 use converge_ledger_converge::{Recorder, RecorderOptions};
 use support::{Generator, arg, start_memory_server};
 
@@ -51,6 +55,7 @@ fn engine(facts: usize) -> Engine {
 enum Mode {
     Alone,
     CloneOnly,
+    CloneAll,
     Facts,
     FactsAndEvents,
 }
@@ -58,6 +63,18 @@ enum Mode {
 /// The least any streaming callback that keeps the facts pays: a clone of
 /// each into a vector.
 struct CloneOnly(Mutex<Vec<ContextFact>>);
+
+/// The same for experience events.
+struct CloneEvents(Mutex<Vec<ExperienceEvent>>);
+
+impl ExperienceEventObserver for CloneEvents {
+    fn on_event(&self, event: &ExperienceEvent) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
+    }
+}
 
 impl StreamingCallback for CloneOnly {
     fn on_cycle_start(&self, _cycle: u32) {}
@@ -84,8 +101,11 @@ async fn round(addr: &str, facts: usize, mode: Mode, n: usize) -> anyhow::Result
     let mut engine = engine(facts);
     let recorder = if mode == Mode::Alone {
         None
-    } else if mode == Mode::CloneOnly {
+    } else if mode == Mode::CloneOnly || mode == Mode::CloneAll {
         engine.set_streaming(Arc::new(CloneOnly(Mutex::default())));
+        if mode == Mode::CloneAll {
+            engine.set_event_observer(Arc::new(CloneEvents(Mutex::default())));
+        }
         None
     } else {
         // Default options: a buffer of 65 536 holds this run's facts and
@@ -147,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
     let modes = [
         Mode::Alone,
         Mode::CloneOnly,
+        Mode::CloneAll,
         Mode::Facts,
         Mode::FactsAndEvents,
     ];
@@ -169,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let names = [
         "engine alone",
         "cloning facts (floor)",
+        "cloning facts + events",
         "recording facts",
         "recording facts + events",
     ];
@@ -189,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|s| s.engine)
             .min()
             .unwrap_or_default();
-        let rate = if m < 2 {
+        let rate = if m < 3 {
             String::new()
         } else {
             let entries = samples[m][0].entries as f64;
@@ -205,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
             rate
         );
     }
-    for (m, name) in names.iter().enumerate().skip(2) {
+    for (m, name) in names.iter().enumerate().skip(3) {
         let mut during: Vec<u64> = samples[m].iter().map(|s| s.during).collect();
         during.sort_unstable();
         println!(

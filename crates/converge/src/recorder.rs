@@ -9,7 +9,9 @@ use converge_core::experience_store::ExperienceEvent;
 use converge_core::{
     ContextFact, ContextState, Engine, ExperienceEventObserver, StreamingCallback,
 };
-use converge_ledger_client::{AppendOptions, Client, ClientOptions, GetOptions};
+use converge_ledger_client::{
+    BatchEntry, BatchOptions, Client, ClientError, ClientOptions, GetOptions,
+};
 use converge_pack::PayloadRegistry;
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -22,8 +24,11 @@ use crate::codec::{
 /// Entry key of recorded experience events.
 pub const EXPERIENCE_KEY: &str = "experience";
 
-/// Items handed to the writer per batch.
-const WRITER_BATCH: usize = 16;
+/// Most entries per AppendBatch when the server does not say.
+const BATCH_ENTRIES_DEFAULT: usize = 4096;
+/// Bytes of payload and metadata after which a batch is sent (a single
+/// larger entry goes alone).
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// What [`Recorder`] does when the engine announces a fact or event while
 /// its buffer is full.
@@ -106,10 +111,15 @@ pub struct RecordStats {
 ///
 /// The engine's callbacks only move the fact or event into a bounded
 /// buffer; a writer on the recorder's own thread, with its own connection,
-/// appends them one after the other (so ledger order is engine order). The
+/// takes everything buffered and appends it as one ordered, atomic batch
+/// per round trip (AppendBatch), so ledger order is engine order and the
+/// ledger keeps pace with the engine. Each batch is conditional on the
+/// last sequence the recorder wrote: the recorder owns its context while
+/// it records, and an entry appended there by anyone else stops the
+/// recording with an error rather than interleaving with the run. The
 /// work is never hidden: [`Recorder::flush`] waits until everything
 /// announced so far is in the ledger and returns the first error, and
-/// [`OnFull`] says what a full buffer does. Appends carry idempotency
+/// [`OnFull`] says what a full buffer does. Batches carry idempotency
 /// keys, so the client's retries never duplicate an entry.
 ///
 /// Cloning is cheap; clones share the buffer and the writer. When the last
@@ -247,7 +257,7 @@ impl Shared {
     /// `seen` is the writer's last observation of the count of accepted
     /// items and when it made it: the engine is quiet when that count has
     /// not moved for `quiet` (so the engine's thread never reads a clock).
-    async fn next_batch(&self, seen: &mut (u64, Instant)) -> Option<Vec<Item>> {
+    async fn next_batch(&self, seen: &mut (u64, Instant), max: usize) -> Option<Vec<Item>> {
         enum Next {
             Batch(Vec<Item>),
             Done,
@@ -273,7 +283,7 @@ impl Shared {
                         || q.refusal.is_some()
                         || q.items.len() * 2 >= self.capacity;
                     if now {
-                        let n = q.items.len().min(WRITER_BATCH);
+                        let n = q.items.len().min(max);
                         Next::Batch(q.items.drain(..n).collect())
                     } else {
                         Next::Sleep(self.quiet - since)
@@ -349,56 +359,97 @@ impl Drop for StoppedGuard {
     }
 }
 
-async fn write_item(client: &Client, context: &str, item: Item) -> Result<u64, Error> {
-    let (key, payload, metadata) = match item {
-        Item::Fact { cycle, fact } => {
-            let payload = encode_fact(&fact)?;
-            let metadata = BTreeMap::from([
+fn encode_item(item: Item) -> Result<BatchEntry, Error> {
+    Ok(match item {
+        Item::Fact { cycle, fact } => BatchEntry {
+            key: context_key_name(fact.key()),
+            payload: encode_fact(&fact)?,
+            metadata: BTreeMap::from([
                 ("cycle".to_owned(), cycle.to_string()),
                 ("fact_id".to_owned(), fact.id().as_str().to_owned()),
-            ]);
-            (context_key_name(fact.key()), payload, metadata)
-        }
-        Item::Event { cycle, event } => {
-            let payload = serde_json::to_vec(&event)
-                .map_err(|e| Error::Encode(format!("experience event: {e}")))?;
-            let metadata = BTreeMap::from([
+            ]),
+        },
+        Item::Event { cycle, event } => BatchEntry {
+            key: EXPERIENCE_KEY.to_owned(),
+            payload: serde_json::to_vec(&event)
+                .map_err(|e| Error::Encode(format!("experience event: {e}")))?,
+            metadata: BTreeMap::from([
                 ("cycle".to_owned(), cycle.to_string()),
                 ("kind".to_owned(), format!("{:?}", event.kind())),
-            ]);
-            (EXPERIENCE_KEY.to_owned(), payload, metadata)
-        }
-    };
-    let entry = client
-        .append(
-            context,
-            &key,
-            payload,
-            AppendOptions {
-                metadata: metadata.into_iter().collect(),
-                ..AppendOptions::default()
+            ]),
+        },
+    })
+}
+
+/// Appends `batch` right after the last entry this recorder wrote: one
+/// conditional AppendBatch, so ledger order is engine order and an entry
+/// appended to the context by anyone else stops the recording instead of
+/// interleaving with it.
+async fn send(shared: &Shared, client: &Client, batch: Vec<BatchEntry>) -> Result<(), Error> {
+    let expected = shared.progress.borrow().last_sequence;
+    let n = batch.len() as u64;
+    let result = client
+        .append_batch(
+            &shared.context,
+            batch,
+            BatchOptions {
+                expected_sequence: Some(expected),
+                ..BatchOptions::default()
             },
         )
         .await
-        .map_err(|e| Error::ledger(format!("recording into {context:?}"), e))?;
-    Ok(entry.sequence)
+        .map_err(|e| match e {
+            ClientError::FailedPrecondition(m) => Error::ledger(
+                format!(
+                    "recording into {:?}: something else appended to the run's context",
+                    shared.context
+                ),
+                ClientError::FailedPrecondition(m),
+            ),
+            e => Error::ledger(format!("recording into {:?}", shared.context), e),
+        })?;
+    let last = result.entries.last().map_or(expected, |e| e.sequence);
+    shared.progress.send_modify(|p| {
+        p.written += n;
+        p.last_sequence = last;
+    });
+    Ok(())
 }
 
-async fn run_writer(shared: Arc<Shared>, client: Client) {
+async fn run_writer(shared: Arc<Shared>, client: Client, batch_max: usize) {
     let _guard = StoppedGuard(shared.clone());
     let mut seen = (0, Instant::now());
-    while let Some(batch) = shared.next_batch(&mut seen).await {
-        let total = batch.len() as u64;
-        for (i, item) in batch.into_iter().enumerate() {
-            match write_item(&client, &shared.context, item).await {
-                Ok(sequence) => shared.progress.send_modify(|p| {
-                    p.written += 1;
-                    p.last_sequence = sequence;
-                }),
-                Err(e) => {
-                    shared.fail(e, total - i as u64);
-                    return;
+    while let Some(items) = shared.next_batch(&mut seen, batch_max).await {
+        let mut left = items.len() as u64;
+        let mut batch = Vec::with_capacity(items.len());
+        let mut bytes = 0usize;
+        let mut items = items.into_iter().peekable();
+        while let Some(item) = items.next() {
+            let step = match encode_item(item) {
+                Ok(entry) => {
+                    bytes += entry.payload.len()
+                        + entry.key.len()
+                        + entry
+                            .metadata
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>();
+                    batch.push(entry);
+                    if bytes >= BATCH_BYTES || items.peek().is_none() {
+                        let sent = batch.len() as u64;
+                        bytes = 0;
+                        send(&shared, &client, std::mem::take(&mut batch))
+                            .await
+                            .map(|()| left -= sent)
+                    } else {
+                        Ok(())
+                    }
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = step {
+                shared.fail(e, left);
+                return;
             }
         }
     }
@@ -491,8 +542,12 @@ impl Recorder {
                             return;
                         }
                     }
+                    let batch_max = match client.server_info().await {
+                        Ok(info) if info.batch_entries_max > 0 => info.batch_entries_max as usize,
+                        _ => BATCH_ENTRIES_DEFAULT,
+                    };
                     let _ = ready.send(Ok(()));
-                    run_writer(writer_shared, client).await;
+                    run_writer(writer_shared, client, batch_max).await;
                 });
             })
             .map_err(|e| Error::Runtime(e.to_string()))?;

@@ -338,6 +338,45 @@ async fn a_failed_write_is_reported_and_nothing_after_it_is_recorded() {
 }
 
 #[tokio::test]
+async fn a_foreign_append_into_the_run_context_stops_the_recording_cleanly() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let recorder = Recorder::connect(server.url(), "run-shared", RecorderOptions::default())
+        .await
+        .unwrap();
+    let mut engine = test_engine(5);
+    recorder.attach(&mut engine);
+    engine.run(ContextState::new()).await.unwrap();
+    let first = recorder.flush().await.unwrap();
+    assert!(first.written > 0);
+    // Someone else writes into the run's context between two runs.
+    client
+        .append(
+            "run-shared",
+            "intruder",
+            b"x".to_vec(),
+            converge_ledger_client::AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut engine = test_engine(5);
+    recorder.attach(&mut engine);
+    engine.run(ContextState::new()).await.unwrap();
+    let err = recorder.flush().await.unwrap_err();
+    assert!(
+        err.to_string().contains("something else appended to the run's context"),
+        "{err}"
+    );
+    assert!(!err.is_transient(), "{err:?}");
+    // The ledger holds the first run and the foreign entry, nothing of the
+    // second run interleaved with it.
+    let stored = entries(&client, "run-shared").await;
+    assert_eq!(stored.len() as u64, first.written + 1);
+    assert_eq!(stored.last().unwrap().key, "intruder");
+    assert_eq!(recorder.stats().written, first.written);
+}
+
+#[tokio::test]
 async fn after_finish_nothing_more_is_recorded() {
     let server = TestServer::start();
     let client = server.client().await;
