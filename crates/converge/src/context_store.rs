@@ -3,16 +3,15 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use converge_core::integrity::MerkleRoot;
 use converge_core::traits::{ContextStore, StoreError};
 use converge_core::{ContextKey, ContextState};
-use converge_ledger_client::{AppendOptions, Client, ClientError, Entry, GetOptions};
+use converge_ledger_client::{BatchEntry, BatchOptions, Client, ClientError, Entry, GetOptions};
 use converge_pack::{PayloadRegistry, WireContextFact, WireProposedFact};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::task::JoinSet;
 
 use crate::codec::{
     context_from_parts, context_key_name, decode_wire_fact, encode_fact, parse_context_key,
@@ -21,6 +20,13 @@ use crate::{Error, naming};
 
 /// Entry key of save markers.
 pub const SAVE_KEY: &str = "save";
+
+/// Attempts of a save that loses races against other saves of its scope.
+const SAVE_ATTEMPTS: u32 = 8;
+/// Most entries per batch when the server does not say.
+const BATCH_ENTRIES_DEFAULT: usize = 4096;
+/// Payload bytes after which a save's batch is cut.
+const SAVE_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Format of [`SaveMarker`].
 const MARKER_FORMAT: u32 = 1;
@@ -67,11 +73,14 @@ pub struct SaveReport {
 /// context key; payload: the fact's `WireContextFact` JSON; metadata:
 /// `generation`, `index`, `fact_id`), then one `save` marker entry with the
 /// context's version, Merkle root, per-key fact counts and digests, and its
-/// pending proposals. When the context extends the last save (every key's
-/// saved facts are a prefix of its facts, checked by digest) only the new
-/// facts are written; otherwise all facts are written in a new generation.
-/// Fact entries carry idempotency keys `g<generation>/<key>/<index>`, so a
-/// save repeated after a failure never duplicates one.
+/// pending proposals. All of it goes in one atomic AppendBatch (several
+/// for a save beyond the server's batch limits, each conditional on the
+/// end of the one before), so a save is never half visible unless it spans
+/// batches and its writer dies between two. When the context extends the
+/// last save (that save's marker is the context's last entry, and every
+/// key's saved facts are a prefix of its facts, checked by digest) only the
+/// new facts are written; otherwise all facts are written in a new
+/// generation, numbered by the sequence of its first entry.
 ///
 /// A load finds the last marker and reads that generation's facts: the
 /// loaded context has the same facts (every field), in the same order per
@@ -79,14 +88,18 @@ pub struct SaveReport {
 /// its Merkle root against the saved one. Dirty keys are transient and not
 /// saved (a loaded context has none, as with `ContextState::from_snapshot`).
 ///
-/// One writer per scope: two processes saving one scope at the same moment
-/// may each write a generation; the last marker wins.
+/// Saves of one scope from several processes are safe: each is appended
+/// conditionally on the head it was built on, and a save that loses the
+/// race is built again on top of the winner (up to 8 attempts), so saves
+/// never interleave and the last marker always describes one complete
+/// save (last writer wins).
 #[derive(Clone)]
 pub struct LedgerContextStore {
     client: Client,
     prefix: String,
     registry: Arc<PayloadRegistry>,
-    concurrency: usize,
+    /// The server's batch limit, once asked.
+    batch_max: Arc<OnceLock<usize>>,
 }
 
 impl LedgerContextStore {
@@ -97,7 +110,7 @@ impl LedgerContextStore {
             client,
             prefix: "converge/context/".to_owned(),
             registry: Arc::new(PayloadRegistry::with_pack_payloads()),
-            concurrency: 16,
+            batch_max: Arc::default(),
         }
     }
 
@@ -132,8 +145,7 @@ impl LedgerContextStore {
                 .map_err(|e| Error::Encode(format!("a {key:?} proposal of {scope:?}: {e}")))?;
             proposals.insert(*key, wire);
         }
-
-        // Payloads and digests of every key's facts.
+        // Payloads of every key's facts.
         let mut payloads: BTreeMap<ContextKey, Vec<Vec<u8>>> = BTreeMap::new();
         for (key, facts) in snapshot.facts() {
             if facts.is_empty() {
@@ -145,15 +157,54 @@ impl LedgerContextStore {
                 .collect::<Result<Vec<_>, _>>()?;
             payloads.insert(*key, encoded);
         }
-        let previous = self.last_marker(&ctx).await?;
-        let (latest, previous) = match previous {
-            Some((latest, marker)) => (latest, Some(marker)),
-            None => (self.latest(&ctx).await?, None),
+        let save = Save {
+            snapshot: &snapshot,
+            proposals: &proposals,
+            payloads: &payloads,
+        };
+        let mut attempt = 1;
+        loop {
+            match self.try_save(&ctx, &save).await {
+                // Another save of the scope committed first: build this one
+                // again on top of it.
+                Err(Error::Ledger {
+                    source: ClientError::FailedPrecondition(_),
+                    ..
+                }) if attempt < SAVE_ATTEMPTS => attempt += 1,
+                Err(Error::Ledger {
+                    action,
+                    source: ClientError::FailedPrecondition(m),
+                }) => {
+                    return Err(Error::Ledger {
+                        action: format!(
+                            "{action} ({SAVE_ATTEMPTS} attempts lost the race against other saves of {scope:?})"
+                        ),
+                        source: ClientError::FailedPrecondition(m),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of a save, conditional on the head it starts from.
+    async fn try_save(&self, ctx: &str, save: &Save<'_>) -> Result<SaveReport, Error> {
+        let (head, last) = self
+            .client
+            .last_entry(ctx)
+            .await
+            .map_err(|e| Error::ledger(format!("reading the head of {ctx:?}"), e))?;
+        // Only a save whose marker is the context's last entry can be
+        // extended: anything after it (an unfinished save) starts a new
+        // generation, so facts of two saves never share one.
+        let previous = match last {
+            Some(e) if e.key == SAVE_KEY => Some(decode_marker(ctx, &e)?),
+            _ => None,
         };
 
         let mut keys = BTreeMap::new();
         let mut extends = previous.is_some();
-        for (key, list) in &payloads {
+        for (key, list) in save.payloads {
             let saved = previous
                 .as_ref()
                 .and_then(|m| m.keys.get(key))
@@ -191,128 +242,103 @@ impl LedgerContextStore {
                 extends = false;
             }
         }
+        let previous = previous.filter(|_| extends);
+        let generation = previous
+            .as_ref()
+            .map_or(head.sequence + 1, |m| m.generation);
+        let generation_text = generation.to_string();
 
-        let mut written = 0;
-        let mut generation = match (&previous, extends) {
-            (Some(m), true) => m.generation,
-            _ => latest + 1,
-        };
-        if extends {
-            let from = |key: &ContextKey| {
-                previous
-                    .as_ref()
-                    .and_then(|m| m.keys.get(key))
-                    .map_or(0, |k| k.count)
-            };
-            match self
-                .write_facts(&ctx, generation, &payloads, &snapshot, from)
-                .await
-            {
-                Ok(n) => written = n,
-                // A different fact was saved at one of these positions by an
-                // unfinished save: write a new generation instead.
-                Err(Error::Ledger {
-                    source: ClientError::AlreadyExists(_),
-                    ..
-                }) => {
-                    extends = false;
-                    generation = self.latest(&ctx).await? + 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if !extends {
-            written = self
-                .write_facts(&ctx, generation, &payloads, &snapshot, |_| 0)
-                .await?;
-        }
-
-        let marker = SaveMarker {
-            format: MARKER_FORMAT,
-            generation,
-            version: snapshot.version(),
-            merkle_root: snapshot.merkle_root().clone(),
-            keys,
-            proposals,
-        };
-        let payload = serde_json::to_vec(&marker).map_err(|e| Error::Encode(e.to_string()))?;
-        let metadata = [
-            ("generation".to_owned(), generation.to_string()),
-            ("version".to_owned(), marker.version.to_string()),
-        ];
-        let entry = self
-            .client
-            .append(
-                &ctx,
-                SAVE_KEY,
-                payload,
-                AppendOptions {
-                    metadata: metadata.into_iter().collect(),
-                    ..AppendOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| Error::ledger(format!("saving the marker of {ctx:?}"), e))?;
-        Ok(SaveReport {
-            context: ctx,
-            facts_written: written,
-            extended: extends,
-            marker_sequence: entry.sequence,
-        })
-    }
-
-    /// Appends the facts of every key from index `from(key)` on, with
-    /// bounded concurrency (their order is in their `index` metadata).
-    async fn write_facts(
-        &self,
-        ctx: &str,
-        generation: u64,
-        payloads: &BTreeMap<ContextKey, Vec<Vec<u8>>>,
-        snapshot: &converge_core::ContextSnapshot,
-        from: impl Fn(&ContextKey) -> u64,
-    ) -> Result<u64, Error> {
-        let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
+        let mut entries = Vec::new();
         let mut written = 0u64;
-        for (key, list) in payloads {
+        for (key, list) in save.payloads {
+            let from = previous
+                .as_ref()
+                .and_then(|m| m.keys.get(key))
+                .map_or(0, |k| k.count);
             let name = context_key_name(*key);
-            let facts = &snapshot.facts()[key];
-            for (i, payload) in list.iter().enumerate().skip(from(key) as usize) {
-                while tasks.len() >= self.concurrency {
-                    join_one(&mut tasks).await?;
-                }
-                let client = self.client.clone();
-                let ctx = ctx.to_owned();
-                let name = name.clone();
-                let payload = payload.clone();
-                let metadata = [
-                    ("generation".to_owned(), generation.to_string()),
-                    ("index".to_owned(), i.to_string()),
-                    ("fact_id".to_owned(), facts[i].id().as_str().to_owned()),
-                ];
-                let idempotency_key = format!("g{generation}/{name}/{i}");
-                tasks.spawn(async move {
-                    client
-                        .append(
-                            &ctx,
-                            &name,
-                            payload,
-                            AppendOptions {
-                                metadata: metadata.into_iter().collect(),
-                                idempotency_key: Some(idempotency_key),
-                                lamport: 0,
-                            },
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| Error::ledger(format!("saving a fact into {ctx:?}"), e))
+            let facts = &save.snapshot.facts()[key];
+            for (i, payload) in list.iter().enumerate().skip(from as usize) {
+                entries.push(BatchEntry {
+                    key: name.clone(),
+                    payload: payload.clone(),
+                    metadata: BTreeMap::from([
+                        ("generation".to_owned(), generation_text.clone()),
+                        ("index".to_owned(), i.to_string()),
+                        ("fact_id".to_owned(), facts[i].id().as_str().to_owned()),
+                    ]),
                 });
                 written += 1;
             }
         }
-        while !tasks.is_empty() {
-            join_one(&mut tasks).await?;
+        let marker = SaveMarker {
+            format: MARKER_FORMAT,
+            generation,
+            version: save.snapshot.version(),
+            merkle_root: save.snapshot.merkle_root().clone(),
+            keys,
+            proposals: save.proposals.clone(),
+        };
+        entries.push(BatchEntry {
+            key: SAVE_KEY.to_owned(),
+            payload: serde_json::to_vec(&marker).map_err(|e| Error::Encode(e.to_string()))?,
+            metadata: BTreeMap::from([
+                ("generation".to_owned(), generation_text),
+                ("version".to_owned(), marker.version.to_string()),
+            ]),
+        });
+
+        // Usually one batch; a save beyond the batch limits takes several,
+        // each conditional on the end of the one before, the marker last.
+        let batch_max = self.batch_entries_max().await?;
+        let mut expected = head.sequence;
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(e) = entries.next_if(|e| {
+                batch.is_empty()
+                    || (batch.len() < batch_max && bytes + e.payload.len() <= SAVE_BATCH_BYTES)
+            }) {
+                bytes += e.payload.len();
+                batch.push(e);
+            }
+            let appended = self
+                .client
+                .append_batch(
+                    ctx,
+                    batch,
+                    BatchOptions {
+                        expected_sequence: Some(expected),
+                        ..BatchOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| Error::ledger(format!("saving into {ctx:?}"), e))?;
+            expected = appended.entries.last().map_or(expected, |e| e.sequence);
         }
-        Ok(written)
+        Ok(SaveReport {
+            context: ctx.to_owned(),
+            facts_written: written,
+            extended: extends,
+            marker_sequence: expected,
+        })
+    }
+
+    /// The server's batch limit, asked once.
+    async fn batch_entries_max(&self) -> Result<usize, Error> {
+        if let Some(&n) = self.batch_max.get() {
+            return Ok(n);
+        }
+        let info = self
+            .client
+            .server_info()
+            .await
+            .map_err(|e| Error::ledger("asking the ledger for its limits", e))?;
+        let n = match info.batch_entries_max {
+            0 => BATCH_ENTRIES_DEFAULT,
+            n => n as usize,
+        };
+        Ok(*self.batch_max.get_or_init(|| n))
     }
 
     /// Loads the context last saved under `scope` (`None`: never saved).
@@ -374,44 +400,19 @@ impl LedgerContextStore {
         .map(Some)
     }
 
-    /// The context's head sequence.
-    async fn latest(&self, ctx: &str) -> Result<u64, Error> {
-        self.client
-            .get(
-                ctx,
-                GetOptions {
-                    limit: 1,
-                    ..GetOptions::default()
-                },
-            )
-            .await
-            .map(|r| r.latest_sequence)
-            .map_err(|e| Error::ledger(format!("reading the head of {ctx:?}"), e))
-    }
-
     /// The last save marker of `ctx` and its sequence. A completed save
     /// ends with its marker, so the last entry is usually it; after an
     /// unfinished save the markers are read through the key filter.
     async fn last_marker(&self, ctx: &str) -> Result<Option<(u64, SaveMarker)>, Error> {
-        let latest = self.latest(ctx).await?;
-        if latest == 0 {
-            return Ok(None);
-        }
-        let last = self
+        let (_, last) = self
             .client
-            .get(
-                ctx,
-                GetOptions {
-                    key: None,
-                    after: latest - 1,
-                    limit: 1,
-                },
-            )
+            .last_entry(ctx)
             .await
             .map_err(|e| Error::ledger(format!("reading the last entry of {ctx:?}"), e))?;
-        let entry = match last.entries.into_iter().next() {
+        let entry = match last {
+            None => return Ok(None),
             Some(e) if e.key == SAVE_KEY => e,
-            _ => {
+            Some(_) => {
                 let mut marker = None;
                 self.client
                     .read_all(
@@ -430,32 +431,35 @@ impl LedgerContextStore {
                 }
             }
         };
-        let marker: SaveMarker = serde_json::from_slice(&entry.payload)
-            .map_err(|e| Error::decode(ctx, entry.sequence, format!("save marker: {e}")))?;
-        if marker.format != MARKER_FORMAT {
-            return Err(Error::decode(
-                ctx,
-                entry.sequence,
-                format!(
-                    "save marker format {} is not {MARKER_FORMAT}",
-                    marker.format
-                ),
-            ));
-        }
-        Ok(Some((entry.sequence, marker)))
+        Ok(Some((entry.sequence, decode_marker(ctx, &entry)?)))
     }
+}
+
+fn decode_marker(ctx: &str, entry: &Entry) -> Result<SaveMarker, Error> {
+    let marker: SaveMarker = serde_json::from_slice(&entry.payload)
+        .map_err(|e| Error::decode(ctx, entry.sequence, format!("save marker: {e}")))?;
+    if marker.format != MARKER_FORMAT {
+        return Err(Error::decode(
+            ctx,
+            entry.sequence,
+            format!(
+                "save marker format {} is not {MARKER_FORMAT}",
+                marker.format
+            ),
+        ));
+    }
+    Ok(marker)
+}
+
+/// What one save writes, prepared once for all its attempts.
+struct Save<'a> {
+    snapshot: &'a converge_core::ContextSnapshot,
+    proposals: &'a BTreeMap<ContextKey, Vec<WireProposedFact>>,
+    payloads: &'a BTreeMap<ContextKey, Vec<Vec<u8>>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn join_one(tasks: &mut JoinSet<Result<(), Error>>) -> Result<(), Error> {
-    match tasks.join_next().await {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Err(Error::Runtime(format!("a save task failed: {e}"))),
-        None => Ok(()),
-    }
 }
 
 /// Puts a fact entry of the marker's generation into its slot.

@@ -191,8 +191,9 @@ async fn an_unfinished_save_changes_nothing() {
     // Loading still gives the last completed save.
     assert_eq!(wire(&store.load("crash").await.unwrap().unwrap()), wire(&a));
 
-    // A grown `a` conflicts with those positions: it is saved as a new
-    // generation, and loads exactly.
+    // A grown `a` follows the unfinished save, not its own marker: it is
+    // saved as a new generation (never mixing with those facts), and loads
+    // exactly.
     let grown = run(a, 13, 3).await;
     let r = store.save("crash", &grown).await.unwrap();
     assert!(!r.extended);
@@ -200,6 +201,49 @@ async fn an_unfinished_save_changes_nothing() {
         wire(&store.load("crash").await.unwrap().unwrap()),
         wire(&grown)
     );
+}
+
+#[tokio::test]
+async fn concurrent_saves_of_one_scope_never_interleave_and_the_last_wins() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let a = run(ContextState::new(), 40, 5).await;
+    let b = run(ContextState::new(), 12, 30).await;
+    let one = LedgerContextStore::new(server.client().await);
+    let two = LedgerContextStore::new(server.client().await);
+    let ctx_id = one.context_id("race");
+    for _ in 0..5 {
+        let (ra, rb) = tokio::join!(one.save("race", &a), two.save("race", &b));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let last = if ra.marker_sequence > rb.marker_sequence {
+            &a
+        } else {
+            &b
+        };
+        assert_eq!(
+            wire(&one.load("race").await.unwrap().unwrap()),
+            wire(last),
+            "the save whose marker is last is what loads"
+        );
+    }
+    // Every save is contiguous: the facts right before a marker belong to
+    // its generation, and no other save's entries sit between them.
+    let stored = entries(&client, &ctx_id).await;
+    let mut pending: Vec<&str> = Vec::new();
+    for e in &stored {
+        if e.key == SAVE_KEY {
+            let generation = e.metadata["generation"].as_str();
+            assert!(
+                pending.iter().all(|g| *g == generation),
+                "a save at {} mixes facts of generations {pending:?}",
+                e.sequence
+            );
+            pending.clear();
+        } else {
+            pending.push(e.metadata["generation"].as_str());
+        }
+    }
+    assert!(pending.is_empty(), "every save ends with its marker");
 }
 
 #[tokio::test]

@@ -364,7 +364,8 @@ async fn a_foreign_append_into_the_run_context_stops_the_recording_cleanly() {
     engine.run(ContextState::new()).await.unwrap();
     let err = recorder.flush().await.unwrap_err();
     assert!(
-        err.to_string().contains("something else appended to the run's context"),
+        err.to_string()
+            .contains("something else appended to the run's context"),
         "{err}"
     );
     assert!(!err.is_transient(), "{err:?}");

@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Most concurrent requests on one connection.
     pub requests_per_connection_max: usize,
+    /// Most open HTTP/2 streams (requests in flight plus open watches and
+    /// reads) on one connection, announced to the client, whose further
+    /// calls wait for a free stream instead of flooding the server.
+    pub streams_per_connection_max: u32,
     /// Largest request message in bytes (Append, Load).
     pub request_bytes_max: usize,
     /// HTTP/2 keepalive ping interval, so dead peers are noticed.
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
         Self {
             connections_max: 1024,
             requests_per_connection_max: 256,
+            streams_per_connection_max: 1024,
             request_bytes_max: 64 * 1024 * 1024,
             keepalive: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),

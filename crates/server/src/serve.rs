@@ -57,6 +57,7 @@ pub async fn run(
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.requests_per_connection_max)
+        .max_concurrent_streams(config.streams_per_connection_max.max(1))
         .http2_keepalive_interval(Some(config.keepalive))
         .tcp_nodelay(true)
         .add_service(context)

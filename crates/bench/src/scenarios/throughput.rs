@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args as ClapArgs, ValueEnum};
-use converge_ledger_client::{AppendOptions, Client};
+use converge_ledger_client::{AppendOptions, BatchEntry, BatchOptions, Client};
 use converge_ledger_store::{FsyncPolicy, MemoryStore, Store};
 
 use super::{Load, Stop, closed_loop};
@@ -44,6 +44,11 @@ pub struct Args {
     /// Connection layout.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
+    /// Entries per append: above 1, each client sends AppendBatch requests
+    /// of this many entries (ordered, atomic) and the rate that counts is
+    /// entries/s.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 impl Args {
@@ -59,6 +64,9 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
     if a.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let stop = match a.count {
         Some(n) => Stop::Count(n),
         None => Stop::After(Duration::from_secs_f64(a.duration_secs)),
@@ -72,6 +80,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
     r.config("payload_bytes", a.common.payload_bytes);
     r.config("fsync", "always");
     r.config("mode", format!("{:?}", a.mode));
+    r.config("batch_entries", a.batch);
     let modes: &[(Mode, &str)] = match a.mode {
         Mode::PerConnection => &[(Mode::PerConnection, "per_conn")],
         Mode::Shared => &[(Mode::Shared, "shared")],
@@ -105,23 +114,56 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
             let contexts: Arc<Vec<String>> =
                 Arc::new((0..a.clients).map(|i| format!("tp-{i}")).collect());
             let p = payloads.clone();
+            let batch = a.batch;
             let load: Load = closed_loop(a.clients, stop, move |i, k| {
                 let c = clients[i].clone();
                 let ctx = contexts[i].clone();
-                let payload = p[(i + k as usize * 7) % p.len()].clone();
+                let pick = |j: usize| p[(i + (k as usize * batch + j) * 7) % p.len()].clone();
+                let entries: Vec<BatchEntry> = if batch > 1 {
+                    (0..batch)
+                        .map(|j| BatchEntry {
+                            key: "bench".into(),
+                            payload: pick(j),
+                            metadata: Default::default(),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let single = pick(0);
                 async move {
-                    c.append(&ctx, "bench", payload, AppendOptions::default())
-                        .await
-                        .map(|_| ())
+                    if batch > 1 {
+                        c.append_batch(&ctx, entries, BatchOptions::default())
+                            .await
+                            .map(|_| ())
+                    } else {
+                        c.append(&ctx, "bench", single, AppendOptions::default())
+                            .await
+                            .map(|_| ())
+                    }
                 }
             })
             .await?;
             server.stop().await?;
             drop(dir);
-            load.record(&mut r, label, (!memory).then_some(Goal::AtLeast(50_000.0)));
+            let goal = (!memory).then_some(Goal::AtLeast(50_000.0));
+            if batch > 1 {
+                r.record(
+                    &format!("{label}_entries_per_s"),
+                    "1/s",
+                    load.rate() * batch as f64,
+                    goal,
+                );
+                load.record(&mut r, label, None);
+            } else {
+                load.record(&mut r, label, goal);
+            }
         }
     }
     r.note("server and 64 clients share this process and its cores; *_cpu_cores is the whole process's CPU use (max = nproc)");
+    if a.batch > 1 {
+        r.note("--batch: *_appends_per_s and *_latency_* count AppendBatch requests; *_entries_per_s counts entries");
+    }
     r.note("memory_per_conn: the same load on MemoryStore: what gRPC + the ledger manage without storage");
     r.note("writer_running / writer_in_disk_wait / writer_waiting_for_work: share of 2 ms samples of the group-commit thread in state R (running or runnable) / D (disk wait, fsync) / S (idle)");
     r.note("writer_cpu_cores: CPU of the group-commit thread (staging, hashing, fjall batch, fsync wait is not CPU)");
