@@ -393,6 +393,7 @@ impl Batch {
                     if let Some(k) = &a.idempotency_key {
                         check_text("the idempotency key", k)?;
                         keys.insert((a.context.clone(), k.clone()));
+                        keys.insert((a.context.clone(), batch_end_key(k)));
                     }
                     &a.context
                 }

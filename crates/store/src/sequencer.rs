@@ -139,24 +139,31 @@ impl<B: Backing> Stager<'_, B> {
 
     fn append(&mut self, now_ns: u64, a: AppendCommand) -> Result<WriteOutcome, StoreError> {
         let context = self.intern(a.context);
-        if let Some(key) = &a.idempotency_key {
-            if let Some(sequence) = self.known_key(&context, key)? {
-                let existing =
-                    self.entry(&context, sequence)?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            context: context.to_string(),
-                            sequence,
-                            reason: format!("idempotency key {key:?} points at a missing entry"),
-                        })?;
-                let same = existing.key == a.entry.key
-                    && existing.payload == a.entry.payload
-                    && existing.metadata == a.entry.metadata;
-                return Ok(if same {
-                    WriteOutcome::Duplicate(existing)
-                } else {
-                    WriteOutcome::IdempotencyConflict { sequence }
-                });
+        if let Some(key) = &a.idempotency_key
+            && let Some(sequence) = self.known_key(&context, key)?
+        {
+            // The key of a batch of several entries is not this entry's.
+            if self
+                .known_key(&context, &batch_end_key(key))?
+                .is_some_and(|last| last != sequence)
+            {
+                return Ok(WriteOutcome::IdempotencyConflict { sequence });
             }
+            let existing = self
+                .entry(&context, sequence)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    context: context.to_string(),
+                    sequence,
+                    reason: format!("idempotency key {key:?} points at a missing entry"),
+                })?;
+            let same = existing.key == a.entry.key
+                && existing.payload == a.entry.payload
+                && existing.metadata == a.entry.metadata;
+            return Ok(if same {
+                WriteOutcome::Duplicate(existing)
+            } else {
+                WriteOutcome::IdempotencyConflict { sequence }
+            });
         }
         let entry = self.push_new(&context, now_ns, a.entry)?;
         if let Some(key) = a.idempotency_key {

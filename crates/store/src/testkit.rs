@@ -670,6 +670,30 @@ pub fn batch_retries_and_conflicts(h: &mut dyn Harness) {
             "{other:?}"
         );
     }
+    // A single append under the batch's key is not a retry of it, even
+    // with the batch's first entry; a batch of one under a single
+    // append's key is.
+    let single = WriteCommand::Append(AppendCommand {
+        context: "r".into(),
+        entry: new("k", "a"),
+        idempotency_key: Some("batch-1".into()),
+    });
+    let c = h.store().write(3, vec![single]).unwrap();
+    assert_eq!(
+        c.outcomes[0],
+        WriteOutcome::IdempotencyConflict { sequence: 2 }
+    );
+    let one = appended(
+        &h.store()
+            .write(3, vec![append_idem("r", "k", "solo", "single-1")])
+            .unwrap()
+            .outcomes[0],
+    );
+    let c = h
+        .store()
+        .write(3, vec![batch("r", &["solo"], Some("single-1"), None)])
+        .unwrap();
+    assert_eq!(c.outcomes[0], WriteOutcome::DuplicateBatch(vec![one]));
     if h.reopen() {
         let after = h
             .store()
@@ -677,7 +701,7 @@ pub fn batch_retries_and_conflicts(h: &mut dyn Harness) {
             .unwrap();
         assert_eq!(after.outcomes[0], WriteOutcome::DuplicateBatch(first));
     }
-    assert_eq!(h.store().head("r").unwrap().unwrap().sequence, 3);
+    assert_eq!(h.store().head("r").unwrap().unwrap().sequence, 4);
     verify_chain(h.store(), "r");
 }
 
