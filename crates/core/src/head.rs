@@ -102,6 +102,25 @@ impl Head {
     /// sequence, linked to this head's hash, its hash recomputes, its time does
     /// not go backwards and its Lamport clock moves forward.
     pub fn check_next(&self, context: &str, entry: &Entry) -> Result<(), ChainError> {
+        self.check_link(entry)?;
+        let computed = entry.compute_hash(context);
+        if computed != entry.hash {
+            return Err(ChainError {
+                sequence: entry.sequence,
+                reason: format!(
+                    "content hashes to {computed} but the entry claims {}",
+                    entry.hash
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Head::check_next`] without recomputing the entry's hash (for
+    /// callers that check hashes elsewhere, e.g. in parallel): next
+    /// sequence, linked to this head's hash, time not going backwards,
+    /// Lamport clock moving forward.
+    pub fn check_link(&self, entry: &Entry) -> Result<(), ChainError> {
         let fail = |reason: String| {
             Err(ChainError {
                 sequence: self.sequence + 1,
@@ -119,13 +138,6 @@ impl Head {
             return fail(format!(
                 "previous hash {} does not link to {}",
                 entry.prev_hash, self.hash
-            ));
-        }
-        let computed = entry.compute_hash(context);
-        if computed != entry.hash {
-            return fail(format!(
-                "content hashes to {computed} but the entry claims {}",
-                entry.hash
             ));
         }
         if entry.appended_at_ns < self.appended_at_ns {
