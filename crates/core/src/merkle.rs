@@ -80,6 +80,30 @@ impl Frontier {
         debug_assert_eq!(self.nodes.len(), self.size.count_ones() as usize);
     }
 
+    /// Appends a perfect subtree of `2^level` leaves given its root; the
+    /// tree's size must be a multiple of `2^level` (the subtree starts on
+    /// its own boundary). Equivalent to pushing its leaves one by one.
+    pub fn push_subtree(&mut self, level: u8, root: Digest) {
+        assert!(
+            level < 63 && self.size.trailing_zeros() >= u32::from(level),
+            "a subtree of 2^{level} leaves cannot follow {} leaves",
+            self.size
+        );
+        let mut node = root;
+        let mut size = self.size >> level;
+        while size & 1 == 1 {
+            let left = self
+                .nodes
+                .pop()
+                .expect("frontier has a node per set bit of its size");
+            node = node_hash(&left, &node);
+            size >>= 1;
+        }
+        self.nodes.push(node);
+        self.size += 1 << level;
+        debug_assert_eq!(self.nodes.len(), self.size.count_ones() as usize);
+    }
+
     /// Appends an entry: its leaf is `H(0x00 ‖ entry_hash)`.
     pub fn push_entry(&mut self, entry_hash: &Digest) {
         self.push_leaf_hash(leaf_hash(&entry_hash.0));
@@ -462,6 +486,39 @@ mod tests {
             assert_eq!(Frontier::decode_from(&mut r).unwrap(), f);
             assert_eq!(r.remaining(), 0);
         }
+    }
+
+    #[test]
+    fn pushing_subtree_roots_equals_pushing_their_leaves() {
+        let all = leaves(300);
+        for level in 0u8..=5 {
+            let k = 1usize << level;
+            for whole in 0..=(300 / k) {
+                // `whole` subtrees of 2^level leaves, then single leaves.
+                let n = (whole * k + 3).min(300);
+                let mut f = Frontier::new();
+                for c in 0..whole {
+                    f.push_subtree(level, root_of_leaf_hashes(&all[c * k..(c + 1) * k]));
+                }
+                for l in &all[whole * k..n] {
+                    f.push_leaf_hash(*l);
+                }
+                assert_eq!(f.size(), n as u64);
+                assert_eq!(
+                    f.root(),
+                    root_of_leaf_hashes(&all[..n]),
+                    "level {level}, {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot follow")]
+    fn a_subtree_off_its_boundary_is_refused() {
+        let mut f = Frontier::new();
+        f.push_leaf_hash(leaf_hash(b"x"));
+        f.push_subtree(1, leaf_hash(b"y"));
     }
 
     fn leaves(n: u32) -> Vec<Digest> {

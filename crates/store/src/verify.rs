@@ -5,7 +5,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use converge_ledger_core::{Entry, Head};
+use converge_ledger_core::merkle::{Frontier, leaf_hash};
+use converge_ledger_core::{Digest, Entry, Head};
 
 use crate::{Scan, Store, StoreError, proofs};
 
@@ -41,22 +42,106 @@ impl std::fmt::Display for VerifyFailure {
 
 impl std::error::Error for VerifyFailure {}
 
-/// Entries per chunk handed to a hashing thread.
-const CHUNK: usize = 2048;
+/// How [`verify_context_with`] splits the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// Threads, the calling one included (0 counts as 1).
+    pub threads: usize,
+    /// log2 of the entries per unit of work (at most 40): a unit is one
+    /// perfect subtree of the Merkle tree, so units combine by their roots.
+    pub unit_log2: u8,
+}
 
-/// Verifies one context, calling `progress(done, total)` every 65 536
-/// entries.
-///
-/// The scan (reading, checksums, decoding), the chain links and the Merkle
-/// frontier run on the calling thread; recomputing each entry's hash, the
-/// bulk of the work, runs on the machine's other cores in parallel. The
-/// failure reported is the first failing sequence, whichever check finds
-/// it.
+impl Default for VerifyOptions {
+    /// One thread per core (at most 8), units of 65 536 entries.
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8),
+            unit_log2: 16,
+        }
+    }
+}
+
+/// Hash, time and Lamport clock of an entry: what links it to its
+/// neighbours.
+type Ends = (Digest, u64, u64);
+
+/// What one unit of consecutive entries folds to.
+struct UnitSummary {
+    /// The first entry's previous hash, time and Lamport clock.
+    first: Ends,
+    /// The last entry's hash, time and Lamport clock.
+    last: Ends,
+    /// Root of the unit's subtree when it is whole; its leaf hashes when it
+    /// is the partial last unit.
+    tree: Result<Digest, Vec<Digest>>,
+}
+
+/// Why a unit failed on its own.
+struct UnitFailure {
+    sequence: u64,
+    reason: String,
+    /// The unit's first entry, when it was read.
+    first: Option<Ends>,
+}
+
+type UnitResult = Result<UnitSummary, UnitFailure>;
+
+/// Whether an entry with previous hash, time and Lamport clock `first`
+/// validly follows `head`.
+fn links(head: &Head, first: &Ends) -> Result<(), String> {
+    let (prev, time, lamport) = *first;
+    if prev != head.hash {
+        return Err(format!(
+            "previous hash {prev} does not link to {}",
+            head.hash
+        ));
+    }
+    if time < head.appended_at_ns {
+        return Err(format!(
+            "timestamp {time} is earlier than the previous entry's {}",
+            head.appended_at_ns
+        ));
+    }
+    if lamport <= head.lamport {
+        return Err(format!(
+            "Lamport clock {lamport} does not advance past {}",
+            head.lamport
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies one context with [`VerifyOptions::default`], calling
+/// `progress(done, total)` about every 65 536 entries.
 pub fn verify_context(
     store: &dyn Store,
     context: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Verified, VerifyFailure> {
+    verify_context_with(store, context, VerifyOptions::default(), progress)
+}
+
+/// Verifies one context, calling `progress(done, total)` after each unit.
+///
+/// The context is cut into units of `2^unit_log2` consecutive entries, each
+/// one perfect subtree of the Merkle tree. Threads verify units
+/// independently (scan, checksums, decoding, hashes, links and order inside
+/// the unit, the unit's subtree root); the calling thread then checks the
+/// links between units in order and folds their roots into the context's
+/// tree. The failure reported is the first failing sequence, whichever
+/// check finds it.
+pub fn verify_context_with(
+    store: &dyn Store,
+    context: &str,
+    options: VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Verified, VerifyFailure> {
+    let unit_log2 = options.unit_log2.min(40);
+    let unit = 1u64 << unit_log2;
+    let threads = options.threads;
     let fail = |sequence: u64, reason: String| VerifyFailure {
         context: context.to_owned(),
         sequence,
@@ -66,108 +151,90 @@ pub fn verify_context(
         .head(context)
         .map_err(|e| fail(0, e.to_string()))?
         .ok_or_else(|| fail(0, "the context has no head".into()))?;
-    let hashers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .min(8);
-    // The lowest sequence whose hash does not recompute (u64::MAX: none yet).
-    let bad_hash = AtomicU64::new(u64::MAX);
-    let bad_reason: Mutex<Option<(u64, String)>> = Mutex::new(None);
-    let check_chunk = |chunk: &[Entry]| {
-        for e in chunk {
-            if e.sequence >= bad_hash.load(Ordering::Relaxed) {
-                return;
-            }
-            let computed = e.compute_hash(context);
-            if computed != e.hash {
-                bad_hash.fetch_min(e.sequence, Ordering::Relaxed);
-                let mut r = bad_reason.lock().unwrap_or_else(|p| p.into_inner());
-                if r.as_ref().is_none_or(|(s, _)| e.sequence < *s) {
-                    *r = Some((
-                        e.sequence,
-                        format!(
-                            "content hashes to {computed} but the entry claims {}",
-                            e.hash
-                        ),
-                    ));
-                }
-                return;
-            }
+    let total = stored.sequence;
+    let units = total.div_ceil(unit);
+    // The lowest failing sequence found so far (u64::MAX: none); units
+    // beyond it are not worth verifying.
+    let first_bad = AtomicU64::new(u64::MAX);
+    let next_unit = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let results: Mutex<Vec<Option<UnitResult>>> = Mutex::new((0..units).map(|_| None).collect());
+    // Claims and verifies the next unit; `None` when there is none left
+    // worth verifying, else the entries verified so far by every thread.
+    let step = || -> Option<u64> {
+        let u = next_unit.fetch_add(1, Ordering::Relaxed);
+        if u >= units || u * unit >= first_bad.load(Ordering::Relaxed) {
+            return None;
         }
+        let start = u * unit;
+        let end = (start + unit).min(total);
+        let r = verify_unit(store, context, start, end, end - start == unit);
+        if let Err(f) = &r {
+            first_bad.fetch_min(f.sequence, Ordering::Relaxed);
+        }
+        results.lock().unwrap_or_else(|p| p.into_inner())[u as usize] = Some(r);
+        Some(done.fetch_add(end - start, Ordering::Relaxed) + (end - start))
     };
-    let mut head = Head::empty(context);
-    let mut failure: Option<VerifyFailure> = None;
-    let scanned = std::thread::scope(|scope| {
-        let mut senders = Vec::with_capacity(hashers);
-        for _ in 0..hashers {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(4);
-            senders.push(tx);
-            let check = &check_chunk;
-            scope.spawn(move || {
-                for chunk in rx {
-                    check(&chunk);
-                }
-            });
+    std::thread::scope(|scope| {
+        for _ in 1..threads.clamp(1, units.max(1) as usize) {
+            scope.spawn(|| while step().is_some() {});
         }
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut next = 0usize;
-        let mut dispatch = |chunk: Vec<Entry>| match senders.get(next % senders.len().max(1)) {
-            Some(tx) => {
-                next += 1;
-                // A hasher only stops early by returning; it never drops
-                // its receiver before the sender is dropped.
-                let _ = tx.send(chunk);
-            }
-            None => check_chunk(&chunk),
+        // The calling thread works too, and reports progress.
+        while let Some(now) = step() {
+            progress(now, total);
+        }
+    });
+
+    // Fold the units in order: the links between them, and their trees.
+    let mut head = Head::empty(context);
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (u, r) in results.into_iter().enumerate() {
+        let first = u as u64 * unit + 1;
+        // A unit is skipped only after an earlier unit failed, and that
+        // failure is returned before this point.
+        let r = r.ok_or_else(|| fail(first, "not verified".into()))?;
+        let ends = match &r {
+            Ok(summary) => Some(&summary.first),
+            Err(f) => f.first.as_ref(),
         };
-        let scanned = store.scan(
+        if let Some(ends) = ends
+            && let Err(reason) = links(&head, ends)
+        {
+            return Err(fail(first, reason));
+        }
+        let summary = r.map_err(|f| fail(f.sequence, f.reason))?;
+        match summary.tree {
+            Ok(root) => head.frontier.push_subtree(unit_log2, root),
+            Err(leaves) => {
+                for l in leaves {
+                    head.frontier.push_leaf_hash(l);
+                }
+            }
+        }
+        head.sequence = head.frontier.size();
+        (head.hash, head.appended_at_ns, head.lamport) = summary.last;
+    }
+    // Nothing may follow the stored head.
+    let mut beyond = None;
+    store
+        .scan(
             context,
             Scan {
-                after: 0,
+                after: total,
                 until: u64::MAX,
                 key: None,
             },
             &mut |e: Entry| {
-                if e.sequence >= bad_hash.load(Ordering::Relaxed) {
-                    return false;
-                }
-                if let Err(err) = head.check_link(&e) {
-                    failure = Some(fail(err.sequence, err.reason));
-                    return false;
-                }
-                head.advance(&e);
-                if head.sequence.is_multiple_of(65_536) {
-                    progress(head.sequence, stored.sequence);
-                }
-                chunk.push(e);
-                if chunk.len() == CHUNK {
-                    dispatch(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                }
-                true
+                beyond = Some(e.sequence);
+                false
             },
-        );
-        if !chunk.is_empty() {
-            dispatch(chunk);
-        }
-        drop(dispatch);
-        drop(senders);
-        scanned
-    });
-    // Every hasher has finished (the scope joined them).
-    if let Some((sequence, reason)) = bad_reason.into_inner().unwrap_or_else(|p| p.into_inner())
-        && failure.as_ref().is_none_or(|f| sequence <= f.sequence)
-    {
-        return Err(fail(sequence, reason));
-    }
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    if let Err(e) = scanned {
-        let sequence = match &e {
-            StoreError::Corrupt { sequence, .. } => *sequence,
-            _ => head.sequence + 1,
-        };
-        return Err(fail(sequence, e.to_string()));
+        )
+        .map_err(|e| fail(total + 1, e.to_string()))?;
+    if let Some(sequence) = beyond {
+        return Err(fail(
+            sequence,
+            format!("entry {sequence} lies beyond the stored head ({total} entries)"),
+        ));
     }
     progress(head.sequence, stored.sequence);
     if head.sequence < stored.sequence {
@@ -204,4 +271,111 @@ pub fn verify_context(
         context: context.to_owned(),
         head,
     })
+}
+
+/// Verifies the entries `start+1..=end` (a whole unit, or the partial last
+/// one) on their own: each is present,
+/// decodes, hashes to what it claims, links to the one before and keeps
+/// time and Lamport order; returns what they fold to, or the first failing
+/// sequence and why.
+fn verify_unit(store: &dyn Store, context: &str, start: u64, end: u64, whole: bool) -> UnitResult {
+    let mut frontier = Frontier::new();
+    let mut leaves = Vec::new();
+    let mut first: Option<Ends> = None;
+    let mut last: Option<Ends> = None;
+    let mut expected = start + 1;
+    let mut failure: Option<(u64, String)> = None;
+    let scanned = store.scan(
+        context,
+        Scan {
+            after: start,
+            until: end,
+            key: None,
+        },
+        &mut |e: Entry| {
+            if e.sequence != expected {
+                failure = Some((
+                    expected,
+                    format!(
+                        "entry {expected} is missing (the next stored entry is {})",
+                        e.sequence
+                    ),
+                ));
+                return false;
+            }
+            let ends = (e.prev_hash, e.appended_at_ns, e.lamport);
+            match &last {
+                None => first = Some(ends),
+                Some((hash, time, lamport)) => {
+                    let before = Head {
+                        sequence: expected - 1,
+                        hash: *hash,
+                        lamport: *lamport,
+                        appended_at_ns: *time,
+                        frontier: Frontier::new(),
+                    };
+                    if let Err(reason) = links(&before, &ends) {
+                        failure = Some((expected, reason));
+                        return false;
+                    }
+                }
+            }
+            let computed = e.compute_hash(context);
+            if computed != e.hash {
+                failure = Some((
+                    expected,
+                    format!(
+                        "content hashes to {computed} but the entry claims {}",
+                        e.hash
+                    ),
+                ));
+                return false;
+            }
+            let leaf = leaf_hash(&e.hash.0);
+            if whole {
+                frontier.push_leaf_hash(leaf);
+            } else {
+                leaves.push(leaf);
+            }
+            last = Some((e.hash, e.appended_at_ns, e.lamport));
+            expected += 1;
+            true
+        },
+    );
+    let failed = |(sequence, reason): (u64, String)| UnitFailure {
+        sequence,
+        reason,
+        first,
+    };
+    if let Some(f) = failure {
+        return Err(failed(f));
+    }
+    if let Err(e) = scanned {
+        let sequence = match &e {
+            StoreError::Corrupt { sequence, .. } => *sequence,
+            _ => expected,
+        };
+        return Err(failed((sequence, e.to_string())));
+    }
+    if expected <= end {
+        return Err(failed((
+            expected,
+            format!("entry {expected} is missing: the head says {end} or more entries"),
+        )));
+    }
+    match (first, last) {
+        (Some(first), Some(last)) => Ok(UnitSummary {
+            first,
+            last,
+            tree: if whole {
+                Ok(frontier.root())
+            } else {
+                Err(leaves)
+            },
+        }),
+        _ => Err(failed((
+            start + 1,
+            format!("entry {} is missing", start + 1),
+        ))),
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use converge_ledger_core::merkle::{is_stored_level, leaf_hash};
 use converge_ledger_core::{Digest, Frontier, Metadata, NewEntry};
-use converge_ledger_store::verify::verify_context;
+use converge_ledger_store::verify::{VerifyOptions, verify_context_with};
 use converge_ledger_store::{
     AppendCommand, EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore, Store, WriteCommand,
 };
@@ -77,13 +77,25 @@ fn main() {
     let memory_ns_per_entry = started.elapsed().as_secs_f64() * 1e9 / entries as f64;
     drop(memory);
 
-    // Offline verification of the whole context.
+    // Offline verification of the whole context: as `verify` runs it (one
+    // thread per core), and on one thread, alternating.
     let mut verify = Vec::new();
+    let mut verify_one_thread = Vec::new();
+    let one_thread = VerifyOptions {
+        threads: 1,
+        ..VerifyOptions::default()
+    };
     for _ in 0..runs {
-        let t = Instant::now();
-        let v = verify_context(store.as_ref(), "ctx", &mut |_, _| {}).expect("verifies");
-        assert_eq!(v.head.sequence, entries as u64);
-        verify.push(entries as f64 / t.elapsed().as_secs_f64());
+        for (options, rates) in [
+            (VerifyOptions::default(), &mut verify),
+            (one_thread, &mut verify_one_thread),
+        ] {
+            let t = Instant::now();
+            let v = verify_context_with(store.as_ref(), "ctx", options, &mut |_, _| {})
+                .expect("verifies");
+            assert_eq!(v.head.sequence, entries as u64);
+            rates.push(entries as f64 / t.elapsed().as_secs_f64());
+        }
     }
 
     // Merkle maintenance per entry, as the append path does it: one leaf
@@ -119,6 +131,10 @@ fn main() {
     println!(
         "offline verify                  {:.0} entries/s (median of {runs})",
         median(verify)
+    );
+    println!(
+        "offline verify, one thread      {:.0} entries/s (median of {runs})",
+        median(verify_one_thread)
     );
     println!("Merkle maintenance              {merkle_ns:.0} ns/entry (median of {runs})");
     println!(
