@@ -178,9 +178,29 @@ pub async fn watch(addr: &str, out: Output, a: WatchArgs) -> anyhow::Result<()> 
 
 pub async fn snapshot(addr: &str, out: Output, a: SnapshotArgs) -> anyhow::Result<()> {
     let client = connect(addr).await?;
-    let s = client.snapshot(&a.context).await?;
+    // Streamed: no message-size ceiling, and the file is written as the
+    // pieces arrive; it appears under its name only once complete.
     let tmp = a.output.with_extension("partial");
-    std::fs::write(&tmp, &s.bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let result = client.snapshot_to(&a.context, &mut writer).await;
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => {
+            drop(writer);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    let file = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    drop(file);
     std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
     out.value(
         format!(
@@ -188,12 +208,12 @@ pub async fn snapshot(addr: &str, out: Output, a: SnapshotArgs) -> anyhow::Resul
             a.context,
             s.sequence,
             s.entry_count,
-            s.bytes.len(),
+            bytes,
             s.version,
             a.output.display()
         ),
         json!({"context_id": a.context, "sequence": s.sequence, "entry_count": s.entry_count,
-               "bytes": s.bytes.len(), "version": s.version, "file": a.output}),
+               "bytes": bytes, "version": s.version, "file": a.output}),
     );
     Ok(())
 }
@@ -205,7 +225,7 @@ pub async fn load(addr: &str, out: Output, a: LoadArgs) -> anyhow::Result<()> {
     }
     let client = connect(addr).await?;
     let r = client
-        .load(&a.context, bytes, a.fail_if_exists, a.allow_unknown_signer)
+        .load_streamed(&a.context, bytes, a.fail_if_exists, a.allow_unknown_signer)
         .await?;
     out.value(
         format!(

@@ -102,6 +102,8 @@ pub struct ServerInfo {
     pub version: String,
     /// Most entries one [`Client::append_batch`] may carry.
     pub batch_entries_max: u32,
+    /// Most snapshot bytes the server's streamed loads hold at once.
+    pub load_stream_bytes_max: u64,
 }
 
 /// Which entries [`Client::get`] returns.
@@ -630,6 +632,103 @@ impl Client {
         }
     }
 
+    /// A snapshot of any size (`converge.ledger.v1` SnapshotStream): its
+    /// bytes are written to `out` piece by piece as they arrive, and what
+    /// the server says about it is returned (with `bytes` empty). Not
+    /// retried: after an error `out` holds a prefix; start again.
+    pub async fn snapshot_to(
+        &self,
+        context: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<SnapshotBlob, ClientError> {
+        let mut c = self.ledger.clone();
+        let mut stream = c
+            .snapshot_stream(Request::new(ext::SnapshotStreamRequest {
+                context_id: context.to_owned(),
+            }))
+            .await?
+            .into_inner();
+        let mut info: Option<SnapshotBlob> = None;
+        while let Some(chunk) = stream.message().await? {
+            if let Some(meta) = chunk.metadata {
+                info = Some(SnapshotBlob {
+                    bytes: Vec::new(),
+                    sequence: chunk.sequence,
+                    entry_count: meta.entry_count,
+                    version: meta.version,
+                    created_at_ns: meta.created_at_ns,
+                });
+            }
+            out.write_all(&chunk.data).map_err(|e| {
+                ClientError::Io(format!("writing the snapshot of {context:?}: {e}"))
+            })?;
+        }
+        info.ok_or_else(|| {
+            ClientError::Protocol(format!(
+                "the snapshot stream of {context:?} ended without its metadata"
+            ))
+        })
+    }
+
+    /// [`Client::snapshot_to`] into memory: a snapshot beyond the message
+    /// limit, as one blob.
+    pub async fn snapshot_streamed(&self, context: &str) -> Result<SnapshotBlob, ClientError> {
+        let mut bytes = Vec::new();
+        let mut blob = self.snapshot_to(context, &mut bytes).await?;
+        blob.bytes = bytes;
+        Ok(blob)
+    }
+
+    /// [`Client::load`] for a snapshot of any size (`converge.ledger.v1`
+    /// LoadStream): sent in pieces, verified completely by the server
+    /// before anything is written, within its streamed-load budget
+    /// ([`ServerInfo::load_stream_bytes_max`]).
+    pub async fn load_streamed(
+        &self,
+        context: &str,
+        snapshot: Vec<u8>,
+        fail_if_exists: bool,
+        allow_unknown_signer: bool,
+    ) -> Result<LoadResult, ClientError> {
+        // Below any server's request limit (never under one maximal
+        // entry, which is larger whatever the limits).
+        const PIECE: usize = 64 * 1024;
+        let snapshot = Arc::new(snapshot);
+        let call = || {
+            let mut c = self.ledger.clone();
+            let snapshot = snapshot.clone();
+            let context = context.to_owned();
+            async move {
+                let pieces = snapshot.len().div_ceil(PIECE).max(1);
+                let messages = (0..pieces).map(move |i| ext::LoadChunk {
+                    context_id: if i == 0 {
+                        context.clone()
+                    } else {
+                        String::new()
+                    },
+                    fail_if_exists,
+                    allow_unknown_signer,
+                    data: snapshot
+                        [(i * PIECE).min(snapshot.len())..((i + 1) * PIECE).min(snapshot.len())]
+                        .to_vec(),
+                });
+                let resp = c
+                    .load_stream(Request::new(tokio_stream::iter(messages)))
+                    .await?
+                    .into_inner();
+                Ok(LoadResult {
+                    entries_restored: resp.entries_restored,
+                    latest_sequence: resp.latest_sequence,
+                })
+            }
+        };
+        if fail_if_exists {
+            call().await
+        } else {
+            self.retry(call).await
+        }
+    }
+
     /// The head of a context.
     pub async fn head(&self, context: &str) -> Result<HeadInfo, ClientError> {
         Ok(self.head_request(context, false).await?.0)
@@ -729,6 +828,7 @@ impl Client {
             public_key: PublicKey(digest(&info.public_key, "public key")?.0),
             version: info.version,
             batch_entries_max: info.batch_entries_max,
+            load_stream_bytes_max: info.load_stream_bytes_max,
         })
     }
 

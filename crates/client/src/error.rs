@@ -32,6 +32,8 @@ pub enum ClientError {
     NotFound(String),
     /// A position beyond the context's head.
     OutOfRange(String),
+    /// Writing what was received failed (a snapshot sink).
+    Io(String),
     /// Any other gRPC status.
     Rpc {
         /// The status code.
@@ -81,6 +83,7 @@ impl fmt::Display for ClientError {
             ClientError::Verification(m) => write!(f, "verification failed: {m}"),
             ClientError::NotFound(m) => write!(f, "not found: {m}"),
             ClientError::OutOfRange(m) => write!(f, "out of range: {m}"),
+            ClientError::Io(m) => write!(f, "I/O error: {m}"),
             ClientError::Rpc { code, message } => write!(f, "{code:?}: {message}"),
         }
     }

@@ -81,7 +81,12 @@ impl From<DecodeError> for SnapshotError {
 /// Writes a snapshot entry by entry, so the caller can stream them out of
 /// storage.
 pub struct Writer {
+    /// Bytes not yet taken.
     out: Vec<u8>,
+    /// Bytes already taken ([`Writer::take`]).
+    taken: usize,
+    /// SHA-256 of the bytes taken so far.
+    sum: sha2::Sha256,
     context: String,
     expected: Head,
     written: Head,
@@ -106,6 +111,8 @@ impl Writer {
         out.extend_from_slice(&signed.signature);
         Writer {
             out,
+            taken: 0,
+            sum: sha2::Sha256::default(),
             context: context.to_owned(),
             expected: head.clone(),
             written: Head::empty(context),
@@ -127,9 +134,24 @@ impl Writer {
         Ok(())
     }
 
-    /// Bytes written so far.
+    /// Bytes written so far (taken or not).
     pub fn len(&self) -> usize {
+        self.taken + self.out.len()
+    }
+
+    /// Bytes written and not taken yet.
+    pub fn pending(&self) -> usize {
         self.out.len()
+    }
+
+    /// Bytes written since the last take: the next piece of a snapshot
+    /// sent in pieces. The pieces in order, then what [`Writer::finish`]
+    /// returns, are the whole snapshot.
+    pub fn take(&mut self) -> Vec<u8> {
+        use sha2::Digest as _;
+        self.sum.update(&self.out);
+        self.taken += self.out.len();
+        std::mem::take(&mut self.out)
     }
 
     /// Whether nothing but the header was written.
@@ -137,8 +159,9 @@ impl Writer {
         self.written.sequence == 0
     }
 
-    /// Closes the snapshot with its checksum; fails unless every entry up to
-    /// the head was pushed and they reproduce the head.
+    /// Closes the snapshot with its checksum and returns the bytes not
+    /// taken yet (all of it when nothing was taken); fails unless every
+    /// entry up to the head was pushed and they reproduce the head.
     pub fn finish(mut self) -> Result<Vec<u8>, SnapshotError> {
         if self.written.sequence != self.expected.sequence
             || self.written.hash != self.expected.hash
@@ -148,8 +171,10 @@ impl Writer {
                 self.written.sequence, self.expected.sequence
             )));
         }
-        let sum = Digest::of(&[&self.out]);
-        self.out.extend_from_slice(&sum.0);
+        use sha2::Digest as _;
+        self.sum.update(&self.out);
+        let sum: [u8; 32] = self.sum.finalize().into();
+        self.out.extend_from_slice(&sum);
         Ok(self.out)
     }
 }
@@ -296,6 +321,24 @@ mod tests {
             w.push(e).unwrap();
         }
         w.finish().unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_taken_in_pieces_is_the_same_bytes() {
+        for n in [0, 1, 5, 33] {
+            let (head, entries) = build("ctx", n);
+            let mut w = Writer::new("ctx", &head, 77, &signer().sign("ctx", &head));
+            let mut pieces = w.take();
+            for (i, e) in entries.iter().enumerate() {
+                w.push(e).unwrap();
+                if i % 4 == 1 {
+                    pieces.extend(w.take());
+                }
+                assert_eq!(w.len(), pieces.len() + w.out.len());
+            }
+            pieces.extend(w.finish().unwrap());
+            assert_eq!(pieces, snapshot("ctx", n), "{n} entries");
+        }
     }
 
     #[test]

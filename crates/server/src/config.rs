@@ -20,6 +20,9 @@ pub struct LedgerConfig {
     pub watch_buffer_entries: usize,
     /// Entries a watcher reads from storage per step while catching up.
     pub watch_catch_up_chunk: usize,
+    /// Most snapshot bytes streamed loads (LoadStream) hold at once, over
+    /// all streams; a load that would exceed it is refused.
+    pub load_stream_bytes_max: usize,
     /// Keys whose signed snapshots Load accepts besides the server's own;
     /// any other signer needs `allow_unknown_signer`.
     pub trusted_keys: Vec<PublicKey>,
@@ -34,6 +37,7 @@ impl Default for LedgerConfig {
             watchers_max: 4096,
             watch_buffer_entries: 1024,
             watch_catch_up_chunk: 512,
+            load_stream_bytes_max: 256 * 1024 * 1024,
             trusted_keys: Vec::new(),
         }
     }

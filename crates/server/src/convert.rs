@@ -1,4 +1,4 @@
-use converge_ledger_core::Entry;
+use converge_ledger_core::{Entry, Head, SignedHead};
 use converge_ledger_proto::context::v1 as pb;
 
 /// The wire form of an entry: the contract's fields plus Lamport clock, hash
@@ -18,5 +18,22 @@ pub fn entry_to_proto(e: &Entry) -> pb::Entry {
         lamport: e.lamport,
         hash: e.hash.0.to_vec(),
         prev_hash: e.prev_hash.0.to_vec(),
+    }
+}
+
+/// What the server says about a snapshot it sends.
+pub(crate) fn snapshot_metadata(
+    head: &Head,
+    created_at_ns: u64,
+    signed: &SignedHead,
+) -> pb::SnapshotMetadata {
+    pb::SnapshotMetadata {
+        created_at_ns,
+        entry_count: head.sequence,
+        version: converge_ledger_core::snapshot::VERSION,
+        head_hash: head.hash.0.to_vec(),
+        merkle_root: head.merkle_root().0.to_vec(),
+        signature: signed.signature.to_vec(),
+        public_key: signed.public_key.0.to_vec(),
     }
 }

@@ -21,6 +21,8 @@ pub struct Ledger {
     config: LedgerConfig,
     clock: Arc<dyn Clock>,
     watchers: Arc<Semaphore>,
+    /// Bytes streamed loads may hold at once.
+    load_budget: Arc<Semaphore>,
     /// Signs heads and snapshots.
     signer: Arc<HeadSigner>,
     /// Flips to `true` when shutdown begins; watch streams end on it.
@@ -45,6 +47,17 @@ pub struct AppendedBatch {
     /// `true` when this was a retry of an earlier batch with the same
     /// idempotency key and nothing new was appended.
     pub duplicate: bool,
+}
+
+/// What a streamed snapshot describes.
+#[derive(Debug, Clone)]
+pub struct SnapshotInfo {
+    /// The head it ends at.
+    pub head: Head,
+    /// Server time it was taken.
+    pub created_at_ns: u64,
+    /// The server's signature over `head`.
+    pub signed: SignedHead,
 }
 
 /// A snapshot blob and what it describes.
@@ -132,6 +145,11 @@ impl Ledger {
             writer,
             hub,
             watchers: Arc::new(Semaphore::new(config.watchers_max)),
+            load_budget: Arc::new(Semaphore::new(
+                config
+                    .load_stream_bytes_max
+                    .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)),
+            )),
             signer,
             config,
             clock,
@@ -311,6 +329,95 @@ impl Ledger {
             Ok(Snapshot { bytes, head, created_at_ns, signed })
         })
         .await
+    }
+
+    /// The snapshot of `context` in pieces of about `piece_bytes`, with no
+    /// size ceiling: the head it ends at is read and signed first; the
+    /// pieces (in order, then nothing) follow through the returned
+    /// receiver, read from storage only as fast as they are consumed.
+    pub async fn snapshot_stream(
+        &self,
+        context: &str,
+        piece_bytes: usize,
+    ) -> Result<(SnapshotInfo, mpsc::Receiver<Result<Vec<u8>, LedgerError>>), LedgerError> {
+        self.config.limits.check_context_id(context)?;
+        let store = self.store.clone();
+        let context = context.to_owned();
+        let created_at_ns = self.clock.now_ns();
+        let signer = self.signer.clone();
+        let (head, signed) = {
+            let (store, context) = (store.clone(), context.clone());
+            blocking(move || {
+                let head = store
+                    .head(&context)?
+                    .unwrap_or_else(|| Head::empty(&context));
+                let signed = signer.sign(&context, &head);
+                Ok((head, signed))
+            })
+            .await?
+        };
+        let (tx, rx) = mpsc::channel(2);
+        let info = SnapshotInfo {
+            head: head.clone(),
+            created_at_ns,
+            signed: signed.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut w = snapshot::Writer::new(&context, &head, created_at_ns, &signed);
+            let mut failure = None;
+            let mut gone = false;
+            let scanned = store.scan(
+                &context,
+                Scan {
+                    after: 0,
+                    until: head.sequence,
+                    key: None,
+                },
+                &mut |e| {
+                    if let Err(err) = w.push(&e) {
+                        failure = Some(LedgerError::DataLoss(format!(
+                            "context {context:?} cannot be snapshotted: {err}"
+                        )));
+                        return false;
+                    }
+                    if w.pending() >= piece_bytes && tx.blocking_send(Ok(w.take())).is_err() {
+                        gone = true;
+                        return false;
+                    }
+                    true
+                },
+            );
+            if gone {
+                return;
+            }
+            let last = match (scanned, failure) {
+                (Err(e), _) => Err(LedgerError::from(e)),
+                (Ok(()), Some(f)) => Err(f),
+                (Ok(()), None) => w.finish().map_err(|e| {
+                    LedgerError::DataLoss(format!("context {context:?} cannot be snapshotted: {e}"))
+                }),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok((info, rx))
+    }
+
+    /// Reserves `bytes` of the streamed-load budget; refused (nothing
+    /// waits) when other streamed loads hold too much of it.
+    pub fn reserve_load_bytes(&self, bytes: usize) -> Result<OwnedSemaphorePermit, LedgerError> {
+        let max = self.config.load_stream_bytes_max;
+        let refuse = || {
+            LedgerError::ResourceExhausted(format!(
+                "a streamed load may hold at most {max} bytes of snapshot at once, over all loads \
+                 (LedgerConfig::load_stream_bytes_max); this one needs more than is free; nothing \
+                 was loaded"
+            ))
+        };
+        let n = u32::try_from(bytes).map_err(|_| refuse())?;
+        self.load_budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| refuse())
     }
 
     /// Verifies `bytes` completely (checksum, chain, root, signature, signer

@@ -25,6 +25,6 @@ pub use hub::Hub;
 pub use keys::{KeyError, load_or_create_key, random_seed};
 pub use ledger::{
     Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot,
-    WatchStream,
+    SnapshotInfo, WatchStream,
 };
 pub use serve::{ServeError, run};

@@ -10,6 +10,7 @@ use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::convert::snapshot_metadata;
 use crate::ledger::metadata_from_wire;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
@@ -97,15 +98,7 @@ impl ContextService for ContextApi {
         Ok(Response::new(pb::SnapshotResponse {
             snapshot: s.bytes,
             sequence: s.head.sequence,
-            metadata: Some(pb::SnapshotMetadata {
-                created_at_ns: s.created_at_ns,
-                entry_count: s.head.sequence,
-                version: converge_ledger_core::snapshot::VERSION,
-                head_hash: s.head.hash.0.to_vec(),
-                merkle_root: s.head.merkle_root().0.to_vec(),
-                signature: s.signed.signature.to_vec(),
-                public_key: s.signed.public_key.0.to_vec(),
-            }),
+            metadata: Some(snapshot_metadata(&s.head, s.created_at_ns, &s.signed)),
         }))
     }
 

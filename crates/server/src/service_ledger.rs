@@ -4,13 +4,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use converge_ledger_core::{Digest, NewEntry};
+use converge_ledger_proto::context::v1 as context_pb;
 use converge_ledger_proto::ledger::v1 as pb;
 use pb::ledger_service_server::LedgerService;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::convert::snapshot_metadata;
 use crate::ledger::metadata_from_wire;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
@@ -28,6 +31,10 @@ const LIST_DEFAULT: usize = 1000;
 const LIST_MAX: usize = 10_000;
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+/// Snapshot bytes per SnapshotStream message.
+const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
 
 #[tonic::async_trait]
 impl LedgerService for LedgerApi {
@@ -82,6 +89,8 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
         let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
+        // Never above the response limit (one entry always fits in it).
+        let chunk_bytes = READ_CHUNK_BYTES.min(self.ledger.config().effective_response_bytes_max());
         let (tx, rx) = mpsc::channel(4);
         let ledger = self.ledger.clone();
         tokio::spawn(async move {
@@ -91,7 +100,7 @@ impl LedgerService for LedgerApi {
             loop {
                 let want = remaining.min(READ_CHUNK_ENTRIES as u64) as usize;
                 let chunk = ledger
-                    .read_chunk(&r.context_id, after, latest, key, want, READ_CHUNK_BYTES)
+                    .read_chunk(&r.context_id, after, latest, key, want, chunk_bytes)
                     .await;
                 let msg = match chunk {
                     Ok((entries, _)) => {
@@ -210,6 +219,76 @@ impl LedgerService for LedgerApi {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             batch_entries_max: u32::try_from(self.ledger.limits().batch_entries_max)
                 .unwrap_or(u32::MAX),
+            load_stream_bytes_max: self.ledger.config().load_stream_bytes_max as u64,
+        }))
+    }
+
+    type SnapshotStreamStream = SnapshotStream;
+
+    async fn snapshot_stream(
+        &self,
+        request: Request<pb::SnapshotStreamRequest>,
+    ) -> Result<Response<Self::SnapshotStreamStream>, Status> {
+        let r = request.into_inner();
+        let (info, pieces) = self
+            .ledger
+            .snapshot_stream(
+                &r.context_id,
+                SNAPSHOT_PIECE_BYTES.min(self.ledger.config().effective_response_bytes_max()),
+            )
+            .await?;
+        let mut first = Some(snapshot_metadata(
+            &info.head,
+            info.created_at_ns,
+            &info.signed,
+        ));
+        let sequence = info.head.sequence;
+        let stream = ReceiverStream::new(pieces).map(move |piece| {
+            piece
+                .map(|data| {
+                    let metadata = first.take();
+                    pb::SnapshotChunk {
+                        sequence: if metadata.is_some() { sequence } else { 0 },
+                        metadata,
+                        data,
+                    }
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn load_stream(
+        &self,
+        request: Request<Streaming<pb::LoadChunk>>,
+    ) -> Result<Response<context_pb::LoadResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| {
+            LedgerError::InvalidArgument(
+                "the load stream is empty; its first message names the context".into(),
+            )
+        })?;
+        let context = first.context_id;
+        let (fail_if_exists, allow_unknown_signer) =
+            (first.fail_if_exists, first.allow_unknown_signer);
+        self.ledger
+            .limits()
+            .check_context_id(&context)
+            .map_err(LedgerError::from)?;
+        let mut bytes = first.data;
+        let mut held = vec![self.ledger.reserve_load_bytes(bytes.len())?];
+        while let Some(chunk) = chunks.message().await? {
+            held.push(self.ledger.reserve_load_bytes(chunk.data.len())?);
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let loaded = self
+            .ledger
+            .load(context, bytes, fail_if_exists, allow_unknown_signer)
+            .await?;
+        drop(held);
+        Ok(Response::new(context_pb::LoadResponse {
+            entries_restored: loaded.restored,
+            latest_sequence: loaded.latest_sequence,
         }))
     }
 

@@ -551,3 +551,130 @@ async fn invalid_utf8_in_a_string_field_is_invalid_argument() {
     assert!(status.message().contains("UTF-8"), "{status:?}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn snapshots_beyond_the_message_limits_stream_and_load_back_exactly() {
+    let config = LedgerConfig {
+        limits: Limits {
+            payload_bytes_max: 64 * 1024,
+            ..Limits::default()
+        },
+        // The unary Snapshot refuses anything over 128 KiB.
+        response_bytes_max: 128 * 1024,
+        ..LedgerConfig::default()
+    };
+    let server = converge_ledger_server::ServerConfig {
+        // The unary Load refuses anything over 256 KiB.
+        request_bytes_max: 256 * 1024,
+        ..converge_ledger_server::ServerConfig::default()
+    };
+    let s =
+        TestServer::start_full(Arc::new(MemoryStore::new()), config, server, "127.0.0.1:0").await;
+    let c = client(&s).await;
+    // 3.2 MiB of payloads: several 1 MiB pieces each way.
+    for i in 0..50u8 {
+        c.append("big", "k", vec![i; 64 * 1024], opts())
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        c.snapshot("big").await.unwrap_err(),
+        ClientError::ResourceExhausted(_)
+    ));
+    let snap = c.snapshot_streamed("big").await.unwrap();
+    assert!(snap.bytes.len() > 3 * 1024 * 1024);
+    assert_eq!((snap.sequence, snap.entry_count), (50, 50));
+    let err = c
+        .load("copy", snap.bytes.clone(), true, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::OutOfRange(m) if m.contains("message length too large")),
+        "{err}"
+    );
+    let loaded = c
+        .load_streamed("copy", snap.bytes.clone(), true, false)
+        .await
+        .unwrap();
+    assert_eq!((loaded.entries_restored, loaded.latest_sequence), (50, 50));
+    let a = c
+        .get(
+            "big",
+            GetOptions {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await;
+    // Too big for one Get too: compare through the streaming read.
+    assert!(a.is_err());
+    let (mut original, mut copy) = (Vec::new(), Vec::new());
+    c.read_all("big", GetOptions::default(), |e| {
+        original.push((e.key, e.payload, e.metadata))
+    })
+    .await
+    .unwrap();
+    c.read_all("copy", GetOptions::default(), |e| {
+        copy.push((e.key, e.payload, e.metadata))
+    })
+    .await
+    .unwrap();
+    assert_eq!(original, copy);
+    // The same snapshot again: already contained, nothing restored.
+    let again = c
+        .load_streamed("copy", snap.bytes.clone(), false, false)
+        .await
+        .unwrap();
+    assert_eq!((again.entries_restored, again.latest_sequence), (0, 50));
+    // A streamed snapshot with one byte altered is refused, nothing written.
+    let mut bad = snap.bytes.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    let err = c
+        .load_streamed("third", bad, false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidArgument(m) if m.contains("nothing was loaded")),
+        "{err}"
+    );
+    assert_eq!(c.head("third").await.unwrap().sequence, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_load_beyond_the_budget_is_refused_and_changes_nothing() {
+    let config = LedgerConfig {
+        load_stream_bytes_max: 1024 * 1024,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let c = client(&s).await;
+    assert_eq!(
+        c.server_info().await.unwrap().load_stream_bytes_max,
+        1024 * 1024
+    );
+    for i in 0..40u8 {
+        c.append("src", "k", vec![i; 64 * 1024], opts())
+            .await
+            .unwrap();
+    }
+    let snap = c.snapshot_streamed("src").await.unwrap();
+    let err = c
+        .load_streamed("dst", snap.bytes, false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ResourceExhausted(m) if m.contains("1048576 bytes") && m.contains("nothing was loaded")),
+        "{err}"
+    );
+    assert_eq!(c.head("dst").await.unwrap().sequence, 0);
+    // The budget is released: a small load goes through.
+    c.append("small", "k", b"x".to_vec(), opts()).await.unwrap();
+    let small = c.snapshot_streamed("small").await.unwrap();
+    c.load_streamed("dst", small.bytes, false, false)
+        .await
+        .unwrap();
+    assert_eq!(c.head("dst").await.unwrap().sequence, 1);
+    s.stop().await;
+}
