@@ -83,7 +83,7 @@ async fn offline(out: Output, dir: PathBuf, only: Option<String>) -> anyhow::Res
         let mut contexts = Vec::new();
         match only {
             Some(c) => contexts.push(c),
-            None => store.contexts(&mut |c, _| {
+            None => store.contexts("", &mut |c, _| {
                 contexts.push(c.to_owned());
                 true
             })?,

@@ -923,9 +923,13 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError> {
         const PAGE: i64 = 256;
-        let mut after: Option<String> = None;
+        let mut after: Option<String> = (!after.is_empty()).then(|| after.to_owned());
         loop {
             let rows = read!(self, "listing contexts", |c| c
                 .client

@@ -137,13 +137,11 @@ impl LedgerService for LedgerApi {
         let store = self.ledger.store().clone();
         let contexts = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            store.contexts(&mut |c, h| {
-                if c > r.after_context_id.as_str() {
-                    out.push(pb::ContextHead {
-                        context_id: c.to_owned(),
-                        sequence: h.sequence,
-                    });
-                }
+            store.contexts(&r.after_context_id, &mut |c, h| {
+                out.push(pb::ContextHead {
+                    context_id: c.to_owned(),
+                    sequence: h.sequence,
+                });
                 out.len() < limit
             })?;
             Ok::<_, converge_ledger_store::StoreError>(out)

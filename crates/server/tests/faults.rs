@@ -56,8 +56,12 @@ impl Store for Faulty {
     ) -> Result<Vec<Digest>, StoreError> {
         self.inner.merkle_nodes(context, level, start, count)
     }
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        self.inner.contexts(visit)
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError> {
+        self.inner.contexts(after, visit)
     }
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()

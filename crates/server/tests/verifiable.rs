@@ -172,8 +172,12 @@ impl Store for Swappable {
     ) -> Result<Vec<Digest>, StoreError> {
         self.get().merkle_nodes(context, level, start, count)
     }
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        self.get().contexts(visit)
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError> {
+        self.get().contexts(after, visit)
     }
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())

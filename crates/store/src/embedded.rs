@@ -3,6 +3,7 @@
 //! layout and the crash analysis.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -484,14 +485,23 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        let heads = self
-            .read()
-            .contexts
-            .iter()
-            .map(|(k, c)| (k.clone(), c.head.clone()))
-            .collect();
-        visit_heads(heads, visit);
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError> {
+        visit_heads(
+            after,
+            |cursor, n| {
+                self.read()
+                    .contexts
+                    .range::<str, _>((Bound::Excluded(cursor), Bound::Unbounded))
+                    .take(n)
+                    .map(|(k, c)| (k.clone(), c.head.clone()))
+                    .collect()
+            },
+            visit,
+        );
         Ok(())
     }
 

@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
 use converge_ledger_core::{Digest, Entry, Head};
@@ -176,14 +177,23 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError> {
-        let heads = self
-            .read()
-            .contexts
-            .iter()
-            .map(|(k, c)| (k.clone(), c.head.clone()))
-            .collect();
-        visit_heads(heads, visit);
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError> {
+        visit_heads(
+            after,
+            |cursor, n| {
+                self.read()
+                    .contexts
+                    .range::<str, _>((Bound::Excluded(cursor), Bound::Unbounded))
+                    .take(n)
+                    .map(|(k, c)| (k.clone(), c.head.clone()))
+                    .collect()
+            },
+            visit,
+        );
         Ok(())
     }
 

@@ -78,24 +78,44 @@ pub trait Store: Send + Sync + 'static {
         count: u64,
     ) -> Result<Vec<Digest>, StoreError>;
 
-    /// Visits every non-empty context with its head, in context-id order,
-    /// until `visit` returns `false`.
-    fn contexts(&self, visit: &mut dyn FnMut(&str, &Head) -> bool) -> Result<(), StoreError>;
+    /// Visits the non-empty contexts whose id sorts after `after` (`""`:
+    /// all) with their heads, in context-id order, until `visit` returns
+    /// `false`. A page costs what it visits, not the number of contexts.
+    fn contexts(
+        &self,
+        after: &str,
+        visit: &mut dyn FnMut(&str, &Head) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// Makes everything written so far durable regardless of the fsync
     /// policy (used at shutdown and by the interval policy).
     fn sync(&self) -> Result<(), StoreError>;
 }
 
-/// Visits a copy of the heads taken under a backend's lock, so the lock is
-/// never held while `visit` runs.
+/// Heads copied per lock acquisition by [`visit_heads`].
+const HEADS_PER_LOCK: usize = 256;
+
+/// Visits heads in id order after `after`, copying them in small batches
+/// under a backend's lock (`batch(cursor, n)`: up to `n` heads with ids
+/// after `cursor`), so the lock is never held while `visit` runs and a page
+/// never copies more than it visits (plus one batch).
 pub(crate) fn visit_heads(
-    heads: Vec<(Arc<str>, Head)>,
+    after: &str,
+    mut batch: impl FnMut(&str, usize) -> Vec<(Arc<str>, Head)>,
     visit: &mut dyn FnMut(&str, &Head) -> bool,
 ) {
-    for (context, head) in heads {
-        if !visit(&context, &head) {
-            break;
+    let mut cursor: Arc<str> = Arc::from(after);
+    loop {
+        let heads = batch(&cursor, HEADS_PER_LOCK);
+        let full = heads.len() == HEADS_PER_LOCK;
+        for (context, head) in heads {
+            if !visit(&context, &head) {
+                return;
+            }
+            cursor = context;
+        }
+        if !full {
+            return;
         }
     }
 }

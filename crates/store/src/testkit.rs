@@ -506,13 +506,37 @@ pub fn contexts_are_listed_with_heads(h: &mut dyn Harness) {
     let s = h.store();
     fill(s, "b", 2, 1);
     fill(s, "a", 1, 1);
-    let mut seen = Vec::new();
-    s.contexts(&mut |c, head| {
-        seen.push((c.to_string(), head.sequence));
-        true
-    })
-    .unwrap();
-    assert_eq!(seen, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+    let list = |after: &str, limit: usize| {
+        let mut seen = Vec::new();
+        s.contexts(after, &mut |c, head| {
+            seen.push((c.to_string(), head.sequence));
+            seen.len() < limit
+        })
+        .unwrap();
+        seen
+    };
+    assert_eq!(
+        list("", usize::MAX),
+        vec![("a".to_string(), 1), ("b".to_string(), 2)]
+    );
+    assert_eq!(list("a", usize::MAX), vec![("b".to_string(), 2)]);
+    assert_eq!(list("", 1), vec![("a".to_string(), 1)]);
+    assert!(list("b", usize::MAX).is_empty());
+    // More contexts than one internal batch (256), paged by 100.
+    let names: Vec<String> = (0..600).map(|i| format!("p{i:04}")).collect();
+    for chunk in names.chunks(200) {
+        let commands = chunk.iter().map(|n| append(n, "k", "v")).collect();
+        s.write(2, commands).unwrap();
+    }
+    let mut paged = Vec::new();
+    let mut after = "p".to_string();
+    loop {
+        let page = list(&after, 100);
+        let Some(last) = page.last() else { break };
+        after = last.0.clone();
+        paged.extend(page.into_iter().map(|(c, _)| c));
+    }
+    assert_eq!(paged, names);
 }
 
 /// Entries, heads, indexes and idempotency keys survive a reopen.

@@ -143,7 +143,7 @@ pub fn child_open(a: OpenArgs) -> anyhow::Result<()> {
     let open_head = t.elapsed();
     let mut contexts = 0u64;
     let mut entries = 0u64;
-    store.contexts(&mut |_, h| {
+    store.contexts("", &mut |_, h| {
         contexts += 1;
         entries += h.sequence;
         true

@@ -368,9 +368,10 @@ impl Store for Counted {
     }
     fn contexts(
         &self,
+        after: &str,
         visit: &mut dyn FnMut(&str, &Head) -> bool,
     ) -> std::result::Result<(), converge_ledger_store::StoreError> {
-        self.inner.contexts(visit)
+        self.inner.contexts(after, visit)
     }
     fn sync(&self) -> std::result::Result<(), converge_ledger_store::StoreError> {
         self.inner.sync()
