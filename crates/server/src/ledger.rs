@@ -219,6 +219,7 @@ impl Ledger {
                     key_for_error.unwrap_or_default()
                 )))
             }
+            WriteOutcome::Failed(e) => Err(e.into()),
             other => Err(LedgerError::Unavailable(format!(
                 "unexpected write outcome {other:?}"
             ))),
@@ -476,6 +477,7 @@ impl Ledger {
                      stored one; nothing was loaded"
                 )))
             }
+            WriteOutcome::Failed(e) => Err(e.into()),
             other => Err(LedgerError::Unavailable(format!(
                 "unexpected write outcome {other:?}"
             ))),
@@ -543,6 +545,7 @@ impl Ledger {
                      expected_sequence {actual})"
                 )))
             }
+            WriteOutcome::Failed(e) => Err(e.into()),
             other => Err(LedgerError::Unavailable(format!(
                 "unexpected write outcome {other:?}"
             ))),

@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use converge_ledger_core::{Entry, NewEntry};
 
+use crate::StoreError;
+
 /// One unit of work for [`crate::Store::write`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteCommand {
@@ -119,6 +121,10 @@ pub enum WriteOutcome {
     },
     /// The import was refused; nothing was written for it.
     ImportRejected(ImportRejection),
+    /// Stored data this command had to read (the entry an idempotency key
+    /// names, an import's overlap) failed its checks; nothing was written
+    /// for this command, and the rest of the batch committed as usual.
+    Failed(StoreError),
 }
 
 /// Why an import was refused.

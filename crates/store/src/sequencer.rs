@@ -82,9 +82,17 @@ pub fn stage<B: Backing>(
     s.staged.committed.outcomes.reserve(commands.len());
     for command in commands {
         let outcome = match command {
-            WriteCommand::Append(a) => s.append(now_ns, a)?,
-            WriteCommand::AppendBatch(b) => s.append_batch(now_ns, b)?,
-            WriteCommand::Import(i) => s.import(i)?,
+            WriteCommand::Append(a) => s.append(now_ns, a),
+            WriteCommand::AppendBatch(b) => s.append_batch(now_ns, b),
+            WriteCommand::Import(i) => s.import(i),
+        };
+        // Every read of a command happens before it stages anything, so a
+        // command that meets corrupt data fails alone and leaves no trace;
+        // any other storage error fails the whole batch.
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e @ StoreError::Corrupt { .. }) => WriteOutcome::Failed(e),
+            Err(e) => return Err(e),
         };
         s.staged.committed.outcomes.push(outcome);
     }
