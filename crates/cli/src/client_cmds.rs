@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use converge_ledger_client::{AppendOptions, Client, ClientOptions, GetOptions, Metadata};
+use converge_ledger_client::{
+    AppendOptions, BatchEntry, BatchOptions, Client, ClientOptions, GetOptions, Metadata,
+};
 use serde_json::json;
 
 use crate::output::Output;
@@ -29,6 +31,17 @@ pub struct AppendArgs {
     /// A received Lamport time to merge into the context's clock.
     #[arg(long, default_value_t = 0)]
     lamport: u64,
+    /// Append each line of the payload (from --payload, --file or stdin)
+    /// as its own entry, in order, in atomic batches of up to the server's
+    /// batch limit, one round trip each. With --idempotency-key K, batch i
+    /// carries the key K/i.
+    #[arg(long)]
+    lines: bool,
+    /// With --lines: append only if the context's head is at this sequence
+    /// (0: empty); each further batch is conditional on the one before, so
+    /// nothing else interleaves.
+    #[arg(long, requires = "lines")]
+    expected_sequence: Option<u64>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -125,6 +138,20 @@ pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()
     };
     let client = connect(addr).await?;
     let metadata: Metadata = a.meta.into_iter().collect();
+    if a.lines {
+        return append_lines(
+            &client,
+            out,
+            &a.context,
+            &a.key,
+            payload,
+            metadata,
+            a.idempotency_key,
+            a.lamport,
+            a.expected_sequence,
+        )
+        .await;
+    }
     let e = client
         .append(
             &a.context,
@@ -138,6 +165,77 @@ pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()
         )
         .await?;
     out.entry(&a.context, &e);
+    Ok(())
+}
+
+/// `append --lines`: one entry per line, in AppendBatch requests.
+#[allow(clippy::too_many_arguments)]
+async fn append_lines(
+    client: &Client,
+    out: Output,
+    context: &str,
+    key: &str,
+    input: Vec<u8>,
+    metadata: Metadata,
+    idempotency_key: Option<String>,
+    lamport: u64,
+    expected_sequence: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut lines: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    if lines.is_empty() {
+        bail!("--lines: the input has no lines; nothing was appended");
+    }
+    let batch_max = match client.server_info().await?.batch_entries_max {
+        0 => 1,
+        n => n as usize,
+    };
+    let mut expected = expected_sequence;
+    let mut first = None;
+    let mut last = 0;
+    for (i, chunk) in lines.chunks(batch_max).enumerate() {
+        let entries = chunk
+            .iter()
+            .map(|l| BatchEntry {
+                key: key.to_owned(),
+                payload: l.strip_suffix(b"\r").unwrap_or(l).to_vec(),
+                metadata: metadata.clone(),
+            })
+            .collect();
+        let r = client
+            .append_batch(
+                context,
+                entries,
+                BatchOptions {
+                    idempotency_key: idempotency_key.as_ref().map(|k| format!("{k}/{i}")),
+                    expected_sequence: expected,
+                    lamport: if i == 0 { lamport } else { 0 },
+                },
+            )
+            .await
+            .with_context(|| match last {
+                0 => "nothing was appended".to_owned(),
+                n => format!("entries up to sequence {n} were appended, the rest not"),
+            })?;
+        let (Some(f), Some(l)) = (r.entries.first(), r.entries.last()) else {
+            bail!("the server acknowledged an empty batch");
+        };
+        first.get_or_insert(f.sequence);
+        last = l.sequence;
+        if expected.is_some() {
+            expected = Some(last);
+        }
+    }
+    let first = first.unwrap_or(0);
+    out.value(
+        format!(
+            "appended {} entries to {context}: sequences {first}..={last}",
+            lines.len()
+        ),
+        json!({"context_id": context, "entries": lines.len(), "first_sequence": first, "last_sequence": last}),
+    );
     Ok(())
 }
 

@@ -92,6 +92,51 @@ fn tour_append_get_head_snapshot_load_and_graceful_stop() {
     assert!(ok);
     assert_eq!(out, "job-1\t3\njob-2\t3\n");
 
+    // One entry per line, in batches, conditional on the head.
+    let (ok, _, err) = cli(
+        a,
+        &[
+            "append",
+            "job-2",
+            "lines",
+            "--lines",
+            "--expected-sequence",
+            "2",
+        ],
+        Some(b"one\n"),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("at sequence 3, not the expected 2") && err.contains("nothing was appended"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(
+        a,
+        &[
+            "--json",
+            "append",
+            "job-2",
+            "lines",
+            "--lines",
+            "--expected-sequence",
+            "3",
+        ],
+        Some(b"one\ntwo\r\n\nfour\n"),
+    );
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (&r["entries"], &r["first_sequence"], &r["last_sequence"]),
+        (&4.into(), &4.into(), &7.into())
+    );
+    let (ok, out, _) = cli(a, &["--json", "get", "job-2", "--key", "lines"], None);
+    assert!(ok);
+    let payloads: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"].to_string())
+        .collect();
+    assert_eq!(payloads, ["\"one\"", "\"two\"", "\"\"", "\"four\""]);
+
     let (status, rest) = server.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert!(
