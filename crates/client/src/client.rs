@@ -3,8 +3,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_ledger_core::merkle;
 use converge_ledger_core::{Digest, Entry, Metadata, PublicKey, SignedHead, genesis_hash};
+use converge_ledger_core::{merkle, snapshot};
 use converge_ledger_proto::context::v1 as pb;
 use converge_ledger_proto::context::v1::context_service_client::ContextServiceClient;
 use converge_ledger_proto::ledger::v1 as ext;
@@ -102,8 +102,11 @@ pub struct ServerInfo {
     pub version: String,
     /// Most entries one [`Client::append_batch`] may carry.
     pub batch_entries_max: u32,
-    /// Most snapshot bytes the server's streamed loads hold at once.
+    /// Most bytes the server's streamed loads hold at once (a snapshot
+    /// counts twice its size).
     pub load_stream_bytes_max: u64,
+    /// The largest request message the server accepts (0: not reported).
+    pub request_bytes_max: u64,
 }
 
 /// Which entries [`Client::get`] returns.
@@ -649,7 +652,9 @@ impl Client {
             .await?
             .into_inner();
         let mut info: Option<SnapshotBlob> = None;
+        let mut check = snapshot::PieceCheck::new();
         while let Some(chunk) = stream.message().await? {
+            check.update(&chunk.data);
             if let Some(meta) = chunk.metadata {
                 info = Some(SnapshotBlob {
                     bytes: Vec::new(),
@@ -663,11 +668,17 @@ impl Client {
                 ClientError::Io(format!("writing the snapshot of {context:?}: {e}"))
             })?;
         }
-        info.ok_or_else(|| {
+        let info = info.ok_or_else(|| {
             ClientError::Protocol(format!(
                 "the snapshot stream of {context:?} ended without its metadata"
             ))
-        })
+        })?;
+        // A stream that ended early (the server failed mid-way) ends OK on
+        // the wire; only the checksum tells.
+        check
+            .finish()
+            .map_err(|e| ClientError::Verification(format!("the snapshot of {context:?}: {e}")))?;
+        Ok(info)
     }
 
     /// [`Client::snapshot_to`] into memory: a snapshot beyond the message
@@ -829,6 +840,7 @@ impl Client {
             version: info.version,
             batch_entries_max: info.batch_entries_max,
             load_stream_bytes_max: info.load_stream_bytes_max,
+            request_bytes_max: info.request_bytes_max,
         })
     }
 

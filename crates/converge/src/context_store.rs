@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use crate::codec::{
     context_from_parts, context_key_name, decode_wire_fact, encode_fact, parse_context_key,
 };
+use crate::recorder::{batch_limits, entry_bytes};
 use crate::{Error, naming};
 
 /// Entry key of save markers.
@@ -23,10 +24,6 @@ pub const SAVE_KEY: &str = "save";
 
 /// Attempts of a save that loses races against other saves of its scope.
 const SAVE_ATTEMPTS: u32 = 8;
-/// Most entries per batch when the server does not say.
-const BATCH_ENTRIES_DEFAULT: usize = 4096;
-/// Payload bytes after which a save's batch is cut.
-const SAVE_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Format of [`SaveMarker`].
 const MARKER_FORMAT: u32 = 1;
@@ -98,8 +95,8 @@ pub struct LedgerContextStore {
     client: Client,
     prefix: String,
     registry: Arc<PayloadRegistry>,
-    /// The server's batch limit, once asked.
-    batch_max: Arc<OnceLock<usize>>,
+    /// The server's batch limits (entries, bytes), once asked.
+    batch_max: Arc<OnceLock<(usize, usize)>>,
 }
 
 impl LedgerContextStore {
@@ -289,7 +286,7 @@ impl LedgerContextStore {
 
         // Usually one batch; a save beyond the batch limits takes several,
         // each conditional on the end of the one before, the marker last.
-        let batch_max = self.batch_entries_max().await?;
+        let (batch_max, batch_bytes) = self.batch_limits().await?;
         let mut expected = head.sequence;
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
@@ -297,9 +294,9 @@ impl LedgerContextStore {
             let mut bytes = 0;
             while let Some(e) = entries.next_if(|e| {
                 batch.is_empty()
-                    || (batch.len() < batch_max && bytes + e.payload.len() <= SAVE_BATCH_BYTES)
+                    || (batch.len() < batch_max && bytes + entry_bytes(e) <= batch_bytes)
             }) {
-                bytes += e.payload.len();
+                bytes += entry_bytes(&e);
                 batch.push(e);
             }
             let appended = self
@@ -324,21 +321,18 @@ impl LedgerContextStore {
         })
     }
 
-    /// The server's batch limit, asked once.
-    async fn batch_entries_max(&self) -> Result<usize, Error> {
-        if let Some(&n) = self.batch_max.get() {
-            return Ok(n);
+    /// Entries and bytes per batch for this server, asked once.
+    async fn batch_limits(&self) -> Result<(usize, usize), Error> {
+        if let Some(&limits) = self.batch_max.get() {
+            return Ok(limits);
         }
         let info = self
             .client
             .server_info()
             .await
             .map_err(|e| Error::ledger("asking the ledger for its limits", e))?;
-        let n = match info.batch_entries_max {
-            0 => BATCH_ENTRIES_DEFAULT,
-            n => n as usize,
-        };
-        Ok(*self.batch_max.get_or_init(|| n))
+        let limits = batch_limits(info.batch_entries_max, info.request_bytes_max);
+        Ok(*self.batch_max.get_or_init(|| limits))
     }
 
     /// Loads the context last saved under `scope` (`None`: never saved).

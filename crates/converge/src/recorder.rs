@@ -26,9 +26,23 @@ pub const EXPERIENCE_KEY: &str = "experience";
 
 /// Most entries per AppendBatch when the server does not say.
 const BATCH_ENTRIES_DEFAULT: usize = 4096;
-/// Bytes of payload and metadata after which a batch is sent (a single
-/// larger entry goes alone).
+/// Most bytes of keys, payloads and metadata per AppendBatch (a single
+/// larger entry goes alone), and at most half the server's request limit.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Entries and bytes per batch for a server that reports these limits (0:
+/// not reported).
+pub(crate) fn batch_limits(entries_max: u32, request_bytes_max: u64) -> (usize, usize) {
+    let entries = match entries_max {
+        0 => BATCH_ENTRIES_DEFAULT,
+        n => n as usize,
+    };
+    let bytes = match request_bytes_max {
+        0 => BATCH_BYTES,
+        n => BATCH_BYTES.min(usize::try_from(n / 2).unwrap_or(usize::MAX)),
+    };
+    (entries, bytes.max(1))
+}
 
 /// What [`Recorder`] does when the engine announces a fact or event while
 /// its buffer is full.
@@ -416,41 +430,53 @@ async fn send(shared: &Shared, client: &Client, batch: Vec<BatchEntry>) -> Resul
     Ok(())
 }
 
-async fn run_writer(shared: Arc<Shared>, client: Client, batch_max: usize) {
+/// Bytes of an entry as a batch counts them.
+pub(crate) fn entry_bytes(e: &BatchEntry) -> usize {
+    e.key.len()
+        + e.payload.len()
+        + e.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+        + 64
+}
+
+async fn run_writer(shared: Arc<Shared>, client: Client, batch_max: usize, batch_bytes: usize) {
     let _guard = StoppedGuard(shared.clone());
     let mut seen = (0, Instant::now());
     while let Some(items) = shared.next_batch(&mut seen, batch_max).await {
+        // Items drained but not yet written: lost if a write fails.
         let mut left = items.len() as u64;
         let mut batch = Vec::with_capacity(items.len());
         let mut bytes = 0usize;
-        let mut items = items.into_iter().peekable();
-        while let Some(item) = items.next() {
-            let step = match encode_item(item) {
-                Ok(entry) => {
-                    bytes += entry.payload.len()
-                        + entry.key.len()
-                        + entry
-                            .metadata
-                            .iter()
-                            .map(|(k, v)| k.len() + v.len())
-                            .sum::<usize>();
-                    batch.push(entry);
-                    if bytes >= BATCH_BYTES || items.peek().is_none() {
-                        let sent = batch.len() as u64;
-                        bytes = 0;
-                        send(&shared, &client, std::mem::take(&mut batch))
-                            .await
-                            .map(|()| left -= sent)
-                    } else {
-                        Ok(())
-                    }
+        for item in items {
+            let entry = match encode_item(item) {
+                Ok(e) => e,
+                Err(e) => {
+                    shared.fail(e, left);
+                    return;
                 }
-                Err(e) => Err(e),
             };
-            if let Err(e) = step {
-                shared.fail(e, left);
-                return;
+            let size = entry_bytes(&entry);
+            // Cut before an entry that would take the batch past the cap
+            // (a single larger entry goes alone).
+            if !batch.is_empty() && bytes + size > batch_bytes {
+                let sent = batch.len() as u64;
+                if let Err(e) = send(&shared, &client, std::mem::take(&mut batch)).await {
+                    shared.fail(e, left);
+                    return;
+                }
+                left -= sent;
+                bytes = 0;
             }
+            bytes += size;
+            batch.push(entry);
+        }
+        if !batch.is_empty()
+            && let Err(e) = send(&shared, &client, batch).await
+        {
+            shared.fail(e, left);
+            return;
         }
     }
 }
@@ -542,12 +568,12 @@ impl Recorder {
                             return;
                         }
                     }
-                    let batch_max = match client.server_info().await {
-                        Ok(info) if info.batch_entries_max > 0 => info.batch_entries_max as usize,
-                        _ => BATCH_ENTRIES_DEFAULT,
+                    let (batch_max, batch_bytes) = match client.server_info().await {
+                        Ok(info) => batch_limits(info.batch_entries_max, info.request_bytes_max),
+                        Err(_) => batch_limits(0, 0),
                     };
                     let _ = ready.send(Ok(()));
-                    run_writer(writer_shared, client, batch_max).await;
+                    run_writer(writer_shared, client, batch_max, batch_bytes).await;
                 });
             })
             .map_err(|e| Error::Runtime(e.to_string()))?;

@@ -179,6 +179,75 @@ impl Writer {
     }
 }
 
+/// Checks a snapshot received in pieces against its trailing SHA-256
+/// without holding it: a stream that ended early or was altered on the way
+/// fails [`PieceCheck::finish`].
+#[derive(Default)]
+pub struct PieceCheck {
+    sum: sha2::Sha256,
+    /// The last (at most) 32 bytes seen: possibly the checksum.
+    tail: Vec<u8>,
+    len: u64,
+}
+
+impl PieceCheck {
+    /// Nothing seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next piece.
+    pub fn update(&mut self, piece: &[u8]) {
+        use sha2::Digest as _;
+        self.len += piece.len() as u64;
+        if piece.len() >= 32 {
+            self.sum.update(&self.tail);
+            let (body, tail) = piece.split_at(piece.len() - 32);
+            self.sum.update(body);
+            self.tail.clear();
+            self.tail.extend_from_slice(tail);
+        } else {
+            self.tail.extend_from_slice(piece);
+            if self.tail.len() > 32 {
+                let over = self.tail.len() - 32;
+                self.sum.update(&self.tail[..over]);
+                self.tail.drain(..over);
+            }
+        }
+    }
+
+    /// Bytes seen.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the pieces seen end with the SHA-256 of everything before.
+    pub fn finish(self) -> Result<(), SnapshotError> {
+        use sha2::Digest as _;
+        let min = MAGIC.len() as u64 + 32;
+        if self.len < min {
+            return Err(SnapshotError::Malformed(format!(
+                "{} bytes received; a snapshot has at least {min}",
+                self.len
+            )));
+        }
+        let sum: [u8; 32] = self.sum.finalize().into();
+        if sum[..] != self.tail[..] {
+            return Err(SnapshotError::Malformed(format!(
+                "the {} bytes received do not end with their checksum: the snapshot is \
+                 truncated or was altered",
+                self.len
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Parses and fully verifies a snapshot: checksum, version, every entry's
 /// hash and chain link, the head and the Merkle root; and every entry against
 /// `limits`. Returns the header and the entries only if all of it holds.
@@ -338,6 +407,32 @@ mod tests {
             }
             pieces.extend(w.finish().unwrap());
             assert_eq!(pieces, snapshot("ctx", n), "{n} entries");
+        }
+    }
+
+    #[test]
+    fn pieces_are_checked_against_the_trailing_checksum() {
+        let bytes = snapshot("ctx", 9);
+        for cut in [1usize, 7, 31, 32, 33, 100] {
+            let mut ok = PieceCheck::new();
+            for piece in bytes.chunks(cut) {
+                ok.update(piece);
+            }
+            assert_eq!(ok.len(), bytes.len() as u64);
+            ok.finish().unwrap();
+            // Truncated at any point, or one byte altered: refused.
+            let mut short = PieceCheck::new();
+            for piece in bytes[..bytes.len() - cut.min(40)].chunks(cut) {
+                short.update(piece);
+            }
+            assert!(short.finish().is_err(), "cut {cut}");
+            let mut altered = bytes.clone();
+            altered[cut] ^= 1;
+            let mut bad = PieceCheck::new();
+            for piece in altered.chunks(cut) {
+                bad.update(piece);
+            }
+            assert!(bad.finish().is_err(), "cut {cut}");
         }
     }
 

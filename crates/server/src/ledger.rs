@@ -49,6 +49,10 @@ pub struct AppendedBatch {
     pub duplicate: bool,
 }
 
+/// Bytes a stored record takes beyond [`Entry::approximate_size`], at most
+/// (length prefixes, numbers, checksum).
+const RECORD_OVERHEAD: usize = 256;
+
 /// What a streamed snapshot describes.
 #[derive(Debug, Clone)]
 pub struct SnapshotInfo {
@@ -337,7 +341,7 @@ impl Ledger {
     /// pieces (in order, then nothing) follow through the returned
     /// receiver, read from storage only as fast as they are consumed.
     pub async fn snapshot_stream(
-        &self,
+        self: &Arc<Self>,
         context: &str,
         piece_bytes: usize,
     ) -> Result<(SnapshotInfo, mpsc::Receiver<Result<Vec<u8>, LedgerError>>), LedgerError> {
@@ -363,53 +367,79 @@ impl Ledger {
             created_at_ns,
             signed: signed.clone(),
         };
-        tokio::task::spawn_blocking(move || {
+        // An async task reading bounded chunks, like Read: a client that
+        // stops reading holds a little memory, never a blocking thread.
+        let store_reader = self.clone();
+        tokio::spawn(async move {
             let mut w = snapshot::Writer::new(&context, &head, created_at_ns, &signed);
-            let mut failure = None;
-            let mut gone = false;
-            let scanned = store.scan(
-                &context,
-                Scan {
-                    after: 0,
-                    until: head.sequence,
-                    key: None,
-                },
-                &mut |e| {
-                    if let Err(err) = w.push(&e) {
-                        failure = Some(LedgerError::DataLoss(format!(
-                            "context {context:?} cannot be snapshotted: {err}"
-                        )));
-                        return false;
-                    }
-                    if w.pending() >= piece_bytes && tx.blocking_send(Ok(w.take())).is_err() {
-                        gone = true;
-                        return false;
-                    }
-                    true
-                },
-            );
-            if gone {
+            // The header alone first; then a piece is cut before an entry
+            // that would take it past `piece_bytes`, so no piece is larger
+            // than that or than one entry record.
+            if tx.send(Ok(w.take())).await.is_err() {
                 return;
             }
-            let last = match (scanned, failure) {
-                (Err(e), _) => Err(LedgerError::from(e)),
-                (Ok(()), Some(f)) => Err(f),
-                (Ok(()), None) => w.finish().map_err(|e| {
-                    LedgerError::DataLoss(format!("context {context:?} cannot be snapshotted: {e}"))
-                }),
-            };
-            let _ = tx.blocking_send(last);
+            let mut after = 0;
+            while after < head.sequence {
+                let chunk = store_reader
+                    .read_chunk(&context, after, head.sequence, None, 4096, piece_bytes)
+                    .await;
+                let entries = match chunk {
+                    Ok((entries, _)) if !entries.is_empty() => entries,
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Err(LedgerError::DataLoss(format!(
+                                "context {context:?} cannot be snapshotted: entry {} is missing",
+                                after + 1
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for e in &entries {
+                    if w.pending() > 0
+                        && w.pending() + e.approximate_size() + RECORD_OVERHEAD > piece_bytes
+                        && tx.send(Ok(w.take())).await.is_err()
+                    {
+                        return;
+                    }
+                    if let Err(err) = w.push(e) {
+                        let _ = tx
+                            .send(Err(LedgerError::DataLoss(format!(
+                                "context {context:?} cannot be snapshotted: {err}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    after = e.sequence;
+                }
+            }
+            let last = w.finish().map_err(|e| {
+                LedgerError::DataLoss(format!("context {context:?} cannot be snapshotted: {e}"))
+            });
+            let _ = tx.send(last).await;
         });
         Ok((info, rx))
+    }
+
+    /// The streamed-load budget in force, in bytes.
+    pub fn load_stream_bytes_max(&self) -> usize {
+        self.config
+            .load_stream_bytes_max
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
     }
 
     /// Reserves `bytes` of the streamed-load budget; refused (nothing
     /// waits) when other streamed loads hold too much of it.
     pub fn reserve_load_bytes(&self, bytes: usize) -> Result<OwnedSemaphorePermit, LedgerError> {
-        let max = self.config.load_stream_bytes_max;
+        let max = self.load_stream_bytes_max();
         let refuse = || {
             LedgerError::ResourceExhausted(format!(
-                "a streamed load may hold at most {max} bytes of snapshot at once, over all loads \
+                "streamed loads may hold at most {max} bytes at once, over all loads, a snapshot \
+                 counting twice its size (its bytes and its decoded entries) \
                  (LedgerConfig::load_stream_bytes_max); this one needs more than is free; nothing \
                  was loaded"
             ))
@@ -487,8 +517,9 @@ impl Ledger {
     /// Appends `entries` to `context` in order, atomically: they take
     /// consecutive sequences in one commit, or nothing is appended. With
     /// `expected_sequence`, only if the context's head sequence is exactly
-    /// that when the batch commits. `lamport` is a received Lamport time,
-    /// merged before the first entry.
+    /// that when the batch commits. Each entry's `lamport` is a received
+    /// Lamport time merged before it (the gRPC service sets the request's on
+    /// the first entry).
     pub async fn append_batch(
         &self,
         context: String,

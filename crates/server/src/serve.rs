@@ -49,6 +49,7 @@ pub async fn run(
     .max_encoding_message_size(response_max);
     let extension = LedgerServiceServer::new(LedgerApi {
         ledger: ledger.clone(),
+        request_bytes_max: request_max,
     })
     .max_decoding_message_size(request_max)
     .max_encoding_message_size(response_max);

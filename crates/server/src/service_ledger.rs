@@ -19,6 +19,8 @@ use crate::{Ledger, LedgerError, entry_to_proto};
 
 pub(crate) struct LedgerApi {
     pub(crate) ledger: Arc<Ledger>,
+    /// The largest request message the server decodes.
+    pub(crate) request_bytes_max: usize,
 }
 
 /// Bytes of entries per streamed Read message.
@@ -32,6 +34,24 @@ const LIST_MAX: usize = 10_000;
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+/// The next message of a load stream, refused when the client stays
+/// silent for [`LOAD_STREAM_IDLE`].
+async fn next_chunk(
+    chunks: &mut Streaming<pb::LoadChunk>,
+) -> Result<Option<pb::LoadChunk>, Status> {
+    match tokio::time::timeout(LOAD_STREAM_IDLE, chunks.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(LedgerError::InvalidArgument(format!(
+            "the load stream sent nothing for {} s; nothing was loaded",
+            LOAD_STREAM_IDLE.as_secs()
+        ))
+        .into()),
+    }
+}
+
+/// How long a LoadStream may go without sending a message.
+const LOAD_STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Snapshot bytes per SnapshotStream message.
 const SNAPSHOT_PIECE_BYTES: usize = 1024 * 1024;
@@ -217,7 +237,8 @@ impl LedgerService for LedgerApi {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             batch_entries_max: u32::try_from(self.ledger.limits().batch_entries_max)
                 .unwrap_or(u32::MAX),
-            load_stream_bytes_max: self.ledger.config().load_stream_bytes_max as u64,
+            load_stream_bytes_max: self.ledger.load_stream_bytes_max() as u64,
+            request_bytes_max: self.request_bytes_max as u64,
         }))
     }
 
@@ -261,7 +282,7 @@ impl LedgerService for LedgerApi {
         request: Request<Streaming<pb::LoadChunk>>,
     ) -> Result<Response<context_pb::LoadResponse>, Status> {
         let mut chunks = request.into_inner();
-        let first = chunks.message().await?.ok_or_else(|| {
+        let first = next_chunk(&mut chunks).await?.ok_or_else(|| {
             LedgerError::InvalidArgument(
                 "the load stream is empty; its first message names the context".into(),
             )
@@ -273,11 +294,22 @@ impl LedgerService for LedgerApi {
             .limits()
             .check_context_id(&context)
             .map_err(LedgerError::from)?;
-        let mut bytes = first.data;
-        let mut held = vec![self.ledger.reserve_load_bytes(bytes.len())?];
-        while let Some(chunk) = chunks.message().await? {
-            held.push(self.ledger.reserve_load_bytes(chunk.data.len())?);
-            bytes.extend_from_slice(&chunk.data);
+        // The budget counts twice the snapshot's bytes: the bytes, and the
+        // entries decoded from them while both are alive.
+        let mut held = self.ledger.reserve_load_bytes(2 * first.data.len())?;
+        let mut total = first.data.len();
+        let mut pieces = vec![first.data];
+        while let Some(chunk) = next_chunk(&mut chunks).await? {
+            if chunk.data.is_empty() {
+                continue;
+            }
+            held.merge(self.ledger.reserve_load_bytes(2 * chunk.data.len())?);
+            total += chunk.data.len();
+            pieces.push(chunk.data);
+        }
+        let mut bytes = Vec::with_capacity(total);
+        for piece in pieces {
+            bytes.extend_from_slice(&piece);
         }
         let loaded = self
             .ledger

@@ -678,3 +678,37 @@ async fn a_streamed_load_beyond_the_budget_is_refused_and_changes_nothing() {
     assert_eq!(c.head("dst").await.unwrap().sequence, 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_snapshot_cuts_pieces_before_a_large_entry() {
+    // Default limits: pieces of 1 MiB, a response limit of 4 MiB + 128 KiB.
+    let s = TestServer::memory().await;
+    let c = client(&s).await;
+    for i in 0..1100u32 {
+        c.append("mixed", "small", vec![(i % 251) as u8; 1000], opts())
+            .await
+            .unwrap();
+    }
+    c.append("mixed", "large", vec![9; 3_500_000], opts())
+        .await
+        .unwrap();
+    c.append("mixed", "small", b"after".to_vec(), opts())
+        .await
+        .unwrap();
+    let snap = c.snapshot_streamed("mixed").await.unwrap();
+    assert_eq!(snap.entry_count, 1102);
+    let loaded = c
+        .load_streamed("mixed-copy", snap.bytes, true, false)
+        .await
+        .unwrap();
+    assert_eq!(loaded.entries_restored, 1102);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    c.read_all("mixed", GetOptions::default(), |e| a.push(e.payload))
+        .await
+        .unwrap();
+    c.read_all("mixed-copy", GetOptions::default(), |e| b.push(e.payload))
+        .await
+        .unwrap();
+    assert!(a == b && a.len() == 1102);
+    s.stop().await;
+}

@@ -214,7 +214,13 @@ impl<B: Backing> Stager<'_, B> {
     fn append_batch(&mut self, now_ns: u64, b: BatchCommand) -> Result<WriteOutcome, StoreError> {
         let context = self.intern(b.context);
         if b.entries.is_empty() {
-            return Ok(WriteOutcome::AppendedBatch(Vec::new()));
+            let actual = self.head(&context)?.sequence;
+            return Ok(match b.expected_sequence {
+                Some(expected) if expected != actual => {
+                    WriteOutcome::SequenceMismatch { expected, actual }
+                }
+                _ => WriteOutcome::AppendedBatch(Vec::new()),
+            });
         }
         if let Some(key) = &b.idempotency_key
             && let Some(first) = self.known_key(&context, key)?
