@@ -49,7 +49,9 @@ pub struct AppendCommand {
     pub entry: NewEntry,
     /// A client-chosen key that makes retries safe: a second append with the
     /// same key in the same context returns the first entry and appends
-    /// nothing, forever (the key is stored with the entry).
+    /// nothing, forever (the key is stored with the entry). No control
+    /// characters (the ledger's limits refuse them): U+0001 marks the
+    /// records of batch keys (`sequencer::batch_end_key`).
     pub idempotency_key: Option<String>,
 }
 
