@@ -55,14 +55,21 @@ impl Frontier {
     /// `(level, index, root)`: the subtree of `2^level` leaves starting at
     /// leaf `index * 2^level`. Stores keep some of these (see
     /// [`STORED_LEVEL_STRIDE`]) so that proofs need few reads.
-    pub fn push_leaf_hash_with(
+    pub fn push_leaf_hash_with(&mut self, leaf: Digest, completed: impl FnMut(u8, u64, &Digest)) {
+        self.push_node(0, leaf, completed);
+    }
+
+    /// Pushes the root of a perfect subtree of `2^level` leaves that starts
+    /// where the tree ends (the caller checks the boundary).
+    fn push_node(
         &mut self,
-        leaf: Digest,
+        start_level: u8,
+        root: Digest,
         mut completed: impl FnMut(u8, u64, &Digest),
     ) {
-        let mut node = leaf;
-        let mut size = self.size;
-        let mut level = 0u8;
+        let mut node = root;
+        let mut size = self.size >> start_level;
+        let mut level = start_level;
         // Like a binary counter: each trailing one bit merges two equal
         // perfect subtrees into one twice as large.
         while size & 1 == 1 {
@@ -76,7 +83,7 @@ impl Frontier {
             completed(level, size, &node);
         }
         self.nodes.push(node);
-        self.size += 1;
+        self.size += 1 << start_level;
         debug_assert_eq!(self.nodes.len(), self.size.count_ones() as usize);
     }
 
@@ -89,19 +96,7 @@ impl Frontier {
             "a subtree of 2^{level} leaves cannot follow {} leaves",
             self.size
         );
-        let mut node = root;
-        let mut size = self.size >> level;
-        while size & 1 == 1 {
-            let left = self
-                .nodes
-                .pop()
-                .expect("frontier has a node per set bit of its size");
-            node = node_hash(&left, &node);
-            size >>= 1;
-        }
-        self.nodes.push(node);
-        self.size += 1 << level;
-        debug_assert_eq!(self.nodes.len(), self.size.count_ones() as usize);
+        self.push_node(level, root, |_, _, _| {});
     }
 
     /// Appends an entry: its leaf is `H(0x00 ‖ entry_hash)`.

@@ -3,7 +3,6 @@
 //! layout and the crash analysis.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -13,7 +12,7 @@ use converge_ledger_core::{Digest, Entry, Head, record};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::sequencer::{Backing, stage};
-use crate::store::visit_heads;
+use crate::store::{heads_after, visit_heads};
 use crate::{Committed, Scan, Store, StoreError, WriteCommand};
 
 /// When an acknowledged write is on disk.
@@ -492,14 +491,7 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         visit_heads(
             after,
-            |cursor, n| {
-                self.read()
-                    .contexts
-                    .range::<str, _>((Bound::Excluded(cursor), Bound::Unbounded))
-                    .take(n)
-                    .map(|(k, c)| (k.clone(), c.head.clone()))
-                    .collect()
-            },
+            |cursor, n| heads_after(&self.read().contexts, cursor, n, |c| &c.head),
             visit,
         );
         Ok(())

@@ -1,11 +1,10 @@
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
 
 use converge_ledger_core::{Digest, Entry, Head};
 
 use crate::sequencer::{Backing, stage};
-use crate::store::visit_heads;
+use crate::store::{heads_after, visit_heads};
 use crate::{Committed, Scan, Store, StoreError, WriteCommand};
 
 /// A store that keeps everything in RAM: fast, and gone with the process
@@ -184,14 +183,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         visit_heads(
             after,
-            |cursor, n| {
-                self.read()
-                    .contexts
-                    .range::<str, _>((Bound::Excluded(cursor), Bound::Unbounded))
-                    .take(n)
-                    .map(|(k, c)| (k.clone(), c.head.clone()))
-                    .collect()
-            },
+            |cursor, n| heads_after(&self.read().contexts, cursor, n, |c| &c.head),
             visit,
         );
         Ok(())

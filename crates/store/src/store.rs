@@ -92,6 +92,22 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// Up to `n` heads of `contexts` with ids after `cursor`, copied (for
+/// [`visit_heads`] under a backend's lock).
+pub(crate) fn heads_after<V>(
+    contexts: &std::collections::BTreeMap<Arc<str>, V>,
+    cursor: &str,
+    n: usize,
+    head: impl Fn(&V) -> &Head,
+) -> Vec<(Arc<str>, Head)> {
+    use std::ops::Bound;
+    contexts
+        .range::<str, _>((Bound::Excluded(cursor), Bound::Unbounded))
+        .take(n)
+        .map(|(k, c)| (k.clone(), head(c).clone()))
+        .collect()
+}
+
 /// Heads copied per lock acquisition by [`visit_heads`].
 const HEADS_PER_LOCK: usize = 256;
 
