@@ -247,6 +247,34 @@ async fn concurrent_saves_of_one_scope_never_interleave_and_the_last_wins() {
 }
 
 #[tokio::test]
+async fn a_save_beyond_the_servers_batch_limits_is_chained_and_loads_exactly() {
+    let server = TestServer::small_batches();
+    let client = server.client().await;
+    let store = LedgerContextStore::new(client.clone());
+    let a = run(ContextState::new(), 40, 9).await;
+    let r = store.save("chained", &a).await.unwrap();
+    assert_eq!(r.facts_written, 1 + 40 + 9);
+    assert_eq!(
+        wire(&store.load("chained").await.unwrap().unwrap()),
+        wire(&a)
+    );
+    // It took several batches: 51 entries at 7 per batch.
+    assert_eq!(r.marker_sequence, 51);
+    let grown = run(a, 47, 12).await;
+    let r = store.save("chained", &grown).await.unwrap();
+    assert!(r.extended);
+    assert_eq!(r.facts_written, 7 + 3);
+    assert_eq!(
+        wire(&store.load("chained").await.unwrap().unwrap()),
+        wire(&grown)
+    );
+    assert_eq!(
+        entries(&client, &store.context_id("chained")).await.len(),
+        62
+    );
+}
+
+#[tokio::test]
 async fn a_tampered_fact_fails_the_merkle_check() {
     let server = TestServer::start();
     let client = server.client().await;

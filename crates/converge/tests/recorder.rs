@@ -107,6 +107,38 @@ async fn every_fact_and_event_becomes_an_entry_in_engine_order() {
 }
 
 #[tokio::test]
+async fn a_run_larger_than_the_servers_batch_limits_is_recorded_whole_in_order() {
+    let server = TestServer::small_batches();
+    let client = server.client().await;
+    let info = client.server_info().await.unwrap();
+    assert_eq!(info.batch_entries_max, 7);
+    // Never below one maximal entry (about 18 KiB here).
+    assert!(info.request_bytes_max < 32 * 1024, "{info:?}");
+    let recorder = Recorder::connect(server.url(), "run-small", RecorderOptions::default())
+        .await
+        .unwrap();
+    let mut engine = test_engine(100);
+    let tee = Arc::new(Tee::new(recorder.clone()));
+    engine.set_streaming(tee.clone());
+    engine.set_event_observer(tee.clone());
+    engine.run(ContextState::new()).await.unwrap();
+    let stats = recorder.flush().await.unwrap();
+    let seen = tee.seen();
+    assert_eq!(stats.written as usize, seen.len());
+    let stored = entries(&client, "run-small").await;
+    assert_eq!(stored.len(), seen.len());
+    for (entry, (_, key, what)) in stored.iter().zip(&seen) {
+        assert_eq!(&entry.key, key);
+        let got = entry
+            .metadata
+            .get("fact_id")
+            .or(entry.metadata.get("kind"))
+            .unwrap();
+        assert_eq!(got, what);
+    }
+}
+
+#[tokio::test]
 async fn restore_run_rebuilds_the_context_of_a_recorded_run() {
     let server = TestServer::start();
     let client = server.client().await;

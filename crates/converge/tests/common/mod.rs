@@ -27,6 +27,31 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> TestServer {
+        Self::start_with(LedgerConfig::default(), ServerConfig::default())
+    }
+
+    /// A server whose batch and request limits force many small batches
+    /// (7 entries; requests of about 18 KiB, one maximal entry).
+    pub fn small_batches() -> TestServer {
+        TestServer::start_with(
+            LedgerConfig {
+                limits: converge_ledger_core::Limits {
+                    batch_entries_max: 7,
+                    payload_bytes_max: 16 * 1024,
+                    metadata_bytes_max: 1024,
+                    ..converge_ledger_core::Limits::default()
+                },
+                ..LedgerConfig::default()
+            },
+            ServerConfig {
+                request_bytes_max: 4 * 1024,
+                ..ServerConfig::default()
+            },
+        )
+    }
+
+    /// A server with these limits.
+    pub fn start_with(config: LedgerConfig, server: ServerConfig) -> TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -38,8 +63,8 @@ impl TestServer {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
-                converge_ledger_server::run(listener, ledger, ServerConfig::default(), async {
+                let ledger = Ledger::new(Arc::new(MemoryStore::new()), config);
+                converge_ledger_server::run(listener, ledger, server, async {
                     let _ = stopped.await;
                 })
                 .await
