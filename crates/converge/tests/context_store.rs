@@ -16,7 +16,12 @@ async fn run(context: ContextState, signals: usize, hypotheses: usize) -> Contex
         max_cycles: 1000,
         max_facts: 100_000,
     });
-    engine.register_suggestor(Stage::new("seed", ContextKey::Seeds, None));
+    engine.register_suggestor(Stage::new(
+        "seed",
+        ContextKey::Seeds,
+        "output of seed",
+        None,
+    ));
     engine.register_suggestor(Generator::new(ContextKey::Signals, signals, 7));
     engine.register_suggestor(Generator::new(ContextKey::Hypotheses, hypotheses, 3));
     let result = engine.run(context).await.unwrap();

@@ -23,7 +23,12 @@ use converge_ledger_converge::{ExperienceStoreOptions, LedgerExperienceStore};
 /// BudgetExceeded then OutcomeRecorded).
 async fn engine_events(intent: &str, facts: usize, max_facts: u32) -> Vec<ExperienceEvent> {
     let mut engine = Engine::new();
-    engine.register_suggestor(Stage::new("seed", ContextKey::Seeds, None));
+    engine.register_suggestor(Stage::new(
+        "seed",
+        ContextKey::Seeds,
+        "output of seed",
+        None,
+    ));
     engine.register_suggestor(Generator::new(ContextKey::Signals, facts, 2));
     let intent = TypesRootIntent::builder()
         .id(TypesIntentId::new(intent))

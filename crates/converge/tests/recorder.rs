@@ -29,15 +29,22 @@ fn test_engine(facts_per_generator: usize) -> Engine {
         max_cycles: 1000,
         max_facts: 100_000,
     });
-    engine.register_suggestor(Stage::new("seed", ContextKey::Seeds, None));
+    engine.register_suggestor(Stage::new(
+        "seed",
+        ContextKey::Seeds,
+        "output of seed",
+        None,
+    ));
     engine.register_suggestor(Stage::new(
         "hypothesis",
         ContextKey::Hypotheses,
+        "output of hypothesis",
         Some((ContextKey::Seeds, "seed")),
     ));
     engine.register_suggestor(Stage::new(
         "strategy",
         ContextKey::Strategies,
+        "output of strategy",
         Some((ContextKey::Hypotheses, "hypothesis")),
     ));
     engine.register_suggestor(Generator::new(ContextKey::Signals, facts_per_generator, 40));
@@ -183,9 +190,11 @@ async fn an_interrupted_run_resumes_without_redoing_recorded_work() {
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let after = (i > 0).then(|| (keys[i - 1], format!("stage-{}", i - 1)));
+            let id = format!("stage-{i}");
             let mut s = Stage::new(
-                &format!("stage-{i}"),
+                &id,
                 *key,
+                &format!("output of {id}"),
                 after.as_ref().map(|(k, id)| (*k, id.as_str())),
             );
             s.hang = hang_at == Some(i);

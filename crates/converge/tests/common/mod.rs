@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use converge_core::experience_store::ExperienceEvent;
-use converge_core::{
-    AgentEffect, Context, ContextFact, ContextKey, ExperienceEventObserver, ProposedFact,
-    StreamingCallback, Suggestor, TextPayload,
-};
+use converge_core::{ContextFact, ExperienceEventObserver, StreamingCallback};
 use converge_ledger_client::{Client, Entry, GetOptions};
 use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig};
 use converge_ledger_store::MemoryStore;
 use tokio::sync::oneshot;
+
+#[path = "../../examples/support/suggestors.rs"]
+mod suggestors;
+pub use suggestors::{Generator, Stage};
 
 /// A ledger server (memory storage) on a loopback port, on a thread and
 /// runtime of its own: nothing the test does on its own thread (a blocking
@@ -119,120 +120,6 @@ pub async fn entries(client: &Client, context: &str) -> Vec<Entry> {
         .await
         .unwrap();
     out
-}
-
-/// Emits `total` facts under `key`, `per_cycle` at a time, each once (it
-/// checks the context for its own facts, converge's idempotency rule).
-pub struct Generator {
-    pub name: String,
-    pub key: ContextKey,
-    pub total: usize,
-    pub per_cycle: usize,
-    pub executions: Arc<AtomicUsize>,
-}
-
-impl Generator {
-    pub fn new(key: ContextKey, total: usize, per_cycle: usize) -> Generator {
-        Generator {
-            name: format!("generator-{key:?}"),
-            key,
-            total,
-            per_cycle,
-            executions: Arc::default(),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Suggestor for Generator {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        &[]
-    }
-
-    fn accepts(&self, ctx: &dyn Context) -> bool {
-        ctx.get(self.key).len() < self.total
-    }
-
-    async fn execute(&self, ctx: &dyn Context) -> AgentEffect {
-        self.executions.fetch_add(1, Ordering::SeqCst);
-        let have = ctx.get(self.key).len();
-        let n = self.per_cycle.min(self.total - have);
-        AgentEffect::builder()
-            .proposals((have..have + n).map(|i| {
-                ProposedFact::new(
-                    self.key,
-                    format!("{:?}-{i}", self.key),
-                    TextPayload::new(format!("{:?} number {i}", self.key)),
-                    self.provenance(),
-                )
-            }))
-            .build()
-    }
-}
-
-/// One stage of a pipeline: once the fact `after` exists (or at once for
-/// the first stage), emits the fact `id` under `key`, once. A stage can be
-/// told to hang (like a process that dies there).
-pub struct Stage {
-    pub id: String,
-    pub key: ContextKey,
-    pub after: Option<(ContextKey, String)>,
-    pub deps: Vec<ContextKey>,
-    pub executions: Arc<AtomicUsize>,
-    pub hang: bool,
-}
-
-impl Stage {
-    pub fn new(id: &str, key: ContextKey, after: Option<(ContextKey, &str)>) -> Stage {
-        Stage {
-            id: id.to_owned(),
-            key,
-            deps: after.iter().map(|(k, _)| *k).collect(),
-            after: after.map(|(k, s)| (k, s.to_owned())),
-            executions: Arc::default(),
-            hang: false,
-        }
-    }
-}
-
-fn has_fact(ctx: &dyn Context, key: ContextKey, id: &str) -> bool {
-    ctx.get(key).iter().any(|f| f.id().as_str() == id)
-}
-
-#[async_trait::async_trait]
-impl Suggestor for Stage {
-    fn name(&self) -> &str {
-        &self.id
-    }
-
-    fn dependencies(&self) -> &[ContextKey] {
-        &self.deps
-    }
-
-    fn accepts(&self, ctx: &dyn Context) -> bool {
-        let ready = self
-            .after
-            .as_ref()
-            .is_none_or(|(k, id)| has_fact(ctx, *k, id));
-        ready && !has_fact(ctx, self.key, &self.id)
-    }
-
-    async fn execute(&self, _ctx: &dyn Context) -> AgentEffect {
-        if self.hang {
-            std::future::pending::<()>().await;
-        }
-        self.executions.fetch_add(1, Ordering::SeqCst);
-        AgentEffect::with_proposal(ProposedFact::new(
-            self.key,
-            self.id.clone(),
-            TextPayload::new(format!("output of {}", self.id)),
-            self.provenance(),
-        ))
-    }
 }
 
 /// What the engine announced, in order: `(cycle, key, fact id)` for facts
