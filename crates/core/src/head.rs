@@ -134,22 +134,39 @@ impl Head {
                 entry.sequence
             ));
         }
-        if entry.prev_hash != self.hash {
-            return fail(format!(
-                "previous hash {} does not link to {}",
-                entry.prev_hash, self.hash
+        self.check_follows(&entry.prev_hash, entry.appended_at_ns, entry.lamport)
+            .map_err(|reason| ChainError {
+                sequence: self.sequence + 1,
+                reason,
+            })
+    }
+
+    /// The link part of [`Head::check_link`], for an entry known only by
+    /// its previous hash, time and Lamport clock: it links to this head's
+    /// hash, its time does not go backwards, its Lamport clock moves
+    /// forward. The error says which.
+    pub fn check_follows(
+        &self,
+        prev_hash: &Digest,
+        appended_at_ns: u64,
+        lamport: u64,
+    ) -> Result<(), String> {
+        if *prev_hash != self.hash {
+            return Err(format!(
+                "previous hash {prev_hash} does not link to {}",
+                self.hash
             ));
         }
-        if entry.appended_at_ns < self.appended_at_ns {
-            return fail(format!(
-                "timestamp {} is earlier than the previous entry's {}",
-                entry.appended_at_ns, self.appended_at_ns
+        if appended_at_ns < self.appended_at_ns {
+            return Err(format!(
+                "timestamp {appended_at_ns} is earlier than the previous entry's {}",
+                self.appended_at_ns
             ));
         }
-        if entry.lamport <= self.lamport {
-            return fail(format!(
-                "Lamport clock {} does not advance past {}",
-                entry.lamport, self.lamport
+        if lamport <= self.lamport {
+            return Err(format!(
+                "Lamport clock {lamport} does not advance past {}",
+                self.lamport
             ));
         }
         Ok(())

@@ -89,31 +89,6 @@ struct UnitFailure {
 
 type UnitResult = Result<UnitSummary, UnitFailure>;
 
-/// Whether an entry with previous hash, time and Lamport clock `first`
-/// validly follows `head`.
-fn links(head: &Head, first: &Ends) -> Result<(), String> {
-    let (prev, time, lamport) = *first;
-    if prev != head.hash {
-        return Err(format!(
-            "previous hash {prev} does not link to {}",
-            head.hash
-        ));
-    }
-    if time < head.appended_at_ns {
-        return Err(format!(
-            "timestamp {time} is earlier than the previous entry's {}",
-            head.appended_at_ns
-        ));
-    }
-    if lamport <= head.lamport {
-        return Err(format!(
-            "Lamport clock {lamport} does not advance past {}",
-            head.lamport
-        ));
-    }
-    Ok(())
-}
-
 /// Verifies one context with [`VerifyOptions::default`], calling
 /// `progress(done, total)` about every 65 536 entries.
 pub fn verify_context(
@@ -197,8 +172,8 @@ pub fn verify_context_with(
             Ok(summary) => Some(&summary.first),
             Err(f) => f.first.as_ref(),
         };
-        if let Some(ends) = ends
-            && let Err(reason) = links(&head, ends)
+        if let Some((prev, time, lamport)) = ends
+            && let Err(reason) = head.check_follows(prev, *time, *lamport)
         {
             return Err(fail(first, reason));
         }
@@ -282,7 +257,9 @@ fn verify_unit(store: &dyn Store, context: &str, start: u64, end: u64, whole: bo
     let mut frontier = Frontier::new();
     let mut leaves = Vec::new();
     let mut first: Option<Ends> = None;
-    let mut last: Option<Ends> = None;
+    // The last entry verified, as a head without its tree (the unit's
+    // tree is built separately).
+    let mut tip: Option<Head> = None;
     let mut expected = start + 1;
     let mut failure: Option<(u64, String)> = None;
     let scanned = store.scan(
@@ -303,41 +280,30 @@ fn verify_unit(store: &dyn Store, context: &str, start: u64, end: u64, whole: bo
                 ));
                 return false;
             }
-            let ends = (e.prev_hash, e.appended_at_ns, e.lamport);
-            match &last {
-                None => first = Some(ends),
-                Some((hash, time, lamport)) => {
-                    let before = Head {
-                        sequence: expected - 1,
-                        hash: *hash,
-                        lamport: *lamport,
-                        appended_at_ns: *time,
-                        frontier: Frontier::new(),
-                    };
-                    if let Err(reason) = links(&before, &ends) {
-                        failure = Some((expected, reason));
-                        return false;
-                    }
+            // The entry before the unit is checked when the units are
+            // folded: the first entry is checked against its own link.
+            let tip = tip.get_or_insert_with(|| {
+                first = Some((e.prev_hash, e.appended_at_ns, e.lamport));
+                Head {
+                    sequence: start,
+                    hash: e.prev_hash,
+                    lamport: 0,
+                    appended_at_ns: 0,
+                    frontier: Frontier::new(),
                 }
-            }
-            let computed = e.compute_hash(context);
-            if computed != e.hash {
-                failure = Some((
-                    expected,
-                    format!(
-                        "content hashes to {computed} but the entry claims {}",
-                        e.hash
-                    ),
-                ));
+            });
+            if let Err(err) = tip.check_next(context, &e) {
+                failure = Some((expected, err.reason));
                 return false;
             }
+            (tip.sequence, tip.hash, tip.appended_at_ns, tip.lamport) =
+                (e.sequence, e.hash, e.appended_at_ns, e.lamport);
             let leaf = leaf_hash(&e.hash.0);
             if whole {
                 frontier.push_leaf_hash(leaf);
             } else {
                 leaves.push(leaf);
             }
-            last = Some((e.hash, e.appended_at_ns, e.lamport));
             expected += 1;
             true
         },
@@ -363,10 +329,10 @@ fn verify_unit(store: &dyn Store, context: &str, start: u64, end: u64, whole: bo
             format!("entry {expected} is missing: the head says {end} or more entries"),
         )));
     }
-    match (first, last) {
-        (Some(first), Some(last)) => Ok(UnitSummary {
+    match (first, tip) {
+        (Some(first), Some(tip)) => Ok(UnitSummary {
             first,
-            last,
+            last: (tip.hash, tip.appended_at_ns, tip.lamport),
             tree: if whole {
                 Ok(frontier.root())
             } else {
