@@ -342,6 +342,26 @@ impl Client {
         r
     }
 
+    /// A load: retried when it is idempotent (without `fail_if_exists`, a
+    /// repeated load restores nothing more); once otherwise, so that a
+    /// retry of a load that did commit is not reported as `AlreadyExists`.
+    async fn load_call<F, Fut>(
+        &self,
+        fail_if_exists: bool,
+        call: F,
+    ) -> Result<LoadResult, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<LoadResult, ClientError>>,
+    {
+        let mut call = call;
+        if fail_if_exists {
+            call().await
+        } else {
+            self.retry(call).await
+        }
+    }
+
     /// Runs `call` until it succeeds, fails for good, or attempts run out.
     async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
@@ -585,14 +605,11 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.snapshot(r).await?.into_inner();
-                let meta = resp.metadata.unwrap_or_default();
-                Ok(SnapshotBlob {
-                    bytes: resp.snapshot,
-                    sequence: resp.sequence,
-                    entry_count: meta.entry_count,
-                    version: meta.version,
-                    created_at_ns: meta.created_at_ns,
-                })
+                Ok(snapshot_blob(
+                    resp.snapshot,
+                    resp.sequence,
+                    resp.metadata.unwrap_or_default(),
+                ))
             }
         })
         .await
@@ -620,19 +637,9 @@ impl Client {
         let call = || {
             let mut c = self.context.clone();
             let r = self.request(request.clone());
-            async move {
-                let resp = c.load(r).await?.into_inner();
-                Ok(LoadResult {
-                    entries_restored: resp.entries_restored,
-                    latest_sequence: resp.latest_sequence,
-                })
-            }
+            async move { Ok(load_result(c.load(r).await?.into_inner())) }
         };
-        if fail_if_exists {
-            call().await
-        } else {
-            self.retry(call).await
-        }
+        self.load_call(fail_if_exists, call).await
     }
 
     /// A snapshot of any size (`converge.ledger.v1` SnapshotStream): its
@@ -656,13 +663,7 @@ impl Client {
         while let Some(chunk) = stream.message().await? {
             check.update(&chunk.data);
             if let Some(meta) = chunk.metadata {
-                info = Some(SnapshotBlob {
-                    bytes: Vec::new(),
-                    sequence: chunk.sequence,
-                    entry_count: meta.entry_count,
-                    version: meta.version,
-                    created_at_ns: meta.created_at_ns,
-                });
+                info = Some(snapshot_blob(Vec::new(), chunk.sequence, meta));
             }
             out.write_all(&chunk.data).map_err(|e| {
                 ClientError::Io(format!("writing the snapshot of {context:?}: {e}"))
@@ -727,17 +728,10 @@ impl Client {
                     .load_stream(Request::new(tokio_stream::iter(messages)))
                     .await?
                     .into_inner();
-                Ok(LoadResult {
-                    entries_restored: resp.entries_restored,
-                    latest_sequence: resp.latest_sequence,
-                })
+                Ok(load_result(resp))
             }
         };
-        if fail_if_exists {
-            call().await
-        } else {
-            self.retry(call).await
-        }
+        self.load_call(fail_if_exists, call).await
     }
 
     /// The head of a context.
@@ -1066,6 +1060,23 @@ impl Client {
             from_sequence: from,
         };
         Ok(self.context.clone().watch(request).await?.into_inner())
+    }
+}
+
+fn snapshot_blob(bytes: Vec<u8>, sequence: u64, meta: pb::SnapshotMetadata) -> SnapshotBlob {
+    SnapshotBlob {
+        bytes,
+        sequence,
+        entry_count: meta.entry_count,
+        version: meta.version,
+        created_at_ns: meta.created_at_ns,
+    }
+}
+
+fn load_result(r: pb::LoadResponse) -> LoadResult {
+    LoadResult {
+        entries_restored: r.entries_restored,
+        latest_sequence: r.latest_sequence,
     }
 }
 

@@ -37,3 +37,12 @@ pub(crate) fn snapshot_metadata(
         public_key: signed.public_key.0.to_vec(),
     }
 }
+
+impl From<crate::Loaded> for pb::LoadResponse {
+    fn from(l: crate::Loaded) -> Self {
+        pb::LoadResponse {
+            entries_restored: l.restored,
+            latest_sequence: l.latest_sequence,
+        }
+    }
+}

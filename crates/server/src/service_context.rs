@@ -116,10 +116,7 @@ impl ContextService for ContextApi {
                 r.allow_unknown_signer,
             )
             .await?;
-        Ok(Response::new(pb::LoadResponse {
-            entries_restored: loaded.restored,
-            latest_sequence: loaded.latest_sequence,
-        }))
+        Ok(Response::new(loaded.into()))
     }
 
     type WatchStream = WatchResponseStream;

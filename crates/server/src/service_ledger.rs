@@ -316,10 +316,7 @@ impl LedgerService for LedgerApi {
             .load(context, bytes, fail_if_exists, allow_unknown_signer)
             .await?;
         drop(held);
-        Ok(Response::new(context_pb::LoadResponse {
-            entries_restored: loaded.restored,
-            latest_sequence: loaded.latest_sequence,
-        }))
+        Ok(Response::new(loaded.into()))
     }
 
     async fn append_batch(
