@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::Metadata;
+use crate::{Metadata, NewEntry};
 
 /// Bounds on everything a client can send. Defaults are safe for a shared
 /// server; operators raise or lower them per deployment.
@@ -211,19 +211,35 @@ impl Limits {
         Ok(())
     }
 
+    /// Every field of one entry: key, payload size, metadata, received
+    /// Lamport time.
+    pub fn check_entry(
+        &self,
+        key: &str,
+        payload_len: usize,
+        metadata: &Metadata,
+        lamport: u64,
+    ) -> Result<(), LimitError> {
+        self.check_key(key)?;
+        self.check_payload(payload_len)?;
+        self.check_metadata(metadata)?;
+        self.check_lamport(lamport)
+    }
+
     /// Every field of an append.
     pub fn check_append(
         &self,
         context: &str,
-        key: &str,
-        payload_len: usize,
-        metadata: &Metadata,
+        entry: &NewEntry,
         idempotency_key: &str,
     ) -> Result<(), LimitError> {
         self.check_context_id(context)?;
-        self.check_key(key)?;
-        self.check_payload(payload_len)?;
-        self.check_metadata(metadata)?;
+        self.check_entry(
+            &entry.key,
+            entry.payload.len(),
+            &entry.metadata,
+            entry.lamport,
+        )?;
         self.check_idempotency_key(idempotency_key)
     }
 

@@ -345,10 +345,7 @@ pub fn decode_and_verify(
 
 fn check_limits(limits: &Limits, e: &Entry) -> Result<(), String> {
     limits
-        .check_lamport(e.lamport)
-        .and_then(|_| limits.check_key(&e.key))
-        .and_then(|_| limits.check_payload(e.payload.len()))
-        .and_then(|_| limits.check_metadata(&e.metadata))
+        .check_entry(&e.key, e.payload.len(), &e.metadata, e.lamport)
         .map_err(|l| format!("sequence {}: {l}", e.sequence))
 }
 

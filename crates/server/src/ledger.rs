@@ -191,12 +191,9 @@ impl Ledger {
     ) -> Result<Appended, LedgerError> {
         self.config.limits.check_append(
             &context,
-            &entry.key,
-            entry.payload.len(),
-            &entry.metadata,
+            &entry,
             idempotency_key.as_deref().unwrap_or(""),
         )?;
-        self.config.limits.check_lamport(entry.lamport)?;
         let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
         let key_for_error = idempotency_key.clone();
         let outcome = self
@@ -533,10 +530,7 @@ impl Ledger {
         limits.check_idempotency_key(idempotency_key.as_deref().unwrap_or(""))?;
         for (i, e) in entries.iter().enumerate() {
             limits
-                .check_key(&e.key)
-                .and_then(|()| limits.check_payload(e.payload.len()))
-                .and_then(|()| limits.check_metadata(&e.metadata))
-                .and_then(|()| limits.check_lamport(e.lamport))
+                .check_entry(&e.key, e.payload.len(), &e.metadata, e.lamport)
                 .map_err(|err| {
                     LedgerError::InvalidArgument(format!("entries[{i}]: {}", err.message))
                 })?;
