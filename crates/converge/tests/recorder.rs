@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Generator, Stage, Tee, TestServer, entries, wire};
 use converge_core::{Budget, ContextKey, ContextState, Engine};
-use converge_ledger_client::ClientOptions;
+use converge_ledger_client::{ClientOptions, Entry};
 use converge_ledger_converge::{
     EXPERIENCE_KEY, Error, OnFull, Recorder, RecorderOptions, context_key_name, restore_run,
 };
@@ -20,6 +20,20 @@ fn options(capacity: usize, on_full: OnFull) -> RecorderOptions {
         capacity,
         on_full,
         ..RecorderOptions::default()
+    }
+}
+
+/// Each stored entry is the announcement at its position (key, and fact id
+/// or event kind); `announced` may run longer than `stored`.
+fn assert_announced(stored: &[Entry], announced: &[(u32, String, String)]) {
+    for (entry, (_, key, what)) in stored.iter().zip(announced) {
+        assert_eq!(&entry.key, key, "entry {}", entry.sequence);
+        let got = entry
+            .metadata
+            .get("fact_id")
+            .or(entry.metadata.get("kind"))
+            .unwrap();
+        assert_eq!(got, what, "entry {}", entry.sequence);
     }
 }
 
@@ -134,15 +148,7 @@ async fn a_run_larger_than_the_servers_batch_limits_is_recorded_whole_in_order()
     assert_eq!(stats.written as usize, seen.len());
     let stored = entries(&client, "run-small").await;
     assert_eq!(stored.len(), seen.len());
-    for (entry, (_, key, what)) in stored.iter().zip(&seen) {
-        assert_eq!(&entry.key, key);
-        let got = entry
-            .metadata
-            .get("fact_id")
-            .or(entry.metadata.get("kind"))
-            .unwrap();
-        assert_eq!(got, what);
-    }
+    assert_announced(&stored, &seen);
 }
 
 #[tokio::test]
@@ -334,15 +340,7 @@ async fn a_full_buffer_with_fail_keeps_a_gapless_prefix_and_reports_it() {
     assert!(unrecorded > 0);
     assert_eq!(stored.len() as u64 + unrecorded, announced.len() as u64);
     // What is stored is exactly the first announcements, in order.
-    for (entry, (_, key, what)) in stored.iter().zip(&announced) {
-        assert_eq!(&entry.key, key);
-        let got = entry
-            .metadata
-            .get("fact_id")
-            .or(entry.metadata.get("kind"))
-            .unwrap();
-        assert_eq!(got, what);
-    }
+    assert_announced(&stored, &announced);
     assert_eq!(recorder.stats().unrecorded, unrecorded);
 }
 
