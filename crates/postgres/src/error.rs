@@ -58,20 +58,36 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// A failed database operation, as the store reports it. Every database
-/// failure is [`StoreError::Io`] (`UNAVAILABLE` over gRPC: retry later or
-/// elsewhere); corrupt data read back is reported separately by the codec.
+/// A failed database operation, as the store reports it, by what the
+/// caller can do about it (the SQLSTATE class): a lost connection, a
+/// conflict or a canceled statement is transient ([`StoreError::Io`],
+/// `UNAVAILABLE` over gRPC: retry later or elsewhere); a full disk is
+/// [`StoreError::NoSpace`]; refused credentials, a missing database or
+/// schema, or missing privileges are [`StoreError::Config`]; anything else
+/// (a constraint or data error) means the ledger sent something it should
+/// not have, a bug ([`StoreError::Internal`]). Corrupt data read back is
+/// reported separately by the codec.
 pub(crate) fn failed(server: &str, what: &str, e: &tokio_postgres::Error) -> StoreError {
     if is_connection_error(e) {
-        StoreError::Io(format!(
+        return StoreError::Io(format!(
             "PostgreSQL at {server} is unavailable ({what}): {}",
             describe(e)
-        ))
-    } else {
-        StoreError::Io(format!(
-            "PostgreSQL at {server} refused {what}: {}",
-            describe(e)
-        ))
+        ));
+    }
+    let refused = format!("PostgreSQL at {server} refused {what}: {}", describe(e));
+    let Some(code) = e.code() else {
+        return StoreError::Internal(refused);
+    };
+    match code.code().get(..2).unwrap_or("") {
+        _ if *code == SqlState::DISK_FULL => StoreError::NoSpace(refused),
+        // Transaction rollback (serialization, deadlock), insufficient
+        // resources, operator intervention (canceled statement), object
+        // in use or locked: the same request can succeed later.
+        "40" | "53" | "57" | "55" => StoreError::Io(refused),
+        // Authorization, missing database, schema or privileges, syntax
+        // or undefined objects (a schema from another build).
+        "28" | "3D" | "3F" | "42" => StoreError::Config(refused),
+        _ => StoreError::Internal(refused),
     }
 }
 

@@ -22,7 +22,9 @@
 //!   the tables, notifications carry ids only.
 //! - **Failures**: database outages are [`StoreError::Io`](converge_ledger_store::StoreError::Io)
 //!   (gRPC `UNAVAILABLE`); the store and the listener reconnect by
-//!   themselves.
+//!   themselves. A full disk, bad configuration (credentials, privileges, a
+//!   schema from a newer build) and bugs have kinds of their own, which
+//!   clients do not retry.
 //!
 //! The design and its reasoning are in `docs/design.md` ("PostgreSQL
 //! storage"); deployment advice is in `docs/deploy.md`.

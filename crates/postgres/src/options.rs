@@ -61,12 +61,12 @@ impl PostgresOptions {
     pub(crate) fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         check_schema(&self.schema)?;
         if self.pool_size == 0 {
-            return Err(StoreError::Io(
+            return Err(StoreError::Config(
                 "the PostgreSQL pool size must be at least 1".into(),
             ));
         }
         let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
-            StoreError::Io(format!(
+            StoreError::Config(format!(
                 "the PostgreSQL URL {} is not valid: {e}",
                 redact(&self.url)
             ))
@@ -145,7 +145,7 @@ pub(crate) fn check_schema(schema: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Io(format!(
+        Err(StoreError::Config(format!(
             "schema name {schema:?} is not allowed: use 1 to {SCHEMA_NAME_MAX} lowercase ASCII letters, \
              digits and '_', starting with a letter or '_' and not with 'pg_'"
         )))

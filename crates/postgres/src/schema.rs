@@ -171,7 +171,7 @@ async fn migrate_in_transaction(
         .and_then(|r| r.try_get(0))
         .map_err(|e| fail("reading the schema version".into(), e))?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Io(format!(
+        return Err(StoreError::Config(format!(
             "schema {schema:?} at {server} is at version {current}, newer than this build's \
              version {SCHEMA_VERSION}; upgrade this node (nothing was changed)"
         )));

@@ -121,7 +121,9 @@ impl PostgresStore {
             .thread_name("ledger-postgres")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Io(format!("cannot start the PostgreSQL runtime: {e}")))?;
+            .map_err(|e| {
+                StoreError::Internal(format!("cannot start the PostgreSQL runtime: {e}"))
+            })?;
         let handle = runtime.handle().clone();
         let version = handle.block_on(async {
             let connect = async {
@@ -438,7 +440,7 @@ impl Batch {
 /// this.
 fn check_text(what: &str, s: &str) -> Result<(), StoreError> {
     if s.contains('\0') {
-        return Err(StoreError::Io(format!(
+        return Err(StoreError::Internal(format!(
             "{what} {s:?} contains NUL, which PostgreSQL text cannot store; nothing was written"
         )));
     }
@@ -478,7 +480,7 @@ impl Locked {
 }
 
 fn row_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Io(format!("PostgreSQL returned an unexpected row: {e}"))
+    StoreError::Internal(format!("PostgreSQL returned an unexpected row: {e}"))
 }
 
 /// Committed state as seen under the batch's head locks: heads and keys from
@@ -494,8 +496,8 @@ impl Backing for TxBacking<'_> {
         match self.locked.heads.get(context) {
             Some(h) if h.sequence > 0 => Ok(Some(h.clone())),
             Some(_) => Ok(None),
-            None => Err(StoreError::Io(format!(
-                "the head of {context:?} was not locked for this write (a bug); nothing was written"
+            None => Err(StoreError::Internal(format!(
+                "the head of {context:?} was not locked for this write; nothing was written"
             ))),
         }
     }

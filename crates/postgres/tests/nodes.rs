@@ -429,7 +429,7 @@ fn the_schema_is_versioned_and_migrated_once() {
     let e = PostgresStore::open(schema.options())
         .err()
         .expect("refused");
-    let StoreError::Io(m) = &e else {
+    let StoreError::Config(m) = &e else {
         panic!("{e:?}")
     };
     assert!(m.contains("version 99") && m.contains("upgrade"), "{m}");
@@ -513,7 +513,7 @@ fn nul_in_ids_is_refused_cleanly() {
         .write(1, vec![append("ok", "v", None), append("bad\0", "v", None)])
         .unwrap_err();
     assert!(
-        matches!(&e, StoreError::Io(m) if m.contains("NUL")),
+        matches!(&e, StoreError::Internal(m) if m.contains("NUL")),
         "{e:?}"
     );
     assert!(store.head("ok").unwrap().is_none());

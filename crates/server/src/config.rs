@@ -3,6 +3,8 @@ use std::time::Duration;
 use converge_ledger_core::{Limits, PublicKey};
 use converge_ledger_store::WriterConfig;
 
+use crate::HubLimits;
+
 /// Bounds of the in-process ledger.
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
@@ -15,11 +17,19 @@ pub struct LedgerConfig {
     pub response_bytes_max: usize,
     /// Most concurrent watchers.
     pub watchers_max: usize,
-    /// Entries buffered per watched context for live delivery; a watcher that
+    /// Bounds of the recent entries kept per watched context for live
+    /// delivery (entries and bytes, per context and in all); a watcher that
     /// falls further behind reads from storage instead.
-    pub watch_buffer_entries: usize,
+    pub hub: HubLimits,
     /// Entries a watcher reads from storage per step while catching up.
     pub watch_catch_up_chunk: usize,
+    /// Bytes a watcher reads from storage per step (at least one entry): what
+    /// a watcher whose client stopped reading holds at most, besides the
+    /// transport's buffers.
+    pub watch_chunk_bytes: usize,
+    /// Most concurrent Read, SnapshotStream and LoadStream streams, over all
+    /// connections (watches have their own limit).
+    pub streams_max: usize,
     /// Most snapshot bytes streamed loads (LoadStream) hold at once, over
     /// all streams; a load that would exceed it is refused.
     pub load_stream_bytes_max: usize,
@@ -35,8 +45,10 @@ impl Default for LedgerConfig {
             writer: WriterConfig::default(),
             response_bytes_max: 4 * 1024 * 1024 + 128 * 1024,
             watchers_max: 4096,
-            watch_buffer_entries: 1024,
+            hub: HubLimits::default(),
             watch_catch_up_chunk: 512,
+            watch_chunk_bytes: 256 * 1024,
+            streams_max: 1024,
             load_stream_bytes_max: 256 * 1024 * 1024,
             trusted_keys: Vec::new(),
         }
@@ -48,6 +60,12 @@ impl LedgerConfig {
     /// always fit.
     pub fn effective_response_bytes_max(&self) -> usize {
         self.response_bytes_max.max(self.limits.entry_bytes_max())
+    }
+
+    /// Bytes per watch catch-up step, never above the response limit.
+    pub fn watch_chunk_bytes_max(&self) -> usize {
+        self.watch_chunk_bytes
+            .clamp(1, self.effective_response_bytes_max())
     }
 }
 

@@ -27,6 +27,8 @@ pub enum LedgerError {
     /// Storage failed or the server is shutting down; retry elsewhere or
     /// later (appends with an idempotency key are safe to retry).
     Unavailable(String),
+    /// A bug in the server (a broken invariant); retrying will not help.
+    Internal(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -38,7 +40,8 @@ impl fmt::Display for LedgerError {
             | LedgerError::OutOfRange(m)
             | LedgerError::ResourceExhausted(m)
             | LedgerError::DataLoss(m)
-            | LedgerError::Unavailable(m) => f.write_str(m),
+            | LedgerError::Unavailable(m)
+            | LedgerError::Internal(m) => f.write_str(m),
         }
     }
 }
@@ -56,6 +59,12 @@ impl From<StoreError> for LedgerError {
         match e {
             StoreError::Corrupt { .. } => LedgerError::DataLoss(e.to_string()),
             StoreError::Closed => LedgerError::Unavailable(e.to_string()),
+            StoreError::NoSpace(_) => LedgerError::ResourceExhausted(format!(
+                "{e}; nothing of the failed write was acknowledged, and the server accepts no \
+                 writes until an operator frees space and restarts it"
+            )),
+            StoreError::Config(_) => LedgerError::FailedPrecondition(e.to_string()),
+            StoreError::Internal(_) => LedgerError::Internal(e.to_string()),
             _ => LedgerError::Unavailable(format!(
                 "{e}; nothing of the failed write was acknowledged"
             )),
@@ -83,6 +92,7 @@ impl From<LedgerError> for Status {
             LedgerError::ResourceExhausted(_) => Code::ResourceExhausted,
             LedgerError::DataLoss(_) => Code::DataLoss,
             LedgerError::Unavailable(_) => Code::Unavailable,
+            LedgerError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

@@ -1,96 +1,344 @@
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! Fans newly durable entries out to the watchers of their context.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use converge_ledger_core::Entry;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
+
+/// Bounds of the hub's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Most entries kept per watched context.
+    pub ring_entries_max: usize,
+    /// Most bytes (by [`Entry::approximate_size`]) kept per watched context;
+    /// the newest entry is kept even when it alone is larger.
+    pub ring_bytes_max: usize,
+    /// Most bytes kept over all watched contexts; past it, the context being
+    /// published keeps only its newest entry.
+    pub total_bytes_max: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            ring_entries_max: 1024,
+            ring_bytes_max: 8 * 1024 * 1024,
+            total_bytes_max: 256 * 1024 * 1024,
+        }
+    }
+}
 
 /// Fans newly durable entries out to the watchers of their context.
 ///
-/// One bounded broadcast channel per watched context. Entries are shared
-/// (`Arc`), so a thousand watchers cost one copy. A watcher that falls more
-/// than the buffer behind is told it lagged and reads from storage instead:
-/// memory stays bounded and no entry is lost.
+/// One ring of recent entries per watched context, shared by all of its
+/// watchers (entries behind `Arc`, so a thousand watchers cost one copy),
+/// bounded in entries and bytes, per context and over all of them. A
+/// watcher asks for the entry after the last one it handled; if the ring no
+/// longer holds it (the watcher fell behind, or entries arrived with a gap)
+/// it is told so and reads from storage instead, which holds everything
+/// published: memory stays bounded and no entry is lost. A ring exists only
+/// while its context has subscribers; the last one to leave frees it.
 pub struct Hub {
-    channels: Mutex<HashMap<Arc<str>, Channel>>,
-    buffer: usize,
+    state: Mutex<State>,
+    limits: HubLimits,
 }
 
-struct Channel {
-    tx: broadcast::Sender<Arc<Entry>>,
-    /// Highest sequence published on this channel, so entries appended
-    /// elsewhere (another node) can be published from storage without
-    /// re-reading what was already sent.
+#[derive(Default)]
+struct State {
+    rings: HashMap<Arc<str>, Ring>,
+    /// Bytes held by every ring.
+    bytes: usize,
+}
+
+struct Ring {
+    /// Consecutive sequences, oldest first, ending at `last` (or empty).
+    entries: VecDeque<Arc<Entry>>,
+    bytes: usize,
+    /// Highest sequence published for this context (0: none yet), so
+    /// entries appended elsewhere (another node) can be published from
+    /// storage without re-reading what was already sent.
     last: u64,
+    /// The lowest head a subscriber read while nothing above it had been
+    /// published: where publishing another node's entries must start so
+    /// that a waiting subscriber is served live. Unknown (`None`) until a
+    /// subscriber reports its head; nothing is published from storage
+    /// before, since every subscriber still reads storage up to the head.
+    floor: Option<u64>,
+    subscribers: usize,
+    /// Carries `last`; subscribers wait on it.
+    published: watch::Sender<u64>,
+}
+
+/// What [`Subscription::next_after`] found.
+#[derive(Debug)]
+pub enum Live {
+    /// The entry right after the one asked about.
+    Entry(Arc<Entry>),
+    /// Entries after the one asked about were published but are no longer
+    /// held (or arrived after a gap): read them from storage.
+    Behind,
+}
+
+/// A subscriber of one context; dropping it leaves the hub.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    context: Arc<str>,
+    published: watch::Receiver<u64>,
 }
 
 impl Hub {
-    /// A hub buffering `buffer` entries per watched context.
-    pub fn new(buffer: usize) -> Self {
-        Self {
-            channels: Mutex::new(HashMap::new()),
-            buffer: buffer.max(1),
-        }
+    /// A hub with these buffer bounds.
+    pub fn new(limits: HubLimits) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            limits: HubLimits {
+                ring_entries_max: limits.ring_entries_max.max(1),
+                ..limits
+            },
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Subscribes to `context`. Every entry published after this call is
-    /// delivered (or reported as lagged).
-    pub fn subscribe(&self, context: &str) -> broadcast::Receiver<Arc<Entry>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(context) {
-            return c.tx.subscribe();
+    /// delivered by [`Subscription::next_after`] (or reported as
+    /// [`Live::Behind`]).
+    pub fn subscribe(self: &Arc<Self>, context: &str) -> Subscription {
+        let mut state = self.lock();
+        let name: Arc<str> = match state.rings.get_key_value(context) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(context),
+        };
+        let ring = state.rings.entry(name.clone()).or_insert_with(|| Ring {
+            entries: VecDeque::new(),
+            bytes: 0,
+            last: 0,
+            floor: None,
+            subscribers: 0,
+            published: watch::channel(0).0,
+        });
+        ring.subscribers += 1;
+        Subscription {
+            hub: self.clone(),
+            context: name,
+            published: ring.published.subscribe(),
         }
-        // Forget contexts nobody watches any more before adding one, so the
-        // map is bounded by the number of watched contexts.
-        channels.retain(|_, c| c.tx.receiver_count() > 0);
-        let (tx, rx) = broadcast::channel(self.buffer);
-        channels.insert(Arc::from(context), Channel { tx, last: 0 });
-        rx
     }
 
-    /// Publishes durable entries in commit order.
+    /// Publishes durable entries in commit order (per context in sequence
+    /// order). Publishing an entry twice (locally and from another node's
+    /// notification) is harmless: sequences at or below the last published
+    /// one are ignored.
     pub fn publish(&self, entries: &[(Arc<str>, Arc<Entry>)]) {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if channels.is_empty() {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.rings.is_empty() {
             return;
         }
+        let mut touched: Vec<&Arc<str>> = Vec::new();
         for (context, entry) in entries {
-            if let Some(c) = channels.get_mut(context) {
-                // Watchers skip what they have seen and read storage on a
-                // gap, so publishing the same entry twice (locally and from
-                // another node's notification) is harmless.
-                if entry.sequence > c.last {
-                    c.last = entry.sequence;
-                    // An error only means nobody is subscribed right now.
-                    let _ = c.tx.send(entry.clone());
-                }
+            let Some(ring) = state.rings.get_mut(context) else {
+                continue;
+            };
+            if entry.sequence <= ring.last {
+                continue;
+            }
+            if entry.sequence != ring.last + 1 {
+                // A gap: what the ring holds no longer ends where the new
+                // entry starts; subscribers that need the gap read storage.
+                state.bytes -= ring.bytes;
+                ring.entries.clear();
+                ring.bytes = 0;
+            }
+            let size = entry.approximate_size();
+            ring.entries.push_back(entry.clone());
+            ring.bytes += size;
+            state.bytes += size;
+            ring.last = entry.sequence;
+            let over_total = state.bytes > self.limits.total_bytes_max;
+            while ring.entries.len() > 1
+                && (ring.entries.len() > self.limits.ring_entries_max
+                    || ring.bytes > self.limits.ring_bytes_max
+                    || over_total)
+            {
+                let old = ring.entries.pop_front().expect("more than one entry");
+                let size = old.approximate_size();
+                ring.bytes -= size;
+                state.bytes -= size;
+            }
+            if touched.last() != Some(&context) {
+                touched.push(context);
+            }
+        }
+        for context in touched {
+            if let Some(ring) = state.rings.get(context) {
+                ring.published.send_replace(ring.last);
             }
         }
     }
 
-    /// The highest sequence published for `context`, if it is watched.
-    pub fn last_published(&self, context: &str) -> Option<u64> {
-        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels
-            .get(context)
-            .filter(|c| c.tx.receiver_count() > 0)
-            .map(|c| c.last)
+    /// Where entries that another node appended to `context` must be
+    /// published from (everything above the returned sequence), or `None`
+    /// if nobody here needs them: the context is not watched, or no watcher
+    /// has read its head yet (each will read storage up to it).
+    pub fn remote_start(&self, context: &str) -> Option<u64> {
+        let state = self.lock();
+        let ring = state.rings.get(context)?;
+        match (ring.last, ring.floor) {
+            (0, floor) => floor,
+            (last, floor) => Some(last.max(floor.unwrap_or(0))),
+        }
     }
 
-    /// Contexts that have watchers now.
+    /// Contexts that have subscribers now.
     pub fn watched(&self) -> Vec<Arc<str>> {
-        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels
-            .iter()
-            .filter(|(_, c)| c.tx.receiver_count() > 0)
-            .map(|(k, _)| k.clone())
+        self.lock().rings.keys().cloned().collect()
+    }
+
+    /// Number of contexts with a ring.
+    pub fn watched_contexts(&self) -> usize {
+        self.lock().rings.len()
+    }
+
+    /// Bytes of entries the hub holds, over every context.
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl Subscription {
+    /// Tells the hub the head this subscriber read from storage after
+    /// subscribing, so entries another node appends above it are published
+    /// (see [`Hub::remote_start`]).
+    pub fn note_head(&self, head: u64) {
+        let mut state = self.hub.lock();
+        if let Some(ring) = state.rings.get_mut(&self.context)
+            && ring.last < head
+        {
+            ring.floor = Some(ring.floor.map_or(head, |f| f.min(head)));
+        }
+    }
+
+    /// Waits for the entry with sequence `after + 1`; [`Live::Behind`] when
+    /// it was published but is no longer held.
+    pub async fn next_after(&mut self, after: u64) -> Live {
+        loop {
+            self.published.borrow_and_update();
+            {
+                let state = self.hub.lock();
+                let ring = state
+                    .rings
+                    .get(&self.context)
+                    .expect("a ring lives as long as its subscribers");
+                if ring.last > after {
+                    let first = ring.entries.front().map_or(u64::MAX, |e| e.sequence);
+                    return match after.checked_add(1).and_then(|s| s.checked_sub(first)) {
+                        Some(i) if (i as usize) < ring.entries.len() => {
+                            Live::Entry(ring.entries[i as usize].clone())
+                        }
+                        _ => Live::Behind,
+                    };
+                }
+            }
+            // The sender lives in the ring, which lives while we are
+            // subscribed: `changed` only returns when something was
+            // published.
+            let _ = self.published.changed().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut guard = self.hub.lock();
+        let state = &mut *guard;
+        let Some(ring) = state.rings.get_mut(&self.context) else {
+            return;
+        };
+        ring.subscribers -= 1;
+        if ring.subscribers == 0 {
+            state.bytes -= ring.bytes;
+            state.rings.remove(&self.context);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_ledger_core::{Head, NewEntry};
+
+    fn entries(context: &str, n: u64, payload_bytes: usize) -> Vec<(Arc<str>, Arc<Entry>)> {
+        let mut head = Head::empty(context);
+        let name: Arc<str> = Arc::from(context);
+        (0..n)
+            .map(|_| {
+                let e = head.next_entry(
+                    context,
+                    NewEntry {
+                        key: "k".into(),
+                        payload: vec![7; payload_bytes],
+                        metadata: Default::default(),
+                        lamport: 0,
+                    },
+                    1,
+                );
+                head.advance(&e);
+                (name.clone(), Arc::new(e))
+            })
             .collect()
     }
 
-    /// Number of contexts with a live channel.
-    pub fn watched_contexts(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+    #[tokio::test]
+    async fn a_ring_is_bounded_in_bytes_and_freed_by_its_last_subscriber() {
+        let hub = Hub::new(HubLimits {
+            ring_entries_max: 1024,
+            ring_bytes_max: 10 * 1024,
+            total_bytes_max: usize::MAX,
+        });
+        let mut a = hub.subscribe("c");
+        let b = hub.subscribe("c");
+        let published = entries("c", 50, 1024);
+        hub.publish(&published);
+        let held = hub.buffered_bytes();
+        assert!(held <= 10 * 1024, "{held} bytes held");
+        assert!(held > 0);
+        // The newest entries are held; older ones are reported as behind.
+        assert!(matches!(a.next_after(49).await, Live::Entry(e) if e.sequence == 50));
+        assert!(matches!(a.next_after(0).await, Live::Behind));
+        drop(a);
+        assert!(hub.buffered_bytes() > 0, "one subscriber is left");
+        drop(b);
+        assert_eq!(hub.buffered_bytes(), 0);
+        assert_eq!(hub.watched_contexts(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_total_bound_keeps_only_the_newest_entry_of_each_context() {
+        let hub = Hub::new(HubLimits {
+            ring_entries_max: 1024,
+            ring_bytes_max: usize::MAX,
+            total_bytes_max: 4 * 1024,
+        });
+        let _a = hub.subscribe("a");
+        let _b = hub.subscribe("b");
+        hub.publish(&entries("a", 20, 1024));
+        hub.publish(&entries("b", 20, 1024));
+        assert!(hub.buffered_bytes() <= 4 * 1024 + 2 * 1200);
+    }
+
+    #[tokio::test]
+    async fn another_nodes_entries_are_published_from_the_lowest_head_a_watcher_read() {
+        let hub = Hub::new(HubLimits::default());
+        let a = hub.subscribe("c");
+        assert_eq!(hub.remote_start("c"), None, "nobody read a head yet");
+        a.note_head(1_000_000);
+        let b = hub.subscribe("c");
+        b.note_head(1_000_004);
+        assert_eq!(hub.remote_start("c"), Some(1_000_000));
+        assert_eq!(hub.remote_start("unwatched"), None);
     }
 }

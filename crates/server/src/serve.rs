@@ -17,12 +17,16 @@ use crate::{Ledger, ServerConfig, limit_conn};
 pub enum ServeError {
     /// The gRPC transport failed.
     Transport(tonic::transport::Error),
+    /// Storage failed (the final sync, a failed fsync, a full disk): writes
+    /// acknowledged under a relaxed fsync policy may not be on disk.
+    Storage(crate::LedgerError),
 }
 
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::Transport(e) => write!(f, "gRPC transport failed: {e}"),
+            ServeError::Storage(e) => write!(f, "storage failed: {e}"),
         }
     }
 }
@@ -81,6 +85,7 @@ pub async fn run(
             tokio::time::sleep(grace).await;
         } => Ok(()),
     };
-    ledger.shutdown().await;
-    served.map_err(ServeError::Transport)
+    let stopped = ledger.shutdown().await;
+    served.map_err(ServeError::Transport)?;
+    stopped.map_err(ServeError::Storage)
 }

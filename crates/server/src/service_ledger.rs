@@ -7,10 +7,9 @@ use converge_ledger_core::{Digest, NewEntry};
 use converge_ledger_proto::context::v1 as context_pb;
 use converge_ledger_proto::ledger::v1 as pb;
 use pb::ledger_service_server::LedgerService;
-use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::Stream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::snapshot_metadata;
@@ -33,6 +32,51 @@ const LIST_DEFAULT: usize = 1000;
 const LIST_MAX: usize = 10_000;
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
+
+/// A streamed Read in progress.
+struct Reading {
+    ledger: Arc<Ledger>,
+    context: String,
+    key: Option<String>,
+    /// Entries up to this were sent.
+    after: u64,
+    /// The head when the read started; the stream ends at or before it.
+    latest: u64,
+    /// Entries the caller still wants.
+    remaining: u64,
+    chunk_bytes: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Reading {
+    /// The next message; `None` when everything asked for was sent.
+    async fn next(&mut self) -> Result<Option<pb::ReadResponse>, LedgerError> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let want = self.remaining.min(READ_CHUNK_ENTRIES as u64) as usize;
+        let (entries, _) = self
+            .ledger
+            .read_chunk(
+                &self.context,
+                self.after,
+                self.latest,
+                self.key.as_deref(),
+                want,
+                self.chunk_bytes,
+            )
+            .await?;
+        let Some(last) = entries.last().map(|e| e.sequence) else {
+            return Ok(None);
+        };
+        self.after = last;
+        self.remaining -= entries.len() as u64;
+        Ok(Some(pb::ReadResponse {
+            entries: entries.iter().map(entry_to_proto).collect(),
+            latest_sequence: self.latest,
+        }))
+    }
+}
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 /// The next message of a load stream, refused when the client stays
@@ -109,40 +153,31 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let r = request.into_inner();
         let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
+        let permit = self.ledger.open_stream()?;
         // Never above the response limit (one entry always fits in it).
         let chunk_bytes = READ_CHUNK_BYTES.min(self.ledger.config().effective_response_bytes_max());
-        let (tx, rx) = mpsc::channel(4);
-        let ledger = self.ledger.clone();
-        tokio::spawn(async move {
-            let key = (!r.key.is_empty()).then_some(r.key.as_str());
-            let mut after = r.after_sequence;
-            let mut remaining = if r.limit == 0 { u64::MAX } else { r.limit };
-            loop {
-                let want = remaining.min(READ_CHUNK_ENTRIES as u64) as usize;
-                let chunk = ledger
-                    .read_chunk(&r.context_id, after, latest, key, want, chunk_bytes)
-                    .await;
-                let msg = match chunk {
-                    Ok((entries, _)) => {
-                        let Some(last) = entries.last().map(|e| e.sequence) else {
-                            break;
-                        };
-                        after = last;
-                        remaining -= entries.len() as u64;
-                        Ok(pb::ReadResponse {
-                            entries: entries.iter().map(entry_to_proto).collect(),
-                            latest_sequence: latest,
-                        })
-                    }
-                    Err(e) => Err(Status::from(e)),
-                };
-                let failed = msg.is_err();
-                if tx.send(msg).await.is_err() || failed || remaining == 0 {
-                    break;
-                }
+        let read = Reading {
+            ledger: self.ledger.clone(),
+            context: r.context_id,
+            key: (!r.key.is_empty()).then_some(r.key),
+            after: r.after_sequence,
+            latest,
+            remaining: if r.limit == 0 { u64::MAX } else { r.limit },
+            chunk_bytes,
+            _permit: permit,
+        };
+        // A pull stream: each message is read from storage when the
+        // transport asks for it, so a client that stops reading holds one
+        // message at most, and no task.
+        let stream = futures_util::stream::unfold(Some(read), |state| async move {
+            let mut read = state?;
+            match read.next().await {
+                Ok(Some(msg)) => Some((Ok(msg), Some(read))),
+                Ok(None) => None,
+                Err(e) => Some((Err(Status::from(e)), None)),
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_contexts(
@@ -167,7 +202,7 @@ impl LedgerService for LedgerApi {
             Ok::<_, converge_ledger_store::StoreError>(out)
         })
         .await
-        .map_err(|e| Status::unavailable(format!("storage task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("a storage task failed: {e}")))?
         .map_err(LedgerError::from)?;
         Ok(Response::new(pb::ListContextsResponse { contexts }))
     }
@@ -262,7 +297,7 @@ impl LedgerService for LedgerApi {
             &info.signed,
         ));
         let sequence = info.head.sequence;
-        let stream = ReceiverStream::new(pieces).map(move |piece| {
+        let stream = pieces.map(move |piece| {
             piece
                 .map(|data| {
                     let metadata = first.take();
@@ -282,6 +317,7 @@ impl LedgerService for LedgerApi {
         request: Request<Streaming<pb::LoadChunk>>,
     ) -> Result<Response<context_pb::LoadResponse>, Status> {
         let mut chunks = request.into_inner();
+        let _stream = self.ledger.open_stream()?;
         let first = next_chunk(&mut chunks).await?.ok_or_else(|| {
             LedgerError::InvalidArgument(
                 "the load stream is empty; its first message names the context".into(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{TestServer, eventually};
 use converge_ledger_client::{AppendOptions, Client, ClientError};
-use converge_ledger_server::{LedgerConfig, ServerConfig};
+use converge_ledger_server::{HubLimits, LedgerConfig, ServerConfig};
 use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore};
 use tokio_stream::StreamExt;
 
@@ -89,12 +89,16 @@ async fn watchers_joining_during_appends_see_every_entry_once_in_order() {
     s.stop().await;
 }
 
-/// A watcher that does not read while thousands of entries go by (far more
-/// than the live buffer) still gets all of them, in order.
+/// A watcher that does not read while hundreds of entries go by (far more
+/// than the hub keeps for live delivery) still gets all of them, in order,
+/// while the hub holds no more than its bound.
 #[tokio::test]
-async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
+async fn a_slow_watcher_loses_nothing_while_the_hub_holds_only_its_bound() {
     let config = LedgerConfig {
-        watch_buffer_entries: 8,
+        hub: HubLimits {
+            ring_entries_max: 8,
+            ..HubLimits::default()
+        },
         watch_catch_up_chunk: 16,
         ..LedgerConfig::default()
     };
@@ -110,6 +114,9 @@ async fn a_slow_watcher_loses_nothing_and_the_buffer_stays_bounded() {
             .await
             .unwrap();
     }
+    // Each entry here is under 200 bytes: eight of them, not 300.
+    let held = s.ledger.buffered_bytes();
+    assert!(held > 0 && held <= 8 * 200, "the hub holds {held} bytes");
     let mut got = vec![1];
     let expected: Vec<u64> = (1..=5)
         .chain((0..300).filter(|i| i % 3 != 0).map(|i| 6 + i))
@@ -278,4 +285,55 @@ async fn a_stalled_watcher_does_not_block_shutdown() {
         panic!("a watch after shutdown was accepted");
     };
     assert!(err.to_string().contains("shutting down"), "{err}");
+}
+
+/// Regression: a watch opened on a node that did not write its context
+/// (another node appended over a shared store) started the hub at sequence
+/// 0, so the first notification re-read and re-published the whole history.
+/// Now a notification reads only what the watchers have not read
+/// themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_reads_only_entries_above_the_head_the_watchers_read() {
+    let shared: Arc<dyn converge_ledger_store::Store> = Arc::new(MemoryStore::new());
+    let writer = converge_ledger_server::Ledger::new(shared.clone(), LedgerConfig::default());
+    let probe = Arc::new(common::Probe::new(shared));
+    let reader = converge_ledger_server::Ledger::new(probe.clone(), LedgerConfig::default());
+    let entry = |i: u64| converge_ledger_core::NewEntry {
+        key: "k".into(),
+        payload: i.to_be_bytes().to_vec(),
+        metadata: Default::default(),
+        lamport: 0,
+    };
+    let mut batch = Vec::new();
+    for i in 0..2000 {
+        batch.push(entry(i));
+    }
+    writer
+        .append_batch("shared".into(), batch, None, None)
+        .await
+        .unwrap();
+    // Watch from the head on the other node: nothing to catch up.
+    let mut watch = reader.watch("shared".into(), None, 2000).unwrap();
+    let next = tokio::spawn(async move { watch.next().await.unwrap().unwrap().sequence });
+    // Once the watcher has read the head (it subscribed before), the next
+    // entry can only come from the notification.
+    eventually(5, "the watcher to read its head", || {
+        (probe.heads_read() > 0).then_some(())
+    })
+    .await;
+    writer
+        .append("shared".into(), entry(2000), None)
+        .await
+        .unwrap();
+    reader.notify_appended("shared").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("the notification delivered the new entry")
+        .unwrap();
+    assert_eq!(got, 2001);
+    assert_eq!(
+        probe.scanned(),
+        1,
+        "the notification read more than the one new entry"
+    );
 }

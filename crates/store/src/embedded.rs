@@ -87,6 +87,10 @@ pub struct EmbeddedStore {
     /// Serialises writers so staging sees a stable committed state.
     write_lock: Mutex<()>,
     syncer: Option<Syncer>,
+    /// The first failed write or fsync. The engine refuses writes after it
+    /// (it cannot tell what reached the disk), so every later write gets
+    /// this error, which says what went wrong first.
+    failure: Arc<Mutex<Option<StoreError>>>,
 }
 
 #[derive(Default)]
@@ -106,6 +110,36 @@ struct Ctx {
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
+
+/// A storage engine failure, told apart by what the caller can do about it:
+/// a full disk, a directory another process holds, a format from another
+/// build, or a transient I/O failure.
+fn engine(what: &str, e: fjall::Error) -> StoreError {
+    fn no_space(e: &std::io::Error) -> bool {
+        e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(ENOSPC)
+    }
+    match &e {
+        fjall::Error::Io(i) | fjall::Error::Storage(fjall::LsmError::Io(i)) if no_space(i) => {
+            StoreError::NoSpace(format!("{what}: the disk is full ({i})"))
+        }
+        fjall::Error::Locked => StoreError::Config(format!(
+            "{what}: the data directory is in use by another process (one process owns an \
+             embedded data directory; stop the other server or use another --data-dir)"
+        )),
+        fjall::Error::InvalidVersion(v) => StoreError::Config(format!(
+            "{what}: the data directory holds storage engine format {v:?}, which this build \
+             cannot read"
+        )),
+        fjall::Error::Poisoned => StoreError::Io(format!(
+            "{what}: the storage engine refuses writes after an earlier failed write or fsync; \
+             restart the server to recover from the journal"
+        )),
+        _ => StoreError::Io(format!("{what}: {e}")),
+    }
+}
+
+/// `ENOSPC` on Linux and the BSDs.
+const ENOSPC: i32 = 28;
 
 fn entry_key(id: u32, seq: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -147,35 +181,38 @@ impl EmbeddedStore {
     /// Opens (or creates) the store at `options.path`. Only stored heads are
     /// read, so opening costs the same whatever the number of entries.
     pub fn open(options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let shown = options.path.display().to_string();
         std::fs::create_dir_all(&options.path)
-            .map_err(|e| io(format!("cannot create {}: {e}", options.path.display())))?;
+            .map_err(|e| io(format!("cannot create {shown}: {e}")))?;
+        check_data_dir(&options.path)?;
         let db = Database::builder(&options.path)
             .cache_size(options.cache_bytes)
             .max_journaling_size(JOURNAL_BYTES_MAX)
             .open()
-            .map_err(|e| io(format!("cannot open {}: {e}", options.path.display())))?;
+            .map_err(|e| engine(&format!("cannot open {shown}"), e))?;
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
             })
-            .map_err(io)
+            .map_err(|e| engine(&format!("cannot open keyspace {name} in {shown}"), e))
         };
         let meta = ks(KS_META)?;
         match meta.get("format").map_err(io)? {
             None => {
                 meta.insert("format", FORMAT_VERSION.to_be_bytes())
-                    .map_err(io)?;
-                db.persist(PersistMode::SyncAll).map_err(io)?;
+                    .map_err(|e| engine("cannot record the storage format", e))?;
+                db.persist(PersistMode::SyncAll)
+                    .map_err(|e| engine("cannot record the storage format", e))?;
             }
             Some(v) if *v == FORMAT_VERSION.to_be_bytes() => {}
             Some(v) => {
-                return Err(StoreError::Io(format!(
-                    "{} holds storage format {:?}; this build reads format {FORMAT_VERSION}",
-                    options.path.display(),
+                return Err(StoreError::Config(format!(
+                    "{shown} holds storage format {:?}; this build reads format {FORMAT_VERSION}",
                     &*v
                 )));
             }
         }
+        let failure = Arc::new(Mutex::new(None));
         let store = EmbeddedStore {
             entries: ks(KS_ENTRIES)?,
             heads_ks: ks(KS_HEADS)?,
@@ -187,9 +224,12 @@ impl EmbeddedStore {
             state: RwLock::new(State::default()),
             write_lock: Mutex::new(()),
             syncer: match options.fsync {
-                FsyncPolicy::Interval(every) => Some(Syncer::start(db.clone(), every)),
+                FsyncPolicy::Interval(every) => {
+                    Some(Syncer::start(db.clone(), every, failure.clone()))
+                }
                 _ => None,
             },
+            failure,
             db,
         };
         store.load_heads()?;
@@ -248,6 +288,19 @@ impl EmbeddedStore {
         Ok(entry)
     }
 
+    fn failed(&self) -> Option<StoreError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Latches the first failure and returns it (or the first, if another
+    /// came before).
+    fn fail(&self, e: StoreError) -> StoreError {
+        latch(&self.failure, e)
+    }
+
     /// Disk space used by the database, in bytes.
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
@@ -282,8 +335,19 @@ impl Backing for EmbeddedStore {
         let Some(id) = self.id_of(context) else {
             return Ok(None);
         };
-        let v = self.idempotency.get(idempotency_key(id, key)).map_err(io)?;
-        Ok(v.and_then(|v| be_u64(&v)))
+        let Some(v) = self.idempotency.get(idempotency_key(id, key)).map_err(io)? else {
+            return Ok(None);
+        };
+        // A record that does not decode is corruption, never "no key": read
+        // as absent, it would let a retry append a duplicate.
+        be_u64(&v).map(Some).ok_or_else(|| StoreError::Corrupt {
+            context: context.to_owned(),
+            sequence: 0,
+            reason: format!(
+                "the idempotency record of key {key:?} is {} bytes, not an 8-byte sequence",
+                v.len()
+            ),
+        })
     }
 
     fn committed_entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError> {
@@ -300,6 +364,9 @@ impl Backing for EmbeddedStore {
 impl Store for EmbeddedStore {
     fn write(&self, now_ns: u64, commands: Vec<WriteCommand>) -> Result<Committed, StoreError> {
         let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
         let staged = stage(self, now_ns, commands)?;
         if staged.heads.is_empty() && staged.committed.entries.is_empty() {
             return Ok(staged.committed);
@@ -361,7 +428,12 @@ impl Store for EmbeddedStore {
                 );
             }
         }
-        batch.commit().map_err(io)?;
+        batch.commit().map_err(|e| {
+            self.fail(engine(
+                "committing a batch failed; nothing of it was acknowledged",
+                e,
+            ))
+        })?;
         // Durable: now, and only now, the heads move.
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for (name, head) in staged.heads {
@@ -498,7 +570,16 @@ impl Store for EmbeddedStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll).map_err(io)
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| self.fail(engine("fsync failed", e)))
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        self.failed()
     }
 }
 
@@ -539,10 +620,63 @@ impl Drop for EmbeddedStore {
         if let Some(s) = self.syncer.take() {
             s.stop();
         }
-        // Best effort: everything acknowledged under `interval`/`never`
-        // reaches the disk on a clean close.
-        let _ = self.db.persist(PersistMode::SyncAll);
+        // Everything acknowledged under `interval`/`never` reaches the disk
+        // on a clean close. The server syncs (and reports a failure) before
+        // it drops the store; this covers direct users, who call
+        // `Store::sync` to learn of a failure.
+        if self.failed().is_none() {
+            let _ = self.db.persist(PersistMode::SyncAll);
+        }
     }
+}
+
+/// Records `e` as the store's failure unless one is recorded already;
+/// returns the recorded one.
+fn latch(failure: &Mutex<Option<StoreError>>, e: StoreError) -> StoreError {
+    failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert(e)
+        .clone()
+}
+
+/// Refuses to adopt a directory that holds something other than a ledger:
+/// a mistyped `--data-dir` must not scatter the engine's files among
+/// someone's documents. An empty directory, or one with the engine's
+/// version marker, is accepted; so are `signing.key` (the server may create
+/// it first) and `lost+found` (the root of a fresh filesystem).
+fn check_data_dir(path: &std::path::Path) -> Result<(), StoreError> {
+    let shown = path.display();
+    let read = std::fs::read_dir(path).map_err(|e| io(format!("cannot read {shown}: {e}")))?;
+    let mut foreign = Vec::new();
+    for item in read {
+        let name = item
+            .map_err(|e| io(format!("cannot read {shown}: {e}")))?
+            .file_name();
+        match name.to_string_lossy().as_ref() {
+            // fjall's format marker: this is a storage directory.
+            "version" => return Ok(()),
+            "signing.key" | "lost+found" => {}
+            n if n.starts_with("signing.key.") => {}
+            n => foreign.push(n.to_owned()),
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = foreign.len().saturating_sub(5);
+    foreign.truncate(5);
+    Err(StoreError::Config(format!(
+        "{shown} is not empty and holds no ledger data ({}{}); refusing to store the ledger \
+         among other files: give --data-dir an empty or new directory",
+        foreign.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
 }
 
 /// The background fsync of the `interval` policy.
@@ -552,7 +686,7 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn start(db: Database, every: Duration) -> Syncer {
+    fn start(db: Database, every: Duration, failure: Arc<Mutex<Option<StoreError>>>) -> Syncer {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -565,9 +699,14 @@ impl Syncer {
                         .wait_timeout(stopped, every)
                         .unwrap_or_else(|p| p.into_inner());
                     stopped = guard;
-                    // A failed fsync poisons the database: later writes fail
-                    // loudly rather than being acknowledged without disk.
-                    let _ = db.persist(PersistMode::SyncAll);
+                    // A failed fsync poisons the database, and is latched
+                    // as the store's failure: later writes fail loudly
+                    // rather than being acknowledged without disk, and
+                    // shutdown reports it.
+                    if let Err(e) = db.persist(PersistMode::SyncAll) {
+                        latch(&failure, engine("the interval fsync failed", e));
+                        return;
+                    }
                 }
             })
             .expect("spawning the fsync thread");

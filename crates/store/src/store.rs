@@ -90,6 +90,15 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable regardless of the fsync
     /// policy (used at shutdown and by the interval policy).
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// The failure that makes this store refuse every write until it is
+    /// reopened (a failed fsync, a full disk), if any: health checks report
+    /// it and shutdown exits with it. `None` while the store is healthy, and
+    /// always for stores that recover by themselves (a database connection
+    /// that comes back).
+    fn failure(&self) -> Option<StoreError> {
+        None
+    }
 }
 
 /// Up to `n` heads of `contexts` with ids after `cursor`, copied (for

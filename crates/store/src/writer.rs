@@ -116,8 +116,9 @@ pub struct Writer {
     bytes: Arc<Semaphore>,
     /// Queue byte limit, in the semaphore's unit (bytes).
     bytes_max: usize,
-    /// Fires when the thread has drained, synced and exited.
-    done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    /// Fires when the thread has drained, synced and exited, with the
+    /// result of the final sync.
+    done: std::sync::Mutex<Option<oneshot::Receiver<Result<(), StoreError>>>>,
 }
 
 impl Writer {
@@ -136,8 +137,8 @@ impl Writer {
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                run(store, config, clock, on_commit, rx);
-                let _ = done_tx.send(());
+                let synced = run(store, config, clock, on_commit, rx);
+                let _ = done_tx.send(synced);
             })
             .expect("spawning the writer thread");
         Writer {
@@ -179,13 +180,18 @@ impl Writer {
     }
 
     /// Stops accepting writes, lets everything already queued commit, syncs
-    /// the store and waits for the writer thread to exit.
-    pub async fn shutdown(&self) {
+    /// the store and waits for the writer thread to exit. An error says the
+    /// final sync failed: writes acknowledged under a relaxed fsync policy
+    /// may not be on disk. Only the first call reports it.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.bytes.close();
         let _ = self.tx.send(Msg::Stop).await;
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(done) = done {
-            let _ = done.await;
+        match done {
+            Some(done) => done.await.unwrap_or(Err(StoreError::Internal(
+                "the writer thread ended without reporting its final sync".into(),
+            ))),
+            None => Ok(()),
         }
     }
 }
@@ -196,7 +202,7 @@ fn run(
     clock: Arc<dyn Clock>,
     on_commit: OnCommit,
     mut rx: mpsc::Receiver<Msg>,
-) {
+) -> Result<(), StoreError> {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.batch_commands_max);
     let mut stopping = false;
     while !stopping {
@@ -241,5 +247,5 @@ fn run(
     }
     // Refuse whatever arrives after the stop, then make everything durable.
     rx.close();
-    let _ = store.sync();
+    store.sync()
 }

@@ -97,7 +97,7 @@ pub async fn run(a: Args) -> anyhow::Result<Report> {
                 },
             )
             .await?;
-            ledger.shutdown().await;
+            ledger.shutdown().await?;
             drop(ledger);
             drop(dir);
             let goal = matches!(case, Case::Always).then_some(Goal::AtLeast(500_000.0));

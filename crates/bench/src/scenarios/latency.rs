@@ -173,7 +173,7 @@ async fn inprocess_sequential(
             samples.push(t.elapsed().as_nanos() as u64);
         }
     }
-    ledger.shutdown().await;
+    ledger.shutdown().await?;
     Ok(Latencies::new(samples))
 }
 

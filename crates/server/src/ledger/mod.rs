@@ -1,0 +1,165 @@
+//! The ledger in process: validation, group-commit appends, bounded reads,
+//! snapshots and loads, proofs, and gapless watches over one [`Store`], in
+//! one file per concern.
+
+mod read;
+mod snapshot;
+mod watch;
+mod write;
+
+use std::sync::Arc;
+
+use converge_ledger_core::{HeadSigner, Limits, Metadata, PublicKey};
+use converge_ledger_store::{Clock, Store, SystemClock, Writer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{Hub, LedgerConfig, LedgerError};
+
+pub use read::{ConsistencyProof, InclusionProof};
+pub use snapshot::{Loaded, Snapshot, SnapshotInfo};
+pub use watch::WatchStream;
+pub use write::{Appended, AppendedBatch};
+
+/// The ledger in process: validation, group-commit appends, bounded reads,
+/// snapshots, loads and gapless watches over one [`Store`].
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    writer: Writer,
+    hub: Arc<Hub>,
+    config: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    watchers: Arc<Semaphore>,
+    /// Bytes streamed loads may hold at once.
+    load_budget: Arc<Semaphore>,
+    /// Read, SnapshotStream and LoadStream streams open at once.
+    streams: Arc<Semaphore>,
+    /// Signs heads and snapshots.
+    signer: Arc<HeadSigner>,
+    /// Flips to `true` when shutdown begins; watch streams end on it.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Ledger {
+    /// A ledger over `store` with the system clock and a fresh, ephemeral
+    /// signing key (use [`Ledger::with_signer`] to keep a key across
+    /// restarts).
+    pub fn new(store: Arc<dyn Store>, config: LedgerConfig) -> Arc<Ledger> {
+        let signer = Arc::new(HeadSigner::from_seed(crate::keys::random_seed()));
+        Self::with_signer(store, config, signer, Arc::new(SystemClock))
+    }
+
+    /// A ledger over `store` with a given signing key and clock.
+    pub fn with_signer(
+        store: Arc<dyn Store>,
+        config: LedgerConfig,
+        signer: Arc<HeadSigner>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Ledger> {
+        let hub = Hub::new(config.hub);
+        let publish = hub.clone();
+        let writer = Writer::spawn(
+            store.clone(),
+            config.writer.clone(),
+            clock.clone(),
+            Box::new(move |entries| publish.publish(entries)),
+        );
+        Arc::new(Ledger {
+            store,
+            writer,
+            hub,
+            watchers: Arc::new(Semaphore::new(config.watchers_max)),
+            streams: Arc::new(Semaphore::new(config.streams_max)),
+            load_budget: Arc::new(Semaphore::new(
+                config
+                    .load_stream_bytes_max
+                    .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)),
+            )),
+            signer,
+            config,
+            clock,
+            stopping: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    /// The key heads and snapshots are signed with.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public_key()
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Begins shutdown: ends every watch, stops accepting writes, commits
+    /// what is queued and syncs the store. An error means the store failed
+    /// (the final sync, or earlier: a failed fsync, a full disk), so writes
+    /// acknowledged under a relaxed fsync policy may not be on disk.
+    pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        self.stopping.send_replace(true);
+        self.writer.shutdown().await?;
+        match self.store.failure() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The failure that stopped the store from accepting writes, if any (a
+    /// failed fsync, a full disk): the server is not healthy until an
+    /// operator restarts it.
+    pub fn storage_failure(&self) -> Option<LedgerError> {
+        self.store.failure().map(LedgerError::from)
+    }
+
+    /// Ends every watch stream (the first step of shutdown).
+    pub fn stop_watches(&self) {
+        // `send_replace`, not `send`: the flag must stick even when no watch
+        // is open yet, so a watch that starts later sees it.
+        self.stopping.send_replace(true);
+    }
+
+    /// A slot for one Read, SnapshotStream or LoadStream stream, held for
+    /// as long as the stream is open; refused past `streams_max`.
+    pub fn open_stream(&self) -> Result<OwnedSemaphorePermit, LedgerError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            LedgerError::ResourceExhausted(format!(
+                "{} streams (Read, SnapshotStream, LoadStream) are open, the server's limit; close \
+                 one or retry later",
+                self.config.streams_max
+            ))
+        })
+    }
+
+    /// Bytes of entries the watch hub holds for live delivery.
+    pub fn buffered_bytes(&self) -> usize {
+        self.hub.buffered_bytes()
+    }
+
+    /// Number of open watches.
+    pub fn open_watches(&self) -> usize {
+        self.config.watchers_max - self.watchers.available_permits()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LedgerError::Internal(format!("a storage task failed: {e}")))?
+}
+
+/// Metadata from the wire (a hash map) into the canonical sorted map.
+pub(crate) fn metadata_from_wire(m: std::collections::HashMap<String, String>) -> Metadata {
+    m.into_iter().collect()
+}

@@ -1,0 +1,204 @@
+//! Reads: heads, bounded chunks of entries, entries by hash, and Merkle
+//! proofs.
+
+use converge_ledger_core::{Digest, Entry, Head, SignedHead};
+use converge_ledger_store::{Scan, proofs};
+
+use super::{Ledger, blocking};
+use crate::LedgerError;
+
+/// An inclusion proof and what it proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The entry's sequence.
+    pub sequence: u64,
+    /// Size of the tree the proof is for.
+    pub tree_size: u64,
+    /// The entry's hash.
+    pub entry_hash: Digest,
+    /// Audit path, leaf side first.
+    pub path: Vec<Digest>,
+    /// Root of the tree of `tree_size` entries.
+    pub root: Digest,
+}
+
+/// A consistency proof and the two roots it links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// Size of the older tree.
+    pub old_size: u64,
+    /// Size of the newer tree.
+    pub new_size: u64,
+    /// The proof.
+    pub proof: Vec<Digest>,
+    /// Root of the older tree.
+    pub old_root: Digest,
+    /// Root of the newer tree.
+    pub new_root: Digest,
+}
+
+impl Ledger {
+    /// The committed head of `context` (`None`: no entries).
+    pub async fn head(&self, context: &str) -> Result<Option<Head>, LedgerError> {
+        self.config.limits.check_context_id(context)?;
+        let store = self.store.clone();
+        let context = context.to_owned();
+        blocking(move || store.head(&context).map_err(LedgerError::from)).await
+    }
+
+    /// Validates a read of `context` filtered by `key` (empty: all keys) and
+    /// returns the head sequence the read ends at (0: no entries).
+    pub async fn read_head(&self, context: &str, key: &str) -> Result<u64, LedgerError> {
+        self.config.limits.check_key_filter(key)?;
+        Ok(self.head(context).await?.map_or(0, |h| h.sequence))
+    }
+
+    /// Entries of `context` with `after < sequence <= until`, filtered by
+    /// `key`, at most `max_entries`, stopping before `max_bytes` (by
+    /// [`Entry::approximate_size`]) would be exceeded (but always at least
+    /// one entry). Returns the entries and whether the read stopped early on
+    /// a limit.
+    pub async fn read_chunk(
+        &self,
+        context: &str,
+        after: u64,
+        until: u64,
+        key: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, bool), LedgerError> {
+        let store = self.store.clone();
+        let context = context.to_owned();
+        let key = key.map(str::to_owned);
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            let mut truncated = false;
+            store.scan(
+                &context,
+                Scan {
+                    after,
+                    until,
+                    key: key.as_deref(),
+                },
+                &mut |e| {
+                    let size = e.approximate_size();
+                    if out.len() >= max_entries || (!out.is_empty() && bytes + size > max_bytes) {
+                        truncated = true;
+                        return false;
+                    }
+                    bytes += size;
+                    out.push(e);
+                    true
+                },
+            )?;
+            Ok((out, truncated))
+        })
+        .await
+    }
+
+    /// The committed head of `context` (empty head when unknown), signed.
+    pub async fn signed_head(&self, context: &str) -> Result<(Head, SignedHead), LedgerError> {
+        let head = self
+            .head(context)
+            .await?
+            .unwrap_or_else(|| Head::empty(context));
+        let signed = self.signer.sign(context, &head);
+        Ok((head, signed))
+    }
+
+    /// Proof that entry `sequence` is in the tree of the first `tree_size`
+    /// entries (`tree_size` 0: the head).
+    pub async fn inclusion_proof(
+        &self,
+        context: &str,
+        sequence: u64,
+        tree_size: u64,
+    ) -> Result<InclusionProof, LedgerError> {
+        let head = self.head(context).await?.map_or(0, |h| h.sequence);
+        let size = if tree_size == 0 { head } else { tree_size };
+        if size > head {
+            return Err(LedgerError::OutOfRange(format!(
+                "tree size {size} is beyond the head of context {context:?} ({head})"
+            )));
+        }
+        if sequence == 0 || sequence > size {
+            return Err(LedgerError::OutOfRange(format!(
+                "sequence {sequence} is not in the tree of size {size} of context {context:?} (sequences start at 1)"
+            )));
+        }
+        let store = self.store.clone();
+        let context = context.to_owned();
+        blocking(move || {
+            let entry = store.entry(&context, sequence)?.ok_or_else(|| {
+                LedgerError::DataLoss(format!(
+                    "entry {sequence} of {context:?} is missing below the head"
+                ))
+            })?;
+            let path = proofs::inclusion_proof(store.as_ref(), &context, sequence, size)?;
+            let root = proofs::root_at(store.as_ref(), &context, size)?;
+            Ok(InclusionProof {
+                sequence,
+                tree_size: size,
+                entry_hash: entry.hash,
+                path,
+                root,
+            })
+        })
+        .await
+    }
+
+    /// Proof that the tree of `old_size` entries is a prefix of the tree of
+    /// `new_size` entries (`new_size` 0: the head).
+    pub async fn consistency_proof(
+        &self,
+        context: &str,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
+        let head = self.head(context).await?.map_or(0, |h| h.sequence);
+        let new = if new_size == 0 { head } else { new_size };
+        if new > head {
+            return Err(LedgerError::OutOfRange(format!(
+                "tree size {new} is beyond the head of context {context:?} ({head})"
+            )));
+        }
+        if old_size == 0 || old_size > new {
+            return Err(LedgerError::OutOfRange(format!(
+                "old size {old_size} must be between 1 and the new size {new}"
+            )));
+        }
+        let store = self.store.clone();
+        let context = context.to_owned();
+        blocking(move || {
+            let proof = proofs::consistency_proof(store.as_ref(), &context, old_size, new)?;
+            let old_root = proofs::root_at(store.as_ref(), &context, old_size)?;
+            let new_root = proofs::root_at(store.as_ref(), &context, new)?;
+            Ok(ConsistencyProof {
+                old_size,
+                new_size: new,
+                proof,
+                old_root,
+                new_root,
+            })
+        })
+        .await
+    }
+
+    /// The entry with this hash and its context.
+    pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<(String, Entry)>, LedgerError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let Some((context, sequence)) = store.find_by_hash(&hash)? else {
+                return Ok(None);
+            };
+            let entry = store.entry(&context, sequence)?.ok_or_else(|| {
+                LedgerError::DataLoss(format!(
+                    "the hash index names {context:?}#{sequence}, which is missing"
+                ))
+            })?;
+            Ok(Some((context, entry)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,144 @@
+//! Appends: one entry, or an ordered atomic batch, through the group-commit
+//! writer.
+
+use std::sync::Arc;
+
+use converge_ledger_core::{Entry, NewEntry};
+use converge_ledger_store::{AppendCommand, BatchCommand, WriteCommand, WriteOutcome};
+
+use super::Ledger;
+use crate::LedgerError;
+
+/// A successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The entry as stored.
+    pub entry: Arc<Entry>,
+    /// `true` when this was a retry of an earlier append with the same
+    /// idempotency key and nothing new was appended.
+    pub duplicate: bool,
+}
+
+/// A successful batch append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedBatch {
+    /// The entries as stored, in order (consecutive sequences).
+    pub entries: Vec<Arc<Entry>>,
+    /// `true` when this was a retry of an earlier batch with the same
+    /// idempotency key and nothing new was appended.
+    pub duplicate: bool,
+}
+
+impl Ledger {
+    /// Appends one entry; returns once it is durable under the store's
+    /// policy.
+    pub async fn append(
+        &self,
+        context: String,
+        entry: NewEntry,
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, LedgerError> {
+        self.config.limits.check_append(
+            &context,
+            &entry,
+            idempotency_key.as_deref().unwrap_or(""),
+        )?;
+        let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
+        let key_for_error = idempotency_key.clone();
+        let outcome = self
+            .writer
+            .submit(WriteCommand::Append(AppendCommand {
+                context: context.clone(),
+                entry,
+                idempotency_key,
+            }))
+            .await?;
+        match outcome {
+            WriteOutcome::Appended(entry) => Ok(Appended {
+                entry,
+                duplicate: false,
+            }),
+            WriteOutcome::Duplicate(entry) => Ok(Appended {
+                entry,
+                duplicate: true,
+            }),
+            WriteOutcome::IdempotencyConflict { sequence } => {
+                Err(LedgerError::AlreadyExists(format!(
+                    "idempotency key {:?} was already used in context {context:?} for sequence {sequence}, \
+                 with a different key, payload or metadata; use a new idempotency key for a new entry",
+                    key_for_error.unwrap_or_default()
+                )))
+            }
+            WriteOutcome::Failed(e) => Err(e.into()),
+            other => Err(LedgerError::Internal(format!(
+                "unexpected write outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Appends `entries` to `context` in order, atomically: they take
+    /// consecutive sequences in one commit, or nothing is appended. With
+    /// `expected_sequence`, only if the context's head sequence is exactly
+    /// that when the batch commits. Each entry's `lamport` is a received
+    /// Lamport time merged before it (the gRPC service sets the request's on
+    /// the first entry).
+    pub async fn append_batch(
+        &self,
+        context: String,
+        entries: Vec<NewEntry>,
+        idempotency_key: Option<String>,
+        expected_sequence: Option<u64>,
+    ) -> Result<AppendedBatch, LedgerError> {
+        let limits = &self.config.limits;
+        limits.check_context_id(&context)?;
+        limits.check_batch_len(entries.len())?;
+        limits.check_idempotency_key(idempotency_key.as_deref().unwrap_or(""))?;
+        for (i, e) in entries.iter().enumerate() {
+            limits
+                .check_entry(&e.key, e.payload.len(), &e.metadata, e.lamport)
+                .map_err(|err| {
+                    LedgerError::InvalidArgument(format!("entries[{i}]: {}", err.message))
+                })?;
+        }
+        let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
+        let key_for_error = idempotency_key.clone();
+        let outcome = self
+            .writer
+            .submit(WriteCommand::AppendBatch(BatchCommand {
+                context: context.clone(),
+                entries,
+                idempotency_key,
+                expected_sequence,
+            }))
+            .await?;
+        match outcome {
+            WriteOutcome::AppendedBatch(entries) => Ok(AppendedBatch {
+                entries,
+                duplicate: false,
+            }),
+            WriteOutcome::DuplicateBatch(entries) => Ok(AppendedBatch {
+                entries,
+                duplicate: true,
+            }),
+            WriteOutcome::IdempotencyConflict { sequence } => {
+                Err(LedgerError::AlreadyExists(format!(
+                    "idempotency key {:?} was already used in context {context:?} for the entries \
+                     from sequence {sequence} on, which differ from this batch; use a new \
+                     idempotency key for a new batch",
+                    key_for_error.unwrap_or_default()
+                )))
+            }
+            WriteOutcome::SequenceMismatch { expected, actual } => {
+                Err(LedgerError::FailedPrecondition(format!(
+                    "context {context:?} is at sequence {actual}, not the expected {expected}; \
+                     nothing was appended (read the new entries, then retry with \
+                     expected_sequence {actual})"
+                )))
+            }
+            WriteOutcome::Failed(e) => Err(e.into()),
+            other => Err(LedgerError::Internal(format!(
+                "unexpected write outcome {other:?}"
+            ))),
+        }
+    }
+}
