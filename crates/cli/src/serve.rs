@@ -137,6 +137,11 @@ pub struct ServeArgs {
     /// file (created if missing).
     #[arg(long, env = "CONVERGE_LEDGER_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
+    /// With embedded storage whose data directory holds a ledger but no
+    /// signing key: create a new key instead of refusing to start. Clients
+    /// that pinned the old key will refuse heads signed with the new one.
+    #[arg(long, env = "CONVERGE_LEDGER_NEW_SIGNING_KEY")]
+    new_signing_key: bool,
     /// Public key (hex) whose signed snapshots Load accepts besides this
     /// server's own; repeatable, or comma-separated in the environment.
     #[arg(
@@ -148,13 +153,96 @@ pub struct ServeArgs {
     trusted_keys: Vec<String>,
 }
 
+/// Refuses flag values that make no sense, saying what is allowed.
+fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
+    for (flag, value) in [
+        ("--max-payload-bytes", args.max_payload_bytes),
+        ("--max-batch-entries", args.max_batch_entries),
+        ("--max-connections", args.max_connections),
+        ("--max-watchers", args.max_watchers),
+        ("--postgres-pool-size", args.postgres_pool_size),
+    ] {
+        if value == 0 {
+            bail!("{flag} is 0; it must be at least 1");
+        }
+    }
+    let limits = converge_ledger_core::Limits {
+        payload_bytes_max: args.max_payload_bytes,
+        ..Default::default()
+    };
+    let one_entry = limits.entry_bytes_max();
+    if args.max_request_bytes < one_entry {
+        bail!(
+            "--max-request-bytes is {} bytes, less than one entry at the largest payload \
+             (--max-payload-bytes {} plus key, metadata and framing: {one_entry} bytes); raise it \
+             to at least {one_entry}, or lower --max-payload-bytes",
+            args.max_request_bytes,
+            args.max_payload_bytes
+        );
+    }
+    if let Some(memory) = memory_bytes() {
+        let cache = args.cache_mib.saturating_mul(1024 * 1024);
+        if cache >= memory {
+            bail!(
+                "--cache-mib {} is {} bytes, at least this machine's memory ({memory} bytes); use \
+                 a fraction of it (the default is 64)",
+                args.cache_mib,
+                cache
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Total memory of this machine, from `/proc/meminfo`.
+fn memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// What an opened store holds: contexts and entries (the sum of their head
+/// sequences), so that a restart says what it recovered.
+fn recovered(store: &dyn Store) -> anyhow::Result<(u64, u64)> {
+    let (mut contexts, mut entries) = (0u64, 0u64);
+    store.contexts("", &mut |_, head| {
+        contexts += 1;
+        entries += head.sequence;
+        true
+    })?;
+    Ok((contexts, entries))
+}
+
+/// The signing key of embedded storage in `data_dir`: refuses to replace a
+/// missing key beside existing data unless told to, since every client that
+/// pinned the old key would then refuse this server's heads.
+fn embedded_key(
+    data_dir: &std::path::Path,
+    store: &dyn Store,
+    new_key: bool,
+) -> anyhow::Result<HeadSigner> {
+    let path = data_dir.join("signing.key");
+    let mut has_data = false;
+    store.contexts("", &mut |_, _| {
+        has_data = true;
+        false
+    })?;
+    if has_data && !path.exists() && !new_key {
+        bail!(
+            "{} holds a ledger but no signing key at {}: its heads were signed with a key that is \
+             gone, and clients that pinned it would refuse a new one. Restore the key file from \
+             your backup (or point --signing-key at it); or start once with --new-signing-key to \
+             sign with a new key knowingly",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    Ok(load_or_create_key(&path, true)?)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.max_payload_bytes == 0 {
-        bail!("--max-payload-bytes must be at least 1");
-    }
-    if args.max_batch_entries == 0 {
-        bail!("--max-batch-entries must be at least 1");
-    }
+    check_flags(&args)?;
     let fsync = match args.fsync {
         Fsync::Always => FsyncPolicy::Always,
         Fsync::Interval => {
@@ -179,9 +267,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let opened = tokio::task::spawn_blocking(move || EmbeddedStore::open(options))
                 .await?
                 .with_context(|| format!("opening embedded storage in {path}"))?;
+            let (contexts, entries) = recovered(&opened)?;
             (
                 Arc::new(opened),
-                format!("embedded in {path}, fsync {:?}", args.fsync).to_lowercase(),
+                format!(
+                    "embedded in {path}, fsync {}; recovered {contexts} contexts, {entries} entries",
+                    format!("{:?}", args.fsync).to_lowercase()
+                ),
             )
         }
         Storage::Postgres => {
@@ -229,7 +321,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let signer = match (&args.signing_key, args.storage) {
         (Some(path), _) => load_or_create_key(path, true)?,
-        (None, Storage::Embedded) => load_or_create_key(&args.data_dir.join("signing.key"), true)?,
+        (None, Storage::Embedded) => {
+            embedded_key(&args.data_dir, store.as_ref(), args.new_signing_key)?
+        }
         (None, Storage::Memory) => HeadSigner::from_seed(random_seed()),
         (None, Storage::Postgres) => bail!(
             "--storage postgres needs --signing-key FILE (env CONVERGE_LEDGER_SIGNING_KEY): every node of \

@@ -23,25 +23,86 @@ fn populated(dir: &Path) {
             assert!(ok, "{err}");
         }
     }
+    // Without a key obtained out of band, the server's word for its key is
+    // all there is: consistent, but unverified.
     let (ok, out, err) = cli(&server.addr, &["verify", "beta"], None);
     assert!(ok, "{err}");
-    assert!(out.starts_with("OK: beta: 20 entries"), "{out}");
-    let (ok, out, err) = cli(&server.addr, &["proof", "inclusion", "beta", "7"], None);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("verified; the root matches the head signed by"),
-        "{out}"
-    );
+    assert!(out.starts_with("UNVERIFIED: beta: 20 entries"), "{out}");
     let (ok, out, err) = cli(
         &server.addr,
-        &["proof", "consistency", "beta", "5", "13"],
+        &["--json", "proof", "inclusion", "beta", "7"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains(r#""verified":false"#), "{out}");
+    // With the key read from the key file: verified.
+    let key_file = dir.join("signing.key");
+    let (ok, key, err) = cli(
+        &server.addr,
+        &["key", "--file", key_file.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{err}");
+    let key = key.trim().rsplit(' ').next().unwrap().to_owned();
+    let (ok, out, err) = cli(
+        &server.addr,
+        &["verify", "beta", "--public-key", &key],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("OK: beta: 20 entries"), "{out}");
+    let (ok, out, err) = cli(
+        &server.addr,
+        &[
+            "proof",
+            "inclusion",
+            "beta",
+            "7",
+            "--tree-size",
+            "9",
+            "--public-key",
+            &key,
+        ],
         None,
     );
     assert!(ok, "{err}");
     assert!(
-        out.contains("from 5 entries") && out.contains("to 13 entries") && out.contains("verified"),
+        out.contains(
+            "verified: the root is tied to the head of 20 entries signed by the pinned key"
+        ),
         "{out}"
     );
+    let (ok, out, err) = cli(
+        &server.addr,
+        &[
+            "--json",
+            "proof",
+            "consistency",
+            "beta",
+            "5",
+            "13",
+            "--public-key",
+            &key,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(r#""old_size":5"#)
+            && out.contains(r#""new_size":13"#)
+            && out.contains(r#""verified":true"#)
+            && out.contains(r#""anchor_sequence":20"#),
+        "{out}"
+    );
+    // A key that is not the server's: refused.
+    let other = "11".repeat(32);
+    let (ok, _, err) = cli(
+        &server.addr,
+        &["proof", "inclusion", "beta", "7", "--public-key", &other],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("not by the trusted key"), "{err}");
     let (ok, _, err) = cli(&server.addr, &["proof", "inclusion", "beta", "21"], None);
     assert!(!ok);
     assert!(err.contains("out of range"), "{err}");

@@ -25,8 +25,9 @@ mod error;
 mod watch;
 
 pub use client::{
-    AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions, GetOptions,
-    GetResult, HeadInfo, LoadResult, ServerInfo, SnapshotBlob,
+    AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions,
+    ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo, LoadResult,
+    ServerInfo, SnapshotBlob,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 pub use error::ClientError;

@@ -86,6 +86,69 @@ fn trim(v: f64, unit: &str) -> String {
     }
 }
 
+/// The Unicode format characters (general category Cf, Unicode 15.1):
+/// invisible characters such as U+200B ZERO WIDTH SPACE and U+202E
+/// RIGHT-TO-LEFT OVERRIDE that make one identifier display as another.
+const FORMAT_CHARACTERS: &[(u32, u32)] = &[
+    (0xAD, 0xAD),
+    (0x600, 0x605),
+    (0x61C, 0x61C),
+    (0x6DD, 0x6DD),
+    (0x70F, 0x70F),
+    (0x890, 0x891),
+    (0x8E2, 0x8E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Whether `c` is a Unicode format character (category Cf), which
+/// identifiers refuse: with them, two different ids look the same, or an
+/// id displays as another (bidirectional overrides).
+pub fn is_format_char(c: char) -> bool {
+    let c = c as u32;
+    FORMAT_CHARACTERS
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// Why `value` cannot be an identifier (context id, key), if it cannot:
+/// control characters and Unicode format characters are refused.
+pub fn unprintable_char(value: &str) -> Option<String> {
+    let c = value
+        .chars()
+        .find(|c| c.is_control() || is_format_char(*c))?;
+    Some(if c.is_control() {
+        format!("the control character {c:?}; control characters are not allowed")
+    } else {
+        format!(
+            "the invisible format character U+{:04X}; Unicode format characters (category Cf, such as \
+             zero-width spaces and bidirectional overrides) are not allowed, since they make one id \
+             display as another",
+            c as u32
+        )
+    })
+}
+
 fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Result<(), LimitError> {
     if value.is_empty() {
         return err(
@@ -99,13 +162,8 @@ fn check_name(field: &'static str, what: &str, value: &str, max: usize) -> Resul
             format!("{what} is {} bytes; the limit is {max} bytes", value.len()),
         );
     }
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return err(
-            field,
-            format!(
-                "{what} contains the control character {c:?}; control characters are not allowed"
-            ),
-        );
+    if let Some(why) = unprintable_char(value) {
+        return err(field, format!("{what} contains {why}"));
     }
     Ok(())
 }
@@ -141,8 +199,8 @@ impl Limits {
             return err(
                 "payload",
                 format!(
-                    "payload is {}; the limit is {} (--max-payload-bytes)",
-                    human_bytes(len),
+                    "payload is {len} bytes; the limit is {} bytes ({}, --max-payload-bytes)",
+                    self.payload_bytes_max,
                     human_bytes(self.payload_bytes_max)
                 ),
             );
@@ -294,10 +352,12 @@ mod tests {
         );
         let e = l.check_key("a\nb").unwrap_err();
         assert!(e.message.contains("control"), "{e}");
-        let e = l.check_payload(9 * 1024 * 1024).unwrap_err();
+        // Exact byte counts: "4 MiB; the limit is 4 MiB" was the message
+        // for one byte too many.
+        let e = l.check_payload(4 * 1024 * 1024 + 1).unwrap_err();
         assert_eq!(
             e.message,
-            "payload is 9 MiB; the limit is 4 MiB (--max-payload-bytes)"
+            "payload is 4194305 bytes; the limit is 4194304 bytes (4 MiB, --max-payload-bytes)"
         );
         assert!(l.check_payload(4 * 1024 * 1024).is_ok());
         let mut m = Metadata::new();
@@ -313,5 +373,20 @@ mod tests {
         assert!(l.check_idempotency_key("").is_ok());
         assert!(l.check_key_filter("").is_ok());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn ids_with_invisible_format_characters_are_refused() {
+        let l = Limits::default();
+        for bad in ["job\u{202E}1", "job\u{200B}1", "\u{FEFF}job", "a\u{E0041}"] {
+            let e = l.check_context_id(bad).unwrap_err();
+            assert!(e.message.contains("format character"), "{bad:?}: {e}");
+            assert!(l.check_key(bad).is_err());
+        }
+        // Letters of every script stay allowed.
+        for good in ["job-1", "задача", "作业", "عمل", "e\u{301}"] {
+            l.check_context_id(good).unwrap();
+        }
+        assert!(!is_format_char('a') && is_format_char('\u{2066}') && !is_format_char('\u{2065}'));
     }
 }

@@ -59,9 +59,9 @@ struct Ring {
     /// entries appended elsewhere (another node) can be published from
     /// storage without re-reading what was already sent.
     last: u64,
-    /// The lowest head a subscriber read while nothing above it had been
-    /// published: where publishing another node's entries must start so
-    /// that a waiting subscriber is served live. Unknown (`None`) until a
+    /// The lowest head a subscriber read: where publishing another node's
+    /// entries must start so that a waiting subscriber is served live (once
+    /// `last` is above it, `last` is where). Unknown (`None`) until a
     /// subscriber reports its head; nothing is published from storage
     /// before, since every subscriber still reads storage up to the head.
     floor: Option<u64>,
@@ -215,9 +215,7 @@ impl Subscription {
     /// (see [`Hub::remote_start`]).
     pub fn note_head(&self, head: u64) {
         let mut state = self.hub.lock();
-        if let Some(ring) = state.rings.get_mut(&self.context)
-            && ring.last < head
-        {
+        if let Some(ring) = state.rings.get_mut(&self.context) {
             ring.floor = Some(ring.floor.map_or(head, |f| f.min(head)));
         }
     }

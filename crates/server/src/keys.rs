@@ -37,27 +37,81 @@ pub fn random_seed() -> [u8; 32] {
 /// Reads the signing key at `path` (64 hex characters: the Ed25519 secret
 /// seed), or creates it there with a fresh random seed and mode 0600 when
 /// `create` is set and the file does not exist.
+///
+/// A key file that other users may read is refused: whoever reads it can
+/// sign heads in this server's name. Creation is safe against concurrent
+/// creators (two nodes started at once with the same new path): the key is
+/// written and synced under a name of its own, then linked into place, which
+/// fails if another creator got there first; exactly one key results, and
+/// every caller returns it. The directory is synced after the link, so the
+/// key survives a power loss once this returns.
 pub fn load_or_create_key(path: &Path, create: bool) -> Result<HeadSigner, KeyError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let seed = Digest::from_hex(text.trim()).map_err(|e| {
-                KeyError(format!(
-                    "{} is not a signing key (64 hex characters of an Ed25519 seed): {e}",
-                    path.display()
-                ))
-            })?;
-            Ok(HeadSigner::from_seed(seed.0))
+    match read_key(path) {
+        Err(ReadError::Missing) if create => {
+            write_key(path, &HeadSigner::from_seed(random_seed()))?;
+            read_key(path).map_err(|e| e.into_key_error(path))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let signer = HeadSigner::from_seed(random_seed());
-            write_key(path, &signer)?;
-            Ok(signer)
-        }
-        Err(e) => Err(KeyError(format!(
-            "cannot read the signing key {}: {e}",
-            path.display()
-        ))),
+        read => read.map_err(|e| e.into_key_error(path)),
     }
+}
+
+enum ReadError {
+    Missing,
+    Other(KeyError),
+}
+
+impl ReadError {
+    fn into_key_error(self, path: &Path) -> KeyError {
+        match self {
+            ReadError::Missing => {
+                KeyError(format!("the signing key {} does not exist", path.display()))
+            }
+            ReadError::Other(e) => e,
+        }
+    }
+}
+
+fn read_key(path: &Path) -> Result<HeadSigner, ReadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
+        Err(e) => {
+            return Err(ReadError::Other(KeyError(format!(
+                "cannot read the signing key {}: {e}",
+                path.display()
+            ))));
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| {
+                ReadError::Other(KeyError(format!(
+                    "cannot read the signing key {}: {e}",
+                    path.display()
+                )))
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(ReadError::Other(KeyError(format!(
+                "the signing key {} may be read by other users (mode {:04o}); whoever reads it can \
+                 sign heads in this server's name. Restrict it with `chmod 600 {}` (and check who \
+                 may have copied it)",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ))));
+        }
+    }
+    let seed = Digest::from_hex(text.trim()).map_err(|e| {
+        ReadError::Other(KeyError(format!(
+            "{} is not a signing key (64 hex characters of an Ed25519 seed): {e}",
+            path.display()
+        )))
+    })?;
+    Ok(HeadSigner::from_seed(seed.0))
 }
 
 fn write_key(path: &Path, signer: &HeadSigner) -> Result<(), KeyError> {
@@ -67,22 +121,44 @@ fn write_key(path: &Path, signer: &HeadSigner) -> Result<(), KeyError> {
             path.display()
         ))
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    // A name no concurrent creator shares.
+    let tmp = PathBuf::from(format!(
+        "{}.{}-{}.tmp",
+        path.display(),
+        std::process::id(),
+        Digest(random_seed()).to_hex().get(..16).unwrap_or_default()
+    ));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut f = options.open(&tmp).map_err(fail)?;
-    writeln!(f, "{}", Digest(signer.seed()).to_hex()).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    Ok(())
+    let written = (|| {
+        let mut f = options.open(&tmp)?;
+        writeln!(f, "{}", Digest(signer.seed()).to_hex())?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            // Another creator's key is in place: theirs is the one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            linked => linked,
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(fail)?;
+    sync_dir(dir).map_err(fail)
+}
+
+/// Makes the entries of `dir` (a new or renamed file in it) durable: a
+/// file's own fsync does not cover its name.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -106,5 +182,52 @@ mod tests {
         std::fs::write(&path, "nonsense").unwrap();
         let e = load_or_create_key(&path, true).unwrap_err();
         assert!(e.0.contains("64 hex"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_that_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        load_or_create_key(&path, true).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_create_key(&path, false).unwrap_err();
+        assert!(
+            e.0.contains("other users") && e.0.contains("chmod 600"),
+            "{e}"
+        );
+    }
+
+    /// Regression: two nodes started at once with the same new key path
+    /// raced on one temporary name, and one failed with "No such file or
+    /// directory".
+    #[test]
+    fn concurrent_creators_of_one_key_all_get_the_same_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("shared/signing.key");
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<_> = std::thread::scope(|s| {
+                let threads: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load_or_create_key(&path, true).map(|k| k.public_key())
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let first = keys[0].clone().unwrap();
+            for k in keys {
+                assert_eq!(k.unwrap(), first);
+            }
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("shared"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, vec![std::ffi::OsString::from("signing.key")]);
+        }
     }
 }

@@ -437,7 +437,7 @@ async fn bad_input_is_refused_with_a_message_and_the_server_keeps_serving() {
             "k".into(),
             vec![0; 4 * 1024 * 1024 + 1],
             Metadata::new(),
-            "limit is 4 MiB",
+            "payload is 4194305 bytes; the limit is 4194304 bytes",
         ),
         (
             "many metadata",

@@ -605,6 +605,16 @@ impl EmbeddedStore {
         self.db.persist(PersistMode::SyncAll).expect("raw persist");
     }
 
+    /// Overwrites the stored record of an idempotency key with arbitrary
+    /// bytes.
+    pub fn raw_put_idempotency(&self, context: &str, key: &str, bytes: &[u8]) {
+        let id = self.id_of(context).expect("context exists");
+        self.idempotency
+            .insert(idempotency_key(id, key), bytes)
+            .expect("raw write");
+        self.db.persist(PersistMode::SyncAll).expect("raw persist");
+    }
+
     /// Deletes the stored record of an entry.
     pub fn raw_delete_entry(&self, context: &str, sequence: u64) {
         let id = self.id_of(context).expect("context exists");

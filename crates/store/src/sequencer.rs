@@ -54,6 +54,10 @@ pub struct Staged {
 struct Stager<'a, B: Backing> {
     backing: &'a B,
     staged: Staged,
+    /// The committed head (sequence, hash) of every context the batch
+    /// touches, as first read: what [`check_staged`] checks the result
+    /// against.
+    starts: HashMap<Arc<str>, (u64, Digest)>,
     /// (context, idempotency key) → sequence, for keys first used in this batch.
     pending_keys: HashMap<(Arc<str>, String), u64>,
     /// (context, sequence) → index into `staged.committed.entries`.
@@ -72,9 +76,11 @@ pub fn stage<B: Backing>(
     now_ns: u64,
     commands: Vec<WriteCommand>,
 ) -> Result<Staged, StoreError> {
+    let n = commands.len();
     let mut s = Stager {
         backing,
         staged: Staged::default(),
+        starts: HashMap::new(),
         pending_keys: HashMap::new(),
         pending_entries: HashMap::new(),
         names: HashMap::new(),
@@ -96,7 +102,62 @@ pub fn stage<B: Backing>(
         };
         s.staged.committed.outcomes.push(outcome);
     }
+    check_staged(&s.staged, &s.starts, n)?;
     Ok(s.staged)
+}
+
+/// The invariants of the write path, checked in every build before anything
+/// is persisted: one outcome per command; per context, the new entries take
+/// the sequences right after the committed head, each linked to the one
+/// before; the final head names the last of them, and its Merkle frontier
+/// has one leaf per entry. A violation is a bug: the whole batch fails with
+/// [`StoreError::Internal`] and nothing of it is written.
+pub fn check_staged(
+    staged: &Staged,
+    starts: &HashMap<Arc<str>, (u64, Digest)>,
+    commands: usize,
+) -> Result<(), StoreError> {
+    let broken = |what: String| {
+        Err(StoreError::Internal(format!(
+            "a staged batch breaks an invariant ({what}); nothing of it was written"
+        )))
+    };
+    if staged.committed.outcomes.len() != commands {
+        return broken(format!(
+            "{} outcomes for {commands} commands",
+            staged.committed.outcomes.len()
+        ));
+    }
+    let mut tips: HashMap<&Arc<str>, (u64, Digest)> = HashMap::new();
+    for (context, entry) in &staged.committed.entries {
+        let tip = match tips.get(context) {
+            Some(t) => *t,
+            None => match starts.get(context) {
+                Some(t) => *t,
+                None => return broken(format!("an entry of {context:?}, whose head was not read")),
+            },
+        };
+        if entry.sequence != tip.0 + 1 || entry.prev_hash != tip.1 {
+            return broken(format!(
+                "entry {} of {context:?} does not follow sequence {} and its hash",
+                entry.sequence, tip.0
+            ));
+        }
+        tips.insert(context, (entry.sequence, entry.hash));
+    }
+    for (context, head) in &staged.heads {
+        let Some(&(sequence, hash)) = tips.get(context).or_else(|| starts.get(context)) else {
+            return broken(format!("a head for {context:?}, whose head was not read"));
+        };
+        if head.sequence != sequence || head.hash != hash || head.frontier.size() != sequence {
+            return broken(format!(
+                "the head of {context:?} is at sequence {} with {} Merkle leaves, its last entry at {sequence}",
+                head.sequence,
+                head.frontier.size()
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl<B: Backing> Stager<'_, B> {
@@ -116,6 +177,8 @@ impl<B: Backing> Stager<'_, B> {
                 .backing
                 .committed_head(context)?
                 .unwrap_or_else(|| Head::empty(context));
+            self.starts
+                .insert(context.clone(), (head.sequence, head.hash));
             self.staged.heads.insert(context.clone(), head);
         }
         Ok(self.staged.heads.get_mut(context).expect("inserted above"))
@@ -331,5 +394,68 @@ impl<B: Backing> Stager<'_, B> {
         *self.head(&context)? = probe;
         let head = self.head(&context)?.sequence;
         Ok(WriteOutcome::Imported { restored, head })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AppendCommand, MemoryStore, Store};
+    use converge_ledger_core::Metadata;
+
+    fn append(context: &str, payload: &str) -> WriteCommand {
+        WriteCommand::Append(AppendCommand {
+            context: context.into(),
+            entry: NewEntry {
+                key: "k".into(),
+                payload: payload.as_bytes().to_vec(),
+                metadata: Metadata::new(),
+                lamport: 0,
+            },
+            idempotency_key: None,
+        })
+    }
+
+    fn staged_pair() -> (Staged, HashMap<Arc<str>, (u64, Digest)>) {
+        let store = MemoryStore::new();
+        store.write(1, vec![append("c", "committed")]).unwrap();
+        let head = store.head("c").unwrap().unwrap();
+        let staged = stage(&store, 2, vec![append("c", "a"), append("c", "b")]).unwrap();
+        let starts = HashMap::from([(Arc::from("c"), (head.sequence, head.hash))]);
+        (staged, starts)
+    }
+
+    #[test]
+    fn a_correct_batch_passes_the_write_path_checks() {
+        let (staged, starts) = staged_pair();
+        check_staged(&staged, &starts, 2).unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_breaks_a_write_path_invariant_is_refused_as_a_bug() {
+        let broken = |f: &dyn Fn(&mut Staged)| {
+            let (mut staged, starts) = staged_pair();
+            f(&mut staged);
+            let e = check_staged(&staged, &starts, 2).unwrap_err();
+            assert!(matches!(e, StoreError::Internal(_)), "{e:?}");
+        };
+        // A skipped sequence.
+        broken(&|s| Arc::make_mut(&mut s.committed.entries[1].1).sequence += 1);
+        // A broken chain link.
+        broken(&|s| Arc::make_mut(&mut s.committed.entries[1].1).prev_hash = Digest([9; 32]));
+        // A head that does not name the last entry.
+        broken(&|s| s.heads.values_mut().for_each(|h| h.sequence -= 1));
+        // A Merkle frontier with a leaf missing.
+        broken(&|s| {
+            s.heads.values_mut().for_each(|h| {
+                let mut shorter = Head::empty("c");
+                shorter.frontier = Default::default();
+                h.frontier = shorter.frontier;
+            })
+        });
+        // An outcome missing.
+        broken(&|s| {
+            s.committed.outcomes.pop();
+        });
     }
 }

@@ -103,3 +103,25 @@ fn only_the_command_that_reads_a_corrupt_record_fails() {
     assert_eq!(s.head("good").unwrap().unwrap().sequence, 1);
     assert_eq!(c.entries.len(), 2, "only the two appends were written");
 }
+
+/// Regression: a malformed idempotency record was read as "no key", so the
+/// retry it should have recognised appended a duplicate. It is corruption
+/// (`DATA_LOSS` over gRPC), and nothing is appended.
+#[test]
+fn a_malformed_idempotency_record_is_corruption_never_an_absent_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap();
+    s.write(1, vec![append("c", "once", Some("retry-me"))])
+        .unwrap();
+    s.raw_put_idempotency("c", "retry-me", &[0, 0, 1]);
+    let c = s
+        .write(2, vec![append("c", "once", Some("retry-me"))])
+        .unwrap();
+    assert!(
+        matches!(&c.outcomes[0], WriteOutcome::Failed(StoreError::Corrupt { context, reason, .. })
+            if context == "c" && reason.contains("retry-me")),
+        "{:?}",
+        c.outcomes
+    );
+    assert_eq!(s.head("c").unwrap().unwrap().sequence, 1);
+}

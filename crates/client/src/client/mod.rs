@@ -1,0 +1,274 @@
+//! The client: connection, retries and pinned keys here; one file per
+//! group of operations.
+
+mod read;
+mod snapshots;
+mod types;
+mod verify;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use converge_ledger_core::{Digest, PublicKey};
+use converge_ledger_proto::context::v1 as pb;
+use converge_ledger_proto::context::v1::context_service_client::ContextServiceClient;
+use converge_ledger_proto::ledger::v1 as ext;
+use converge_ledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, Watch};
+
+pub(crate) use read::{EntryCheck, entry_from_proto};
+pub use types::*;
+
+/// A connection to a ledger server. Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
+pub struct Client {
+    context: ContextServiceClient<Channel>,
+    ledger: LedgerServiceClient<Channel>,
+    options: ClientOptions,
+    /// The last verified head per context, shared by clones.
+    verified: Arc<Mutex<HashMap<String, HeadInfo>>>,
+    /// The pinned server key (from options or first use).
+    pinned: Arc<Mutex<Option<PublicKey>>>,
+    /// Serialises [`Client::verify_head`], so two concurrent calls cannot
+    /// each accept a head that forks from the other's.
+    verifying: Arc<tokio::sync::Mutex<()>>,
+}
+
+static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh idempotency key, unique across processes and time without a
+/// random-number dependency: a hash of pid, wall clock, a process counter and
+/// an address.
+fn generated_key() -> String {
+    let n = KEY_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let local = &n as *const u64 as usize;
+    let d = Digest::of(&[
+        &std::process::id().to_be_bytes(),
+        &now.to_be_bytes(),
+        &n.to_be_bytes(),
+        &local.to_be_bytes(),
+    ]);
+    format!("auto-{}", &d.to_hex()[..32])
+}
+
+impl Client {
+    /// Connects to `addr` (e.g. `http://127.0.0.1:50051`) with default options.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client, ClientError> {
+        Self::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(
+        addr: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let addr = addr.into();
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| ClientError::Connect(format!("{addr:?} is not a valid address: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// Connects to several ledger nodes serving the same contexts (over a
+    /// shared store). Requests are balanced over the nodes that are up; when
+    /// a node fails, retries (with the same idempotency key) and resumed
+    /// watches go to the others. Connections are made lazily, so this
+    /// succeeds while some nodes are down.
+    ///
+    /// Must be called within a Tokio runtime (the balancer runs as a task).
+    pub fn connect_many<S: AsRef<str>>(
+        addrs: &[S],
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Connect("no node address given".into()));
+        }
+        let mut endpoints = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let addr = addr.as_ref();
+            endpoints.push(
+                Endpoint::from_shared(addr.to_owned())
+                    .map_err(|e| {
+                        ClientError::Connect(format!("{addr:?} is not a valid address: {e}"))
+                    })?
+                    .connect_timeout(options.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_while_idle(true),
+            );
+        }
+        Ok(Self::from_channel(
+            Channel::balance_list(endpoints.into_iter()),
+            options,
+        ))
+    }
+
+    /// A client over an existing channel (e.g. an in-memory one in tests).
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Client {
+        let max = options.message_bytes_max;
+        Client {
+            context: ContextServiceClient::new(channel.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            ledger: LedgerServiceClient::new(channel)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            pinned: Arc::new(Mutex::new(options.trusted_key)),
+            verified: Arc::default(),
+            verifying: Arc::default(),
+            options,
+        }
+    }
+
+    pub(crate) fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(self.options.request_timeout);
+        r
+    }
+
+    /// A load: retried when it is idempotent (without `fail_if_exists`, a
+    /// repeated load restores nothing more); once otherwise, so that a
+    /// retry of a load that did commit is not reported as `AlreadyExists`.
+    async fn load_call<F, Fut>(
+        &self,
+        fail_if_exists: bool,
+        call: F,
+    ) -> Result<LoadResult, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<LoadResult, ClientError>>,
+    {
+        let mut call = call;
+        if fail_if_exists {
+            call().await
+        } else {
+            self.retry(call).await
+        }
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or attempts run out.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut delay = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(e) if e.is_transient() && attempt < self.options.attempts => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The server's signing key, as it reports it.
+    pub async fn server_public_key(&self) -> Result<PublicKey, ClientError> {
+        Ok(self.server_info().await?.public_key)
+    }
+
+    /// The server's key, version and limits.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        let info = self
+            .ledger
+            .clone()
+            .server_info(self.request(ext::ServerInfoRequest {}))
+            .await?
+            .into_inner();
+        Ok(ServerInfo {
+            public_key: PublicKey(digest(&info.public_key, "public key")?.0),
+            version: info.version,
+            batch_entries_max: info.batch_entries_max,
+            load_stream_bytes_max: info.load_stream_bytes_max,
+            request_bytes_max: info.request_bytes_max,
+        })
+    }
+
+    /// The key heads must be signed with: the configured one, or the one the
+    /// server reported first (pinned from then on).
+    pub async fn trusted_key(&self) -> Result<PublicKey, ClientError> {
+        if let Some(k) = *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(k);
+        }
+        let k = self.server_public_key().await?;
+        Ok(*self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(k))
+    }
+
+    /// Non-empty contexts with their head sequences, one page.
+    pub async fn list_contexts(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, ClientError> {
+        let request = ext::ListContextsRequest {
+            after_context_id: after.to_owned(),
+            limit,
+        };
+        let resp = self
+            .ledger
+            .clone()
+            .list_contexts(self.request(request))
+            .await?
+            .into_inner();
+        Ok(resp
+            .contexts
+            .into_iter()
+            .map(|c| (c.context_id, c.sequence))
+            .collect())
+    }
+
+    /// Watches `context` from after sequence `from`, resuming after
+    /// disconnects. See [`Watch`].
+    pub fn watch(&self, context: &str, key: Option<&str>, from: u64) -> Watch {
+        Watch::new(self.clone(), context, key, from)
+    }
+
+    pub(crate) async fn open_watch(
+        &self,
+        context: &str,
+        key: &str,
+        from: u64,
+    ) -> Result<tonic::Streaming<pb::WatchEvent>, ClientError> {
+        let request = pb::WatchRequest {
+            context_id: context.to_owned(),
+            key: key.to_owned(),
+            from_sequence: from,
+        };
+        Ok(self.context.clone().watch(request).await?.into_inner())
+    }
+}
+
+fn digest(bytes: &[u8], what: &str) -> Result<Digest, ClientError> {
+    Digest::from_slice(bytes)
+        .ok_or_else(|| ClientError::Protocol(format!("{what} is {} bytes, not 32", bytes.len())))
+}
