@@ -1,0 +1,55 @@
+//! The WorldLine profile of the Converge ledger, as a pure model.
+//!
+//! A *worldline* is a stream of receipts in a reserved ledger context
+//! (`wll/<hex id>`): commitment receipts (what was proposed, under which
+//! policy, what was decided and granted) and outcome receipts (what came of
+//! a commitment, with effects, proofs and state updates). This crate holds
+//! everything about them that needs no I/O:
+//!
+//! - the types and their canonical, versioned encodings
+//!   ([`Commitment`], [`Outcome`], [`Receipt::from_entry`]);
+//! - the rules an append must satisfy ([`Commitment::validate`],
+//!   [`Outcome::validate`], [`check_outcome_for`], [`State::check_updates`]);
+//! - the state, its hash ([`State`], [`StateHasher`]) and snapshots
+//!   ([`snapshot_entries`], [`SnapshotReader`]);
+//! - the replay fold that rebuilds and verifies a worldline ([`Replay`]);
+//! - projections as pure folds over an ordered key-value store
+//!   ([`Projection`], [`KvRead`], [`KvBatch`] and the modules
+//!   [`latest_state`], [`audit_index`], [`capability_grants`],
+//!   [`provenance_dag`]);
+//! - the runtime contracts of seed 004 ([`LedgerWriter`], [`LedgerReader`])
+//!   and an in-memory model of them ([`MemoryLedger`]).
+//!
+//! Byte layouts, hash rules and test vectors are in `docs/design.md` §18;
+//! the tests of this crate check the vectors.
+
+mod codec;
+mod commitment;
+mod commitment_id;
+mod error;
+mod id;
+mod limits;
+mod outcome;
+mod receipt;
+mod rules;
+mod snapshot;
+mod state;
+mod text;
+
+pub use commitment::{CapabilitySet, Commitment, Decision, EvidenceRef, PolicyRef};
+pub use commitment_id::CommitmentId;
+pub use error::{ErrorCode, WorldlineError};
+pub use id::{NAMESPACE, WorldlineId, is_reserved_context};
+pub use limits::WorldlineLimits;
+pub use outcome::{Effect, Outcome, OutcomeStatus, ProofRef, StateUpdate};
+pub use receipt::{
+    COMMITMENT_KEY, OUTCOME_KEY, Receipt, ReceiptBody, ReceiptKind, ReceiptRef, commitment_entry,
+    commitment_idempotency_key, commitment_payload, outcome_entry, outcome_idempotency_key,
+    outcome_payload,
+};
+pub use rules::{check_decision, check_outcome_for};
+pub use snapshot::{
+    SNAPSHOT_CHUNK_KEY, SNAPSHOT_KEY, SnapshotBatch, SnapshotHeader, SnapshotReader,
+    VerifiedSnapshot, check_state_hash, read_snapshot, snapshot_entries,
+};
+pub use state::{State, StateHasher, empty_state_hash};
