@@ -67,10 +67,6 @@ impl<'a> Reader<'a> {
         WorldlineError::invalid(field, format!("in the {} {problem}", self.what))
     }
 
-    pub(crate) fn remaining(&self) -> usize {
-        self.bytes.len()
-    }
-
     pub(crate) fn take(
         &mut self,
         n: usize,

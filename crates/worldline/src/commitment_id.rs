@@ -53,7 +53,7 @@ impl CommitmentId {
                 b'A'..=b'F' => c - b'A' + 10,
                 _ => return Err(refuse()),
             };
-            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
             nibbles += 1;
         }
         Ok(CommitmentId(out))

@@ -31,9 +31,12 @@ mod id;
 mod limits;
 mod outcome;
 mod receipt;
+mod replay;
 mod rules;
 mod snapshot;
 mod state;
+#[cfg(test)]
+mod testkit;
 mod text;
 
 pub use commitment::{CapabilitySet, Commitment, Decision, EvidenceRef, PolicyRef};
@@ -47,6 +50,7 @@ pub use receipt::{
     commitment_idempotency_key, commitment_payload, outcome_entry, outcome_idempotency_key,
     outcome_payload,
 };
+pub use replay::{CommitmentLookup, NoLookup, Replay};
 pub use rules::{check_decision, check_outcome_for};
 pub use snapshot::{
     SNAPSHOT_CHUNK_KEY, SNAPSHOT_KEY, SnapshotBatch, SnapshotHeader, SnapshotReader,
