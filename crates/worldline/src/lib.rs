@@ -23,11 +23,13 @@
 //! Byte layouts, hash rules and test vectors are in `docs/design.md` §18;
 //! the tests of this crate check the vectors.
 
+mod batch;
 mod codec;
 mod commitment;
 mod commitment_id;
 mod error;
 mod id;
+mod kv;
 mod limits;
 mod outcome;
 mod receipt;
@@ -39,10 +41,12 @@ mod state;
 mod testkit;
 mod text;
 
+pub use batch::{BatchView, KvBatch, KvTxn};
 pub use commitment::{CapabilitySet, Commitment, Decision, EvidenceRef, PolicyRef};
 pub use commitment_id::CommitmentId;
 pub use error::{ErrorCode, WorldlineError};
 pub use id::{NAMESPACE, WorldlineId, is_reserved_context};
+pub use kv::{Direction, KvPair, KvRead, MemoryKv};
 pub use limits::WorldlineLimits;
 pub use outcome::{Effect, Outcome, OutcomeStatus, ProofRef, StateUpdate};
 pub use receipt::{
