@@ -23,15 +23,22 @@
 //! Byte layouts, hash rules and test vectors are in `docs/design.md` §18;
 //! the tests of this crate check the vectors.
 
+pub mod audit_index;
 mod batch;
+pub mod capability_grants;
 mod codec;
 mod commitment;
 mod commitment_id;
 mod error;
 mod id;
+mod keys;
 mod kv;
+pub mod latest_state;
 mod limits;
 mod outcome;
+mod page;
+mod projection;
+pub mod provenance_dag;
 mod receipt;
 mod replay;
 mod rules;
@@ -49,6 +56,11 @@ pub use id::{NAMESPACE, WorldlineId, is_reserved_context};
 pub use kv::{Direction, KvPair, KvRead, MemoryKv};
 pub use limits::WorldlineLimits;
 pub use outcome::{Effect, Outcome, OutcomeStatus, ProofRef, StateUpdate};
+pub use page::{CURSOR_BYTES_MAX, Cursor, PAGE_ITEMS_MAX, Page};
+pub use projection::{
+    Applied, Projection, ProjectionCheckpoint, apply_receipt, checkpoint_key,
+    projection_key_prefix, projections, read_checkpoint, worldline_key_prefix,
+};
 pub use receipt::{
     COMMITMENT_KEY, OUTCOME_KEY, Receipt, ReceiptBody, ReceiptKind, ReceiptRef, commitment_entry,
     commitment_idempotency_key, commitment_payload, outcome_entry, outcome_idempotency_key,

@@ -49,11 +49,23 @@ impl Chain {
         grant: &[&str],
         revoke: &[&str],
     ) -> Receipt {
+        self.commit_with(proposer, accepted, grant, revoke, |_| {})
+    }
+
+    /// [`Chain::commit`], with `edit` applied to the commitment first.
+    pub(crate) fn commit_with(
+        &mut self,
+        proposer: &str,
+        accepted: bool,
+        grant: &[&str],
+        revoke: &[&str],
+        edit: impl FnOnce(&mut Commitment),
+    ) -> Receipt {
         let mut id = [0u8; 16];
         id[8..].copy_from_slice(&self.next_id.to_be_bytes());
         self.next_id += 1;
         let grant: CapabilitySet = grant.iter().map(|s| s.to_string()).collect();
-        let c = Commitment {
+        let mut c = Commitment {
             commitment_id: CommitmentId(id),
             class: "deploy".into(),
             intent: "ship it".into(),
@@ -87,6 +99,7 @@ impl Chain {
             },
             decider: "kernel".into(),
         };
+        edit(&mut c);
         self.append(commitment_entry(&c, &WorldlineLimits::default()).unwrap())
     }
 
@@ -135,4 +148,70 @@ pub(crate) fn put(key: &str, value: &str) -> StateUpdate {
 
 pub(crate) fn delete(key: &str) -> StateUpdate {
     StateUpdate::Delete { key: key.into() }
+}
+
+/// splitmix64: the tests' seeded generator.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Runs `check` on every truncation of `bytes`, every byte flipped, and a
+/// few hundred random mutations (bytes changed, inserted, removed): a
+/// decoder under test must return, never panic.
+pub(crate) fn never_panics_on_mutations(bytes: &[u8], mut check: impl FnMut(&[u8])) {
+    for n in 0..bytes.len() {
+        check(&bytes[..n]);
+    }
+    for i in 0..bytes.len() {
+        for x in [0x01, 0x80, 0xFF] {
+            let mut b = bytes.to_vec();
+            b[i] ^= x;
+            check(&b);
+        }
+    }
+    let mut rng = Rng(bytes.len() as u64);
+    for _ in 0..300 {
+        let mut b = bytes.to_vec();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(b.len() as u64 + 1) as usize;
+            match rng.below(3) {
+                0 if at < b.len() => b[at] = rng.next() as u8,
+                1 => b.insert(at, rng.next() as u8),
+                _ if at < b.len() => {
+                    b.remove(at);
+                }
+                _ => {}
+            }
+        }
+        check(&b);
+    }
+}
+
+/// Folds every receipt of `chain` into all four projections, one atomic
+/// batch per receipt, and returns the store.
+pub(crate) fn fold(chain: &Chain) -> crate::MemoryKv {
+    let mut kv = crate::MemoryKv::new();
+    for r in &chain.receipts {
+        let mut batch = crate::KvBatch::new();
+        for p in crate::projections() {
+            assert_eq!(
+                crate::apply_receipt(p, r, &kv, &mut batch).unwrap(),
+                crate::Applied::Applied
+            );
+        }
+        kv.apply(batch);
+    }
+    kv
 }
