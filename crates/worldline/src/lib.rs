@@ -29,12 +29,14 @@ pub mod capability_grants;
 mod codec;
 mod commitment;
 mod commitment_id;
+mod contracts;
 mod error;
 mod id;
 mod keys;
 mod kv;
 pub mod latest_state;
 mod limits;
+mod memory_ledger;
 mod outcome;
 mod page;
 mod projection;
@@ -51,10 +53,14 @@ mod text;
 pub use batch::{BatchView, KvBatch, KvTxn};
 pub use commitment::{CapabilitySet, Commitment, Decision, EvidenceRef, PolicyRef};
 pub use commitment_id::CommitmentId;
+pub use contracts::{
+    LedgerReader, LedgerWriter, ReaderLookup, SnapshotRef, check_range, replay_worldline,
+};
 pub use error::{ErrorCode, WorldlineError};
 pub use id::{NAMESPACE, WorldlineId, is_reserved_context};
 pub use kv::{Direction, KvPair, KvRead, MemoryKv};
 pub use limits::WorldlineLimits;
+pub use memory_ledger::MemoryLedger;
 pub use outcome::{Effect, Outcome, OutcomeStatus, ProofRef, StateUpdate};
 pub use page::{CURSOR_BYTES_MAX, Cursor, PAGE_ITEMS_MAX, Page};
 pub use projection::{
