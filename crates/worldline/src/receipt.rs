@@ -345,6 +345,12 @@ mod tests {
             with_meta,
             new_entry("facts", crate::commitment::tests::sample().encode()),
             new_entry(OUTCOME_KEY, crate::commitment::tests::sample().encode()),
+            // A snapshot is never a receipt: it cannot sit in the stream and
+            // override the state replay reaches.
+            new_entry(
+                crate::SNAPSHOT_KEY,
+                crate::commitment::tests::sample().encode(),
+            ),
         ];
         for new in cases {
             let e = head.next_entry(&ctx, new, 5);

@@ -213,6 +213,13 @@ fn a_snapshot_anchored_before_later_outcomes_never_rolls_state_back() {
         .append_snapshot(&head, Some(&replay.state_hash()))
         .unwrap();
     assert_eq!(at_head.state_hash, l.state(&w).unwrap().hash());
+    // And a snapshot written after that one, anchored before it, holds the
+    // state at its own anchor, not the newer snapshot's.
+    let behind = l.append_snapshot(&c2.reference(), None).unwrap();
+    let verified = l.snapshots(&w).unwrap().remove(2);
+    assert_eq!(verified.header().anchor_seq, 3);
+    assert_eq!(verified.state().get("k"), Some(&b"1"[..]));
+    assert_eq!(behind.state_hash, verified.state().hash());
     let mut kv = MemoryKv::new();
     for r in l.read_range(&w, 1, head.seq).unwrap() {
         let mut batch = converge_ledger_worldline::KvBatch::new();
