@@ -22,9 +22,10 @@
 //! Costs: a commitment with `e` evidence references writes `1 + 2e` keys;
 //! an outcome with `p` proofs and `u` state updates writes `2 + p + 2u`
 //! keys; neither reads anything. Queries: [`node`] one read; [`lineage`]
-//! two reads and two ranges; [`writer_of_key`] one range; [`key_history`],
-//! [`keys_written_by`] and [`commitments_citing`] one range;
-//! [`outcome_of`] two reads.
+//! two reads and two ranges; [`writer_of_key`] one range;
+//! [`lineage_of_key`] both; [`key_history`], [`keys_written_by`] and
+//! [`commitments_citing`] one range; [`outcome_of`] two reads;
+//! [`dependents`] two reads and one range.
 
 use converge_ledger_core::Digest;
 
@@ -460,6 +461,57 @@ pub fn writer_of_key(
         .transpose()
 }
 
+/// What led to the value state key `key` holds after receipt `seq`: the
+/// last write of it by then, and that outcome's [`lineage`]. `None` if no
+/// outcome wrote the key by then.
+pub fn lineage_of_key(
+    kv: &dyn KvRead,
+    worldline: &WorldlineId,
+    key: &str,
+    seq: u64,
+) -> Result<Option<(KeyWrite, Lineage)>, WorldlineError> {
+    let Some(write) = writer_of_key(kv, worldline, key, seq)? else {
+        return Ok(None);
+    };
+    match lineage(kv, worldline, &write.outcome)? {
+        Some(l) => Ok(Some((write, l))),
+        None => Err(WorldlineError::corrupt(format!(
+            "provenance_dag of worldline {worldline}: key {key:?} was written by {}, which has no outcome node",
+            write.outcome
+        ))),
+    }
+}
+
+/// What depended on a commitment: its outcome, if one was folded, and a
+/// page of the state keys that outcome wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependents {
+    /// The outcome that answered the commitment.
+    pub outcome: Option<OutcomeNode>,
+    /// The state keys it wrote, each with whether it deleted the key.
+    pub keys: Page<(String, bool)>,
+}
+
+/// What depended on commitment `commitment` ([`outcome_of`], then
+/// [`keys_written_by`]; continue the keys with the returned cursor).
+pub fn dependents(
+    kv: &dyn KvRead,
+    worldline: &WorldlineId,
+    commitment: &Digest,
+    cursor: Option<&Cursor>,
+    limit: usize,
+) -> Result<Dependents, WorldlineError> {
+    let outcome = outcome_of(kv, worldline, commitment)?;
+    let keys = match &outcome {
+        Some(o) => keys_written_by(kv, worldline, &o.receipt_hash, cursor, limit)?,
+        None => Page {
+            items: Vec::new(),
+            next: None,
+        },
+    };
+    Ok(Dependents { outcome, keys })
+}
+
 /// Every write of state key `key`, in receipt order
 /// (`Direction::Backward`: latest first).
 pub fn key_history(
@@ -660,6 +712,9 @@ mod fold_tests {
                 deleted: true
             })
         );
+        let (write, l) = lineage_of_key(&kv, w, "j", 9).unwrap().unwrap();
+        assert_eq!((write.seq, l.commitment.proposer.as_str()), (2, "alice"));
+        assert_eq!(lineage_of_key(&kv, w, "j", 1).unwrap(), None);
         let h = key_history(&kv, w, "k", Direction::Forward, None, 10).unwrap();
         assert_eq!(
             h.items.iter().map(|k| k.seq).collect::<Vec<_>>(),

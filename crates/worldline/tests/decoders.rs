@@ -356,6 +356,10 @@ fn query_everything(
         );
     }
     let _ = provenance_dag::writer_of_key(kv, w, "a", 10);
+    let _ = provenance_dag::lineage_of_key(kv, w, "a", 10);
+    for r in receipts {
+        let _ = provenance_dag::dependents(kv, w, &r.receipt_hash, cursor, 10);
+    }
     let _ = provenance_dag::key_history(kv, w, "a", Direction::Forward, cursor, 10);
 }
 
