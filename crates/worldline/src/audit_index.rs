@@ -9,7 +9,7 @@
 //! | table | key after `audit_index/1/<worldline>/` | value |
 //! |---|---|---|
 //! | records | `record/` u64 seq | [`AuditRecord`] |
-//! | by hash | `hash/` [32] receipt hash | u64 seq |
+//! | by hash | `hash/` \[32\] receipt hash | u64 seq |
 //! | all, by time | `time/` u64 time, u64 seq | — |
 //! | by proposer | `proposer/` actor `\0` u64 time, u64 seq | — |
 //! | by decider | `decider/` actor `\0` u64 time, u64 seq | — |
@@ -19,7 +19,7 @@
 //! | by decision | `decision/` u8 (1 accepted, 2 rejected) u64 time, u64 seq | — |
 //!
 //! Costs: a commitment with `r` requested and `g` granted capabilities
-//! writes `8 + r + g` keys and reads nothing; an outcome reads two keys and
+//! writes `7 + r + g` keys and reads nothing; an outcome reads two keys and
 //! rewrites its commitment's record (so the record says what came of it).
 //! A query page of `n` records costs one range read and `n` reads.
 

@@ -11,13 +11,13 @@
 //!
 //! | table | key after `provenance_dag/1/<worldline>/` | value |
 //! |---|---|---|
-//! | nodes | `node/` [32] receipt hash | [`Node`] |
-//! | commitment → evidence | `evidence/` [32] commitment, u32 index | `len32(uri) ‖ [32] digest` |
-//! | evidence → commitments | `cited/` [32] evidence digest, u64 seq | [32] commitment |
-//! | commitment → outcome | `answer/` [32] commitment | [32] outcome |
-//! | outcome → proofs | `proof/` [32] outcome, u32 index | `len32(uri) ‖ [32] digest` |
-//! | state key → writes | `write/` key `\0`, u64 seq | [32] outcome ‖ u8 (1 put, 2 delete) |
-//! | outcome → state keys | `wrote/` [32] outcome, key `\0` | u8 (1 put, 2 delete) |
+//! | nodes | `node/` \[32\] receipt hash | [`Node`] |
+//! | commitment → evidence | `evidence/` \[32\] commitment, u32 index | `len32(uri) ‖ [32] digest` |
+//! | evidence → commitments | `cited/` \[32\] evidence digest, u64 seq | \[32\] commitment |
+//! | commitment → outcome | `answer/` \[32\] commitment | \[32\] outcome |
+//! | outcome → proofs | `proof/` \[32\] outcome, u32 index | `len32(uri) ‖ [32] digest` |
+//! | state key → writes | `write/` key `\0`, u64 seq | \[32\] outcome ‖ u8 (1 put, 2 delete) |
+//! | outcome → state keys | `wrote/` \[32\] outcome, key `\0` | u8 (1 put, 2 delete) |
 //!
 //! Costs: a commitment with `e` evidence references writes `1 + 2e` keys;
 //! an outcome with `p` proofs and `u` state updates writes `2 + p + 2u`
