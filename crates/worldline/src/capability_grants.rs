@@ -447,6 +447,15 @@ pub fn history(
                 )));
             }
         };
+        let effective = match effective {
+            0 => false,
+            1 => true,
+            b => {
+                return Err(WorldlineError::corrupt(format!(
+                    "capability_grants of worldline {worldline}: an event's effective flag is {b}, not 0 or 1"
+                )));
+            }
+        };
         items.push(GrantEvent {
             receipt: EventRef {
                 seq,
@@ -456,7 +465,7 @@ pub fn history(
             kind,
             actor: holder.to_owned(),
             capability: cap.to_owned(),
-            effective: effective == 1,
+            effective,
         });
     }
     Ok(Page {

@@ -74,6 +74,10 @@ pub enum ReceiptBody {
 }
 
 /// One receipt of a worldline.
+///
+/// Read receipts with [`Receipt::from_entry`], which checks them; the
+/// fields are public for reading and matching, and a receipt built by hand
+/// is only as trustworthy as its builder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The stream it belongs to.

@@ -203,11 +203,12 @@ pub fn snapshot_entries(
                 ),
             ));
         }
-        if let Some((buf, n)) = &current
-            && buf.len() + len > chunk_max
+        if current
+            .as_ref()
+            .is_some_and(|(buf, _)| buf.len() + len > chunk_max)
+            && let Some((buf, n)) = current.take()
         {
-            chunks.push(finish_chunk(buf.clone(), *n));
-            current = None;
+            chunks.push(finish_chunk(buf, n));
         }
         let (buf, n) = current.get_or_insert_with(|| {
             let mut buf = Vec::with_capacity(chunk_max.min(1 << 20));
@@ -340,8 +341,7 @@ pub struct SnapshotReader {
     /// Sequence and hash of the last entry read, for the chain link.
     last_seq: u64,
     last_hash: Digest,
-    /// Size of the last chunk and whether it was the first one, for the
-    /// greedy-cut check.
+    /// Payload size of the last chunk read, for the greedy-cut check.
     last_chunk_bytes: usize,
     chunks_read: u32,
     state: State,
