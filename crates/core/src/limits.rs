@@ -376,6 +376,32 @@ mod tests {
     }
 
     #[test]
+    fn the_format_table_is_sorted_and_disjoint() {
+        for w in FORMAT_CHARACTERS.windows(2) {
+            assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0, "{w:x?}");
+        }
+    }
+
+    #[test]
+    fn every_listed_format_character_is_one_and_its_neighbours_are_not() {
+        for &(lo, hi) in FORMAT_CHARACTERS {
+            for cp in [lo, hi] {
+                let c = char::from_u32(cp).unwrap();
+                assert!(is_format_char(c), "U+{cp:04X}");
+            }
+            // The ranges are disjoint and never adjacent, so the code points
+            // around each are not format characters.
+            for cp in [lo - 1, hi + 1] {
+                assert!(
+                    char::from_u32(cp).is_none_or(|c| !is_format_char(c)),
+                    "U+{cp:04X}"
+                );
+            }
+        }
+        assert!(!is_format_char('a') && !is_format_char('é') && !is_format_char('\u{1F600}'));
+    }
+
+    #[test]
     fn ids_with_invisible_format_characters_are_refused() {
         let l = Limits::default();
         for bad in ["job\u{202E}1", "job\u{200B}1", "\u{FEFF}job", "a\u{E0041}"] {
