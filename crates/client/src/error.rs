@@ -2,6 +2,11 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
+/// Trailing metadata of a `FAILED_PRECONDITION` met by a conditional append:
+/// the context's actual head sequence (the server's
+/// `HEAD_SEQUENCE_METADATA`).
+const HEAD_SEQUENCE_METADATA: &str = "converge-ledger-head-sequence";
+
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -16,6 +21,14 @@ pub enum ClientError {
     /// The context's state does not allow it (a snapshot that does not
     /// extend it); nothing changed.
     FailedPrecondition(String),
+    /// A conditional append found the context at another head; nothing was
+    /// appended. Read what was appended since, then retry on top of it.
+    HeadMismatch {
+        /// The server's message.
+        message: String,
+        /// The context's head sequence.
+        actual: u64,
+    },
     /// A server limit was reached (response size, watchers, queue).
     ResourceExhausted(String),
     /// The server or its storage is unavailable (after retries).
@@ -60,7 +73,14 @@ impl From<Status> for ClientError {
             Code::OutOfRange => ClientError::OutOfRange(message),
             Code::NotFound => ClientError::NotFound(message),
             Code::AlreadyExists => ClientError::AlreadyExists(message),
-            Code::FailedPrecondition => ClientError::FailedPrecondition(message),
+            Code::FailedPrecondition => match s
+                .metadata()
+                .get(HEAD_SEQUENCE_METADATA)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+            {
+                Some(actual) => ClientError::HeadMismatch { message, actual },
+                None => ClientError::FailedPrecondition(message),
+            },
             Code::ResourceExhausted => ClientError::ResourceExhausted(message),
             Code::Unavailable => ClientError::Unavailable(message),
             Code::DataLoss => ClientError::DataLoss(message),
@@ -75,7 +95,9 @@ impl fmt::Display for ClientError {
             ClientError::Connect(m) => write!(f, "cannot connect: {m}"),
             ClientError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             ClientError::AlreadyExists(m) => write!(f, "already exists: {m}"),
-            ClientError::FailedPrecondition(m) => write!(f, "failed precondition: {m}"),
+            ClientError::FailedPrecondition(m) | ClientError::HeadMismatch { message: m, .. } => {
+                write!(f, "failed precondition: {m}")
+            }
             ClientError::ResourceExhausted(m) => write!(f, "resource exhausted: {m}"),
             ClientError::Unavailable(m) => write!(f, "unavailable: {m}"),
             ClientError::DataLoss(m) => write!(f, "data loss: {m}"),

@@ -164,19 +164,22 @@ impl LedgerContextStore {
             match self.try_save(&ctx, &save).await {
                 // Another save of the scope committed first: build this one
                 // again on top of it.
+                // Only a head that moved is a lost race; any other
+                // precondition (a load that does not extend the context, say)
+                // fails the same way again.
                 Err(Error::Ledger {
-                    source: ClientError::FailedPrecondition(_),
+                    source: ClientError::HeadMismatch { .. },
                     ..
                 }) if attempt < SAVE_ATTEMPTS => attempt += 1,
                 Err(Error::Ledger {
                     action,
-                    source: ClientError::FailedPrecondition(m),
+                    source: source @ ClientError::HeadMismatch { .. },
                 }) => {
                     return Err(Error::Ledger {
                         action: format!(
                             "{action} ({SAVE_ATTEMPTS} attempts lost the race against other saves of {scope:?})"
                         ),
-                        source: ClientError::FailedPrecondition(m),
+                        source,
                     });
                 }
                 other => return other,

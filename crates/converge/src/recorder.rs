@@ -413,12 +413,12 @@ async fn send(shared: &Shared, client: &Client, batch: Vec<BatchEntry>) -> Resul
         )
         .await
         .map_err(|e| match e {
-            ClientError::FailedPrecondition(m) => Error::ledger(
+            e @ ClientError::HeadMismatch { .. } => Error::ledger(
                 format!(
                     "recording into {:?}: something else appended to the run's context",
                     shared.context
                 ),
-                ClientError::FailedPrecondition(m),
+                e,
             ),
             e => Error::ledger(format!("recording into {:?}", shared.context), e),
         })?;

@@ -334,3 +334,31 @@ async fn a_tampered_fact_fails_the_merkle_check() {
     let err = store.load("t").await.unwrap_err();
     assert!(err.to_string().contains("merkle"), "{err}");
 }
+
+/// Regression: a save retried on any FAILED_PRECONDITION, not only when
+/// another save moved the head; a precondition that fails the same way
+/// every time (here: storage refusing writes over its configuration) was
+/// tried eight times. Now it fails at once, after one write.
+#[tokio::test]
+async fn a_save_is_retried_only_when_another_save_moved_the_head() {
+    use std::sync::Arc;
+
+    use converge_ledger_store::testkit::Probe;
+    use converge_ledger_store::{MemoryStore, StoreError};
+
+    let probe = Arc::new(Probe::failing(Arc::new(MemoryStore::new()), || {
+        Some(StoreError::Config(
+            "the database refuses writes to this schema".into(),
+        ))
+    }));
+    let server = TestServer::start_on(
+        probe.clone(),
+        converge_ledger_server::LedgerConfig::default(),
+        converge_ledger_server::ServerConfig::default(),
+    );
+    let store = LedgerContextStore::new(server.client().await);
+    let ctx = run(ContextState::new(), 3, 2).await;
+    let e = store.save("refused", &ctx).await.unwrap_err();
+    assert!(e.to_string().contains("refuses writes"), "{e}");
+    assert_eq!(probe.writes(), 1, "the save was retried: {e}");
+}

@@ -615,3 +615,59 @@ fn the_store_works_from_plain_threads_too() {
         .unwrap();
     assert_eq!(store.query_events(&EventQuery::default()).unwrap().len(), 1);
 }
+
+/// Regression: a query read (and held) every matching event before applying
+/// its limit. Now it holds at most the limit, and reads time buckets in
+/// order, stopping once the limit is met by events before the next bucket.
+#[tokio::test]
+async fn a_query_with_a_limit_reads_and_holds_little_more_than_the_limit() {
+    use converge_ledger_store::MemoryStore;
+    use converge_ledger_store::testkit::Probe;
+
+    let probe = Arc::new(Probe::new(Arc::new(MemoryStore::new())));
+    let server = TestServer::start_on(
+        probe.clone(),
+        converge_ledger_server::LedgerConfig::default(),
+        converge_ledger_server::ServerConfig::default(),
+    );
+    let store = store(&server);
+    let template = engine_events("intent-many", 1, 100).await.remove(0);
+    // 40 hours of 25 events each, appended latest hour first and with
+    // minutes out of order: append order says nothing about time order.
+    let mut all = Vec::new();
+    for hour in (0..40).rev() {
+        for minute in [
+            7, 3, 9, 1, 5, 8, 2, 6, 4, 0, 17, 13, 19, 11, 15, 18, 12, 16, 14, 10, 27, 23, 29, 21,
+            25,
+        ] {
+            let at = format!(
+                "2026-04-{:02}T{:02}:{minute:02}:00Z",
+                1 + hour / 24,
+                hour % 24
+            );
+            let e = envelope(
+                &format!("e-{hour}-{minute}"),
+                template.clone(),
+                &at,
+                Some("acme"),
+                None,
+            );
+            store.append_event(e.clone()).unwrap();
+            all.push(e);
+        }
+    }
+    all.sort_by(|a, b| a.occurred_at.as_str().cmp(b.occurred_at.as_str()));
+    let before = probe.scanned();
+    let got = store
+        .query_events(&EventQuery {
+            tenant_id: Some("acme".into()),
+            limit: Some(3),
+            ..EventQuery::default()
+        })
+        .unwrap();
+    let read = probe.scanned() - before;
+    assert_eq!(ids(&got), ids(&all[..3]));
+    // The bucket list (40), the first hour's references (25), the three
+    // events, and the heads read while planning: far from the 1000 events.
+    assert!(read <= 100, "the query read {read} entries");
+}

@@ -29,7 +29,21 @@ pub enum LedgerError {
     Unavailable(String),
     /// A bug in the server (a broken invariant); retrying will not help.
     Internal(String),
+    /// A conditional append found another head: `FAILED_PRECONDITION`, with
+    /// the actual head in the trailing metadata [`HEAD_SEQUENCE_METADATA`],
+    /// so a client can tell this (retry on top of the new head) from any
+    /// other precondition.
+    HeadMismatch {
+        /// What to tell the caller.
+        message: String,
+        /// The context's head sequence.
+        actual: u64,
+    },
 }
+
+/// Trailing metadata of a `FAILED_PRECONDITION` that a conditional append
+/// met: the context's actual head sequence, in decimal.
+pub const HEAD_SEQUENCE_METADATA: &str = "converge-ledger-head-sequence";
 
 impl fmt::Display for LedgerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,7 +55,8 @@ impl fmt::Display for LedgerError {
             | LedgerError::ResourceExhausted(m)
             | LedgerError::DataLoss(m)
             | LedgerError::Unavailable(m)
-            | LedgerError::Internal(m) => f.write_str(m),
+            | LedgerError::Internal(m)
+            | LedgerError::HeadMismatch { message: m, .. } => f.write_str(m),
         }
     }
 }
@@ -93,6 +108,13 @@ impl From<LedgerError> for Status {
             LedgerError::DataLoss(_) => Code::DataLoss,
             LedgerError::Unavailable(_) => Code::Unavailable,
             LedgerError::Internal(_) => Code::Internal,
+            LedgerError::HeadMismatch { actual, .. } => {
+                let mut status = Status::failed_precondition(e.to_string());
+                if let Ok(v) = actual.to_string().parse() {
+                    status.metadata_mut().insert(HEAD_SEQUENCE_METADATA, v);
+                }
+                return status;
+            }
         };
         Status::new(code, e.to_string())
     }

@@ -20,7 +20,7 @@ mod service_ledger;
 
 pub use config::{LedgerConfig, ServerConfig};
 pub use convert::entry_to_proto;
-pub use error::LedgerError;
+pub use error::{HEAD_SEQUENCE_METADATA, LedgerError};
 pub use hub::{Hub, HubLimits, Live, Subscription};
 pub use keys::{KeyError, load_or_create_key, random_seed};
 pub use ledger::{

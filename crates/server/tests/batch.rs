@@ -84,7 +84,7 @@ async fn conditional_batches_append_only_at_the_expected_head() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ClientError::FailedPrecondition(m)
+        matches!(&err, ClientError::HeadMismatch { message: m, actual: 1 }
             if m.contains("at sequence 1") && m.contains("expected 0") && m.contains("nothing was appended")),
         "{err}"
     );

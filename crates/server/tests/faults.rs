@@ -20,13 +20,10 @@ async fn transiently_failed_batches_are_reported_and_leave_no_trace() {
     // Every third write fails the way a full disk would, before anything
     // of it is applied.
     let writes = AtomicU64::new(0);
-    let store = Arc::new(Probe {
-        fault: Box::new(move || {
-            (writes.fetch_add(1, Ordering::SeqCst) % 3 == 2)
-                .then(|| StoreError::Io("No space left on device (os error 28)".into()))
-        }),
-        ..Probe::new(Arc::new(MemoryStore::new()))
-    });
+    let store = Arc::new(Probe::failing(Arc::new(MemoryStore::new()), move || {
+        (writes.fetch_add(1, Ordering::SeqCst) % 3 == 2)
+            .then(|| StoreError::Io("No space left on device (os error 28)".into()))
+    }));
     let s = TestServer::start(store, LedgerConfig::default()).await;
     let options = ClientOptions {
         attempts: 1,

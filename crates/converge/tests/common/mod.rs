@@ -53,6 +53,15 @@ impl TestServer {
 
     /// A server with these limits.
     pub fn start_with(config: LedgerConfig, server: ServerConfig) -> TestServer {
+        Self::start_on(Arc::new(MemoryStore::new()), config, server)
+    }
+
+    /// A server over `store`, with these limits.
+    pub fn start_on(
+        store: Arc<dyn converge_ledger_store::Store>,
+        config: LedgerConfig,
+        server: ServerConfig,
+    ) -> TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -64,7 +73,7 @@ impl TestServer {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let ledger = Ledger::new(Arc::new(MemoryStore::new()), config);
+                let ledger = Ledger::new(store, config);
                 converge_ledger_server::run(listener, ledger, server, async {
                     let _ = stopped.await;
                 })

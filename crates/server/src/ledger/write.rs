@@ -128,13 +128,14 @@ impl Ledger {
                     key_for_error.unwrap_or_default()
                 )))
             }
-            WriteOutcome::SequenceMismatch { expected, actual } => {
-                Err(LedgerError::FailedPrecondition(format!(
+            WriteOutcome::SequenceMismatch { expected, actual } => Err(LedgerError::HeadMismatch {
+                message: format!(
                     "context {context:?} is at sequence {actual}, not the expected {expected}; \
                      nothing was appended (read the new entries, then retry with \
                      expected_sequence {actual})"
-                )))
-            }
+                ),
+                actual,
+            }),
             WriteOutcome::Failed(e) => Err(e.into()),
             other => Err(LedgerError::Internal(format!(
                 "unexpected write outcome {other:?}"

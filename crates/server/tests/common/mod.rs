@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use converge_ledger_core::{Digest, Entry, Head};
 use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig};
-use converge_ledger_store::{Committed, MemoryStore, Scan, Store, StoreError, WriteCommand};
+use converge_ledger_store::{MemoryStore, Store};
+
+#[allow(unused_imports)]
+pub use converge_ledger_store::testkit::Probe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -95,91 +97,5 @@ pub async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<
             panic!("timed out after {secs} s waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A store that forwards to another one, counts the entries read through
-/// it, and can fail writes: what tests use to see what the ledger asks of
-/// storage.
-pub struct Probe {
-    pub inner: Arc<dyn Store>,
-    /// Entries visited by scans.
-    pub scanned: std::sync::atomic::AtomicU64,
-    /// Heads read.
-    pub heads: std::sync::atomic::AtomicU64,
-    /// Called before every write; an error fails the write before anything
-    /// of it is applied.
-    pub fault: Box<dyn Fn() -> Option<StoreError> + Send + Sync>,
-}
-
-impl Probe {
-    pub fn new(inner: Arc<dyn Store>) -> Probe {
-        Probe {
-            inner,
-            scanned: Default::default(),
-            heads: Default::default(),
-            fault: Box::new(|| None),
-        }
-    }
-
-    pub fn scanned(&self) -> u64 {
-        self.scanned.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn heads_read(&self) -> u64 {
-        self.heads.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Store for Probe {
-    fn write(&self, now_ns: u64, commands: Vec<WriteCommand>) -> Result<Committed, StoreError> {
-        if let Some(e) = (self.fault)() {
-            return Err(e);
-        }
-        self.inner.write(now_ns, commands)
-    }
-    fn head(&self, context: &str) -> Result<Option<Head>, StoreError> {
-        self.heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.head(context)
-    }
-    fn scan(
-        &self,
-        context: &str,
-        scan: Scan<'_>,
-        visit: &mut dyn FnMut(Entry) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.scan(context, scan, &mut |e| {
-            self.scanned
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            visit(e)
-        })
-    }
-    fn entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError> {
-        self.inner.entry(context, sequence)
-    }
-    fn find_by_hash(&self, hash: &Digest) -> Result<Option<(String, u64)>, StoreError> {
-        self.inner.find_by_hash(hash)
-    }
-    fn merkle_nodes(
-        &self,
-        context: &str,
-        level: u8,
-        start: u64,
-        count: u64,
-    ) -> Result<Vec<Digest>, StoreError> {
-        self.inner.merkle_nodes(context, level, start, count)
-    }
-    fn contexts(
-        &self,
-        after: &str,
-        visit: &mut dyn FnMut(&str, &Head) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.contexts(after, visit)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn failure(&self) -> Option<StoreError> {
-        self.inner.failure()
     }
 }
