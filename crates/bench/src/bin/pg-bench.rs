@@ -3,7 +3,7 @@
 //! and watch lag across nodes — in one run, on one database.
 //!
 //! ```text
-//! cargo run --release -p converge-ledger-postgres --features bench --bin pg-bench -- [options]
+//! cargo run --release -p converge-ledger-bench --bin pg-bench -- [options]
 //!   --url URL            database (default $CONVERGE_LEDGER_TEST_POSTGRES_URL or
 //!                        postgresql://postgres@127.0.0.1:5432/test)
 //!   --runs N             repetitions; the table shows medians (default 3)
@@ -80,7 +80,7 @@ fn parse_args() -> Result<Args> {
             "--payload-bytes" => a.payload_bytes = value()?.parse()?,
             "--watch-rate" => a.watch_rate = value()?.parse()?,
             "-h" | "--help" => {
-                println!("see the header of crates/postgres/src/bin/pg-bench.rs");
+                println!("see the header of crates/bench/src/bin/pg-bench.rs");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
