@@ -155,7 +155,7 @@ mod tests {
         m.create_file(ROOT, OsStr::new(name), meta()).unwrap().ino.0
     }
 
-    fn read_all(m: &mut Model, id: Id) -> Vec<u8> {
+    fn read_all(m: &Model, id: Id) -> Vec<u8> {
         m.read(id, 0, u32::MAX).unwrap()
     }
 
@@ -168,7 +168,7 @@ mod tests {
         m.fsync(id).unwrap();
         m.write(id, 0, 7, b" and not").unwrap();
         let report = m.power_cut(PowerCut::DropUnsynced);
-        assert_eq!(read_all(&mut m, id), b"durable");
+        assert_eq!(read_all(&m, id), b"durable");
         assert_eq!(report.files_unsynced, 1);
         assert_eq!(report.sectors_kept, 0);
     }
@@ -219,7 +219,7 @@ mod tests {
             m.fsync(id).unwrap();
             m.write(id, 0, 0, &[1; 64 * 512]).unwrap();
             let report = m.power_cut(PowerCut::Torn { seed });
-            (report, read_all(&mut m, id))
+            (report, read_all(&m, id))
         };
         assert_eq!(run(3), run(3));
         let (report, _) = run(3);

@@ -81,8 +81,10 @@
 //! unmounts and mounts again, so no process ever reads a page or an
 //! attribute from before the cut. Inode numbers stay the same across cuts
 //! (an object's number is never reused); open handles die with the mount.
-//! Reads may go through the page cache (and `mmap` works) since every write
-//! is written through to the filesystem at once.
+//! Reads may go through the page cache, which stays true because every
+//! write goes through to the filesystem at once (no writeback cache).
+//! `mmap` and `O_DIRECT` are left to the kernel's FUSE defaults and are not
+//! exercised by the tests: fjall and lsm-tree use neither.
 //!
 //! **Faults.** [`FaultFs::fail_fsync`] makes `fsync` and `fsyncdir` fail
 //! with `EIO` and keep nothing durable. [`FaultFs::set_space_limit`] caps

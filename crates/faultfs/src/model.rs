@@ -619,7 +619,7 @@ impl Model {
         Ok(listing.into_iter().skip(offset as usize).collect())
     }
 
-    pub(crate) fn read(&mut self, id: Id, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
+    pub(crate) fn read(&self, id: Id, offset: u64, len: u32) -> Result<Vec<u8>, Errno> {
         match &self.object(id)?.body {
             Body::File { current, .. } => Ok(current.read(offset, len.into())),
             Body::Dir { .. } => Err(Errno::EISDIR),
@@ -988,5 +988,66 @@ impl Model {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta::new(0o644, 0, 0)
+    }
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn link_refuses_an_existing_name_even_if_the_kernel_did_not() {
+        let mut m = Model::new(DirSync::Strict);
+        let a = m.create_file(ROOT, name("a"), meta()).unwrap().ino.0;
+        m.create_file(ROOT, name("b"), meta()).unwrap();
+        assert_eq!(m.link(a, ROOT, name("b")), Err(Errno::EEXIST));
+        assert_eq!(m.link(a, ROOT, name("c")).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn rename_follows_posix_for_targets() {
+        let mut m = Model::new(DirSync::Strict);
+        let d = m.mkdir(ROOT, name("d"), meta()).unwrap().ino.0;
+        m.mkdir(d, name("sub"), meta()).unwrap();
+        m.create_file(ROOT, name("f"), meta()).unwrap();
+        m.create_file(ROOT, name("g"), meta()).unwrap();
+        assert_eq!(
+            m.rename(ROOT, name("f"), ROOT, name("g"), true),
+            Err(Errno::EEXIST)
+        );
+        assert_eq!(
+            m.rename(ROOT, name("f"), ROOT, name("d"), false),
+            Err(Errno::EISDIR)
+        );
+        assert_eq!(
+            m.rename(ROOT, name("d"), d, name("x"), false),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            m.rename(ROOT, name("d"), ROOT, name("g"), false),
+            Err(Errno::ENOTDIR)
+        );
+        assert_eq!(m.rmdir(ROOT, name("d")), Err(Errno::ENOTEMPTY));
+        m.rename(ROOT, name("f"), ROOT, name("g"), false).unwrap();
+        assert!(m.lookup(ROOT, name("f")).is_err());
+        assert_eq!(m.attr(ROOT).unwrap().nlink, 3);
+    }
+
+    #[test]
+    fn names_longer_than_255_bytes_are_refused() {
+        let mut m = Model::new(DirSync::Strict);
+        let long = "x".repeat(NAME_BYTES_MAX + 1);
+        assert_eq!(
+            m.create_file(ROOT, name(&long), meta()).unwrap_err(),
+            Errno::ENAMETOOLONG
+        );
     }
 }
