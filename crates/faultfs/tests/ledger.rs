@@ -30,8 +30,9 @@ use converge_ledger_store::{
 
 const CONTEXT: &str = "ledger";
 /// Tells `writer_process` what to do, tab-separated: data directory,
-/// `always` or `never`, entries, payload bytes, and the directories to
-/// fsync after opening (comma-separated, may be empty).
+/// `always` or `never`, entries, payload bytes, the directories to fsync
+/// after opening (comma-separated, may be empty), and after how many
+/// appends to print `paused` and wait for a line on stdin (0: never).
 const WRITER_ENV: &str = "FAULTFS_LEDGER_WRITER";
 /// Longest wait for one line from the writer.
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,9 +69,10 @@ fn writer_process() {
         return;
     };
     let parts: Vec<&str> = spec.split('\t').collect();
-    let [path, policy, count, payload_bytes, sync_dirs] = parts[..] else {
-        panic!("{WRITER_ENV} has {} fields, not 5", parts.len());
+    let [path, policy, count, payload_bytes, sync_dirs, pause_after] = parts[..] else {
+        panic!("{WRITER_ENV} has {} fields, not 6", parts.len());
     };
+    let pause_after: u64 = pause_after.parse().unwrap();
     let mut options = EmbeddedOptions::new(path);
     options.fsync = match policy {
         "always" => FsyncPolicy::Always,
@@ -96,6 +98,11 @@ fn writer_process() {
             }
             Err(e) => writeln!(out, "error {e}").unwrap(),
         }
+        if i == pause_after {
+            writeln!(out, "paused").unwrap();
+            out.flush().unwrap();
+            std::io::stdin().read_line(&mut String::new()).unwrap();
+        }
         out.flush().unwrap();
     }
     writeln!(out, "done").unwrap();
@@ -120,6 +127,9 @@ struct Run {
     /// Before killing an idle writer, wait until a memtable flush has
     /// made a table durable.
     await_flush: bool,
+    /// Make fsync fail (EIO) once this many appends are written (the
+    /// writer waits for it).
+    fail_fsync_after: Option<usize>,
 }
 
 impl Run {
@@ -131,6 +141,7 @@ impl Run {
             kill_after: Some(entries as usize / 2),
             sync_dirs: Vec::new(),
             await_flush: false,
+            fail_fsync_after: None,
         }
     }
 }
@@ -149,17 +160,18 @@ impl Writer {
             .map(|p| p.display().to_string())
             .collect();
         let spec = format!(
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             data.display(),
             run.policy,
             run.entries,
             run.payload_bytes,
-            sync_dirs.join(",")
+            sync_dirs.join(","),
+            run.fail_fsync_after.unwrap_or(0)
         );
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["writer_process", "--exact", "--ignored", "--nocapture"])
             .env(WRITER_ENV, spec)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -177,15 +189,11 @@ impl Writer {
         Writer { child, lines }
     }
 
-    /// Reads acknowledgements until `kill_after` of them (then SIGKILLs the
-    /// writer mid-stream) or `done` (then SIGKILLs it idle), and returns
-    /// every (sequence, hash) it acknowledged before it died.
-    fn acknowledged_until_killed(
-        mut self,
-        kill_after: Option<usize>,
-        before_kill: &dyn Fn(),
-    ) -> Vec<(u64, String)> {
-        let mut acks = Vec::new();
+    /// Reads the writer's reports until `run.kill_after` acknowledgements
+    /// (then SIGKILLs it mid-stream) or `done` (then SIGKILLs it idle),
+    /// switching fsync failures on while it is paused.
+    fn report_until_killed(mut self, m: &Mounted, data: &Path, run: &Run) -> Report {
+        let mut report = Report::default();
         let mut killed = false;
         loop {
             let line = match self.lines.recv_timeout(LINE_TIMEOUT) {
@@ -195,24 +203,36 @@ impl Writer {
             };
             let mut words = line.split_whitespace();
             match words.next() {
-                Some("ack") => acks.push((
-                    words.next().unwrap().parse().unwrap(),
-                    words.next().unwrap().to_owned(),
-                )),
+                Some("ack") => {
+                    report.acked_after_error |= !report.errors.is_empty();
+                    report.acks.push((
+                        words.next().unwrap().parse().unwrap(),
+                        words.next().unwrap().to_owned(),
+                    ));
+                }
+                Some("paused") => {
+                    m.fs.fail_fsync(true);
+                    let stdin = self.child.stdin.as_mut().unwrap();
+                    stdin.write_all(b"go\n").unwrap();
+                    stdin.flush().unwrap();
+                }
                 Some("done") if !killed => {
-                    before_kill();
+                    if run.await_flush {
+                        await_durable_table(m, data);
+                    }
                     self.kill();
                     killed = true;
                 }
+                Some("error") if run.fail_fsync_after.is_some() => report.errors.push(line),
                 Some("error") => panic!("a write failed: {line}"),
                 _ => {}
             }
-            if !killed && kill_after.is_some_and(|n| acks.len() >= n) {
+            if !killed && run.kill_after.is_some_and(|n| report.acks.len() >= n) {
                 self.kill();
                 killed = true;
             }
         }
-        acks
+        report
     }
 
     fn kill(&mut self) {
@@ -228,6 +248,17 @@ impl Drop for Writer {
     }
 }
 
+/// What the writer reported before it was killed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Report {
+    /// (sequence, hash) of each acknowledged append, in order.
+    acks: Vec<(u64, String)>,
+    /// Writes that returned an error.
+    errors: Vec<String>,
+    /// Whether an append was acknowledged after a write had failed.
+    acked_after_error: bool,
+}
+
 /// What the reopened store holds of the acknowledged appends.
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
@@ -238,6 +269,8 @@ struct Outcome {
     head: u64,
     /// What was not durable at the cut.
     unsynced: Vec<Unsynced>,
+    /// What the writer of the last round reported.
+    report: Report,
 }
 
 impl Outcome {
@@ -250,12 +283,22 @@ impl Outcome {
 /// Checks that the store opens, its chain verifies, and every entry it
 /// holds up to the head is the one acknowledged (a prefix, no holes).
 fn write_cut_reopen(m: &Mounted, data: &Path, run: &Run, cut: PowerCut) -> Outcome {
-    let await_flush = || {
-        if run.await_flush {
-            await_durable_table(m, data);
-        }
-    };
-    let acks = Writer::start(data, run).acknowledged_until_killed(run.kill_after, &await_flush);
+    write_cut_reopen_after(m, data, run, cut, &mut Vec::new())
+}
+
+/// [`write_cut_reopen`] on a data directory that already holds the
+/// appends `acks` acknowledged; the new ones are added to `acks`, and the
+/// outcome counts them all.
+fn write_cut_reopen_after(
+    m: &Mounted,
+    data: &Path,
+    run: &Run,
+    cut: PowerCut,
+    acks: &mut Vec<(u64, String)>,
+) -> Outcome {
+    let report = Writer::start(data, run).report_until_killed(m, data, run);
+    m.fs.fail_fsync(false);
+    acks.extend(report.acks.iter().cloned());
     let unsynced = m.fs.unsynced();
     m.fs.power_cut(cut).expect("power cut");
     let store = EmbeddedStore::open(EmbeddedOptions::new(data)).expect("reopening the store");
@@ -264,7 +307,7 @@ fn write_cut_reopen(m: &Mounted, data: &Path, run: &Run, cut: PowerCut) -> Outco
         verify::verify_context(&store, CONTEXT, &mut |_, _| {}).expect("the chain verifies");
     }
     let mut kept = 0;
-    for (sequence, hash) in &acks {
+    for (sequence, hash) in acks.iter() {
         match store.entry(CONTEXT, *sequence).unwrap() {
             Some(entry) => {
                 assert_eq!(
@@ -285,6 +328,7 @@ fn write_cut_reopen(m: &Mounted, data: &Path, run: &Run, cut: PowerCut) -> Outco
         kept,
         head,
         unsynced,
+        report,
     };
     eprintln!(
         "{} x{} {cut:?}: acknowledged {}, kept {}, lost {}, head {}",
@@ -325,6 +369,41 @@ fn with_fsync_always_every_acknowledged_append_survives_a_power_cut() {
         assert_eq!(outcome.lost(), 0, "{cut:?}: {outcome:?}");
         assert!(outcome.head >= outcome.acknowledged);
     }
+}
+
+#[test]
+fn with_fsync_always_appends_survive_a_second_power_cut_after_recovery() {
+    let Some(m) = mount("with_fsync_always_appends_survive_a_second_power_cut_after_recovery")
+    else {
+        return;
+    };
+    let data = m.path();
+    let mut run = Run::new("always", 40);
+    run.sync_dirs = missing_fsyncs(data);
+    let mut acks = Vec::new();
+    for (round, cut) in CUTS.into_iter().enumerate() {
+        let outcome = write_cut_reopen_after(&m, data, &run, cut, &mut acks);
+        assert_eq!(outcome.lost(), 0, "round {round}, {cut:?}: {outcome:?}");
+    }
+    assert!(acks.len() >= 4 * 20);
+}
+
+#[test]
+fn a_write_whose_fsync_fails_is_not_acknowledged_and_nothing_after_it_is() {
+    let Some(m) = mount("a_write_whose_fsync_fails_is_not_acknowledged_and_nothing_after_it_is")
+    else {
+        return;
+    };
+    let data = m.path();
+    let mut run = Run::new("always", 30);
+    run.sync_dirs = missing_fsyncs(data);
+    run.kill_after = None;
+    run.fail_fsync_after = Some(10);
+    let outcome = write_cut_reopen(&m, data, &run, PowerCut::Torn { seed: 5 });
+    assert_eq!(outcome.acknowledged, 10, "{outcome:?}");
+    assert_eq!(outcome.report.errors.len(), 20, "every later write fails");
+    assert!(!outcome.report.acked_after_error);
+    assert_eq!(outcome.lost(), 0, "{outcome:?}");
 }
 
 #[test]
