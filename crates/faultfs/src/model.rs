@@ -66,6 +66,13 @@ pub struct Stats {
     pub used_bytes: u64,
 }
 
+impl Stats {
+    /// Bytes in [`Stats::unsynced_sectors`].
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_sectors * SECTOR_BYTES
+    }
+}
+
 /// Ownership, permissions and times. Not versioned: a power cut keeps them
 /// as last set (the durability contract covers content, size and names).
 #[derive(Debug, Clone)]
