@@ -268,13 +268,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("opening embedded storage in {path}"))?;
             let (contexts, entries) = recovered(&opened)?;
-            (
-                Arc::new(opened),
-                format!(
-                    "embedded in {path}, fsync {}; recovered {contexts} contexts, {entries} entries",
-                    format!("{:?}", args.fsync).to_lowercase()
-                ),
-            )
+            let mut described = format!(
+                "embedded in {path}, fsync {}; recovered {contexts} contexts, {entries} entries",
+                format!("{:?}", args.fsync).to_lowercase()
+            );
+            if let Some(r) = opened.repaired() {
+                described.push_str(&format!(
+                    " (after a power loss: cut {} bytes of torn journal tail at offset {} of {}, \
+                     and {} later journals; they held writes that were never synced)",
+                    r.bytes_dropped,
+                    r.offset,
+                    r.file.display(),
+                    r.files_removed
+                ));
+            }
+            (Arc::new(opened), described)
         }
         Storage::Postgres => {
             let Some(url) = args.postgres_url.clone() else {

@@ -99,6 +99,7 @@ mod fs;
 mod model;
 mod mount;
 mod rng;
+pub mod testing;
 
 pub use cut::{CutReport, PowerCut};
 pub use model::{DirSync, Stats, Unsynced};

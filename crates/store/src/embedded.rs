@@ -11,6 +11,7 @@ use std::time::Duration;
 use converge_ledger_core::{Digest, Entry, Head, record};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use crate::journal::{self, Repaired, TailLimit};
 use crate::sequencer::{Backing, stage};
 use crate::store::{heads_after, visit_heads};
 use crate::{Committed, Scan, Store, StoreError, WriteCommand};
@@ -68,6 +69,11 @@ const KS_MERKLE: &str = "merkle";
 const JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Smaller memtables flush sooner, so less journal is pending at any time.
 const MEMTABLE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The most an `fsync always` store can have in flight at a power cut: one
+/// group commit (16 MiB of commands, with their index records and
+/// framing). A torn journal tail longer than this is damage, not a torn
+/// write.
+const IN_FLIGHT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Layout version stored under `meta/format`; bumped on any change.
 const FORMAT_VERSION: u32 = 1;
 
@@ -91,6 +97,8 @@ pub struct EmbeddedStore {
     /// (it cannot tell what reached the disk), so every later write gets
     /// this error, which says what went wrong first.
     failure: Arc<Mutex<Option<StoreError>>>,
+    /// The torn journal tail cut at open, if a power loss left one.
+    repaired: Option<Repaired>,
 }
 
 #[derive(Default)]
@@ -182,14 +190,29 @@ impl EmbeddedStore {
     /// read, so opening costs the same whatever the number of entries.
     pub fn open(options: EmbeddedOptions) -> Result<Self, StoreError> {
         let shown = options.path.display().to_string();
-        std::fs::create_dir_all(&options.path)
-            .map_err(|e| io(format!("cannot create {shown}: {e}")))?;
+        create_dir_durably(&options.path).map_err(|e| io(format!("cannot create {shown}: {e}")))?;
         check_data_dir(&options.path)?;
-        let db = Database::builder(&options.path)
-            .cache_size(options.cache_bytes)
-            .max_journaling_size(JOURNAL_BYTES_MAX)
-            .open()
-            .map_err(|e| engine(&format!("cannot open {shown}"), e))?;
+        let open = || {
+            Database::builder(&options.path)
+                .cache_size(options.cache_bytes)
+                .max_journaling_size(JOURNAL_BYTES_MAX)
+                .open()
+        };
+        let (db, repaired) = match open() {
+            Ok(db) => (db, None),
+            // A torn journal tail (a power loss took writes that were not
+            // synced): cut it, then open what is left.
+            Err(fjall::Error::JournalRecovery(_)) => {
+                let limit = match options.fsync {
+                    FsyncPolicy::Always => TailLimit::InFlight(IN_FLIGHT_BYTES_MAX),
+                    FsyncPolicy::Interval(_) | FsyncPolicy::Never => TailLimit::Unsynced,
+                };
+                let repaired = journal::repair(&options.path, limit)?;
+                let db = open().map_err(|e| engine(&format!("cannot open {shown}"), e))?;
+                (db, repaired)
+            }
+            Err(e) => return Err(engine(&format!("cannot open {shown}"), e)),
+        };
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX)
@@ -230,8 +253,18 @@ impl EmbeddedStore {
                 _ => None,
             },
             failure,
+            repaired,
             db,
         };
+        // fjall fsyncs each keyspace's own directory but not `keyspaces/`,
+        // which names them: on a filesystem that keeps names only once
+        // their directory is synced, a power cut would lose every keyspace
+        // (and recovery skips journal records of keyspaces it cannot
+        // find). Sync it, and the data directory, now that every keyspace
+        // exists.
+        for dir in [options.path.join("keyspaces"), options.path.clone()] {
+            sync_dir(&dir).map_err(|e| io(format!("cannot fsync {}: {e}", dir.display())))?;
+        }
         store.load_heads()?;
         Ok(store)
     }
@@ -299,6 +332,12 @@ impl EmbeddedStore {
     /// came before).
     fn fail(&self, e: StoreError) -> StoreError {
         latch(&self.failure, e)
+    }
+
+    /// The torn journal tail that opening cut (a power loss took writes
+    /// that were not synced, and left some of their sectors), if any.
+    pub fn repaired(&self) -> Option<&Repaired> {
+        self.repaired.as_ref()
     }
 
     /// Disk space used by the database, in bytes.
@@ -648,6 +687,36 @@ fn latch(failure: &Mutex<Option<StoreError>>, e: StoreError) -> StoreError {
         .unwrap_or_else(|p| p.into_inner())
         .get_or_insert(e)
         .clone()
+}
+
+/// Makes the entries of `dir` durable: a file's or a directory's own fsync
+/// does not cover its name.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `path` and its missing ancestors, syncing the parent of each
+/// directory created, so that the data directory survives a power cut as
+/// soon as the store that made it is open.
+fn create_dir_durably(path: &std::path::Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = path;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(path)?;
+    for dir in missing.iter().rev() {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// Refuses to adopt a directory that holds something other than a ledger:

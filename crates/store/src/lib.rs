@@ -12,6 +12,8 @@ mod command;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod error;
+#[cfg(feature = "embedded")]
+pub mod journal;
 mod memory;
 pub mod proofs;
 pub mod sequencer;

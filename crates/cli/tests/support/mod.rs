@@ -12,6 +12,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_converge-ledger");
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The listening line: address, storage (and what it recovered),
+    /// signing key.
+    pub first_line: String,
     /// Lines the server printed on stderr after the listening line.
     pub lines: mpsc::Receiver<String>,
 }
@@ -44,15 +47,21 @@ impl Server {
         let first = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server printed nothing within 30 s");
-        let addr = first
+        let Some(addr) = first
             .split("listening on ")
             .nth(1)
             .and_then(|r| r.split(';').next())
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-            .to_string();
+            .map(str::to_owned)
+        else {
+            // Not started: show everything it said.
+            let _ = child.wait();
+            let rest: Vec<String> = rx.try_iter().collect();
+            panic!("the server did not start: {first}\n{}", rest.join("\n"));
+        };
         Server {
             child,
             addr: format!("http://{addr}"),
+            first_line: first,
             lines: rx,
         }
     }
