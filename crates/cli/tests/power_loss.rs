@@ -104,8 +104,7 @@ async fn write_until_killed(addr: String, acked: Acked, round: usize, payload_by
 /// appended again). With `strict`, losing one fails the test.
 async fn check(addr: &str, acked: &Acked, strict: bool, at: &str) -> (u64, usize) {
     let client = Client::connect(addr).await.unwrap();
-    let mut acked = acked.lock().unwrap();
-    let (mut entries, mut lost) = (0u64, 0usize);
+    let mut stored = BTreeMap::new();
     for c in 0..CONTEXTS {
         let ctx = format!("ctx-{c}");
         let mut all = Vec::new();
@@ -125,23 +124,22 @@ async fn check(addr: &str, acked: &Acked, strict: bool, at: &str) -> (u64, usize
             (head.sequence, head.hash, head.merkle_root()),
             "{at}: {ctx}: the signed head is not the fold of the entries"
         );
-        entries += head.sequence;
-        let mine: Vec<(u64, Digest)> = acked
-            .range((ctx.clone(), 0)..=(ctx.clone(), u64::MAX))
-            .map(|((_, s), d)| (*s, *d))
-            .collect();
-        for (seq, hash) in mine {
-            match all.get(seq as usize - 1) {
-                Some(e) => assert_eq!(
-                    e.hash, hash,
-                    "{at}: {ctx}#{seq} is not the acknowledged entry: the stored history is not a \
-                     prefix of what was written"
-                ),
-                None => {
-                    assert!(!strict, "{at}: acknowledged entry {ctx}#{seq} was lost");
-                    lost += 1;
-                    acked.remove(&(ctx.clone(), seq));
-                }
+        stored.insert(ctx, all);
+    }
+    let mut acked = acked.lock().unwrap();
+    let mut lost = 0;
+    let entries = stored.values().map(|all| all.len() as u64).sum();
+    for ((ctx, seq), hash) in acked.clone() {
+        match stored[&ctx].get(seq as usize - 1) {
+            Some(e) => assert_eq!(
+                e.hash, hash,
+                "{at}: {ctx}#{seq} is not the acknowledged entry: the stored history is not a \
+                 prefix of what was written"
+            ),
+            None => {
+                assert!(!strict, "{at}: acknowledged entry {ctx}#{seq} was lost");
+                lost += 1;
+                acked.remove(&(ctx, seq));
             }
         }
     }
@@ -225,7 +223,7 @@ async fn power_cuts(test: &str, policy: &[&str], strict: bool) -> Option<usize> 
             .await
             .expect("the writers did not stop")
             .unwrap();
-        let cut = if rng.next() % 4 == 0 {
+        let cut = if rng.next().is_multiple_of(4) {
             PowerCut::DropUnsynced
         } else {
             PowerCut::Torn { seed: rng.next() }
