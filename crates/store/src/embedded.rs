@@ -99,6 +99,8 @@ pub struct EmbeddedStore {
     failure: Arc<Mutex<Option<StoreError>>>,
     /// The torn journal tail cut at open, if a power loss left one.
     repaired: Option<Repaired>,
+    /// The data directory.
+    path: PathBuf,
 }
 
 #[derive(Default)]
@@ -254,6 +256,7 @@ impl EmbeddedStore {
             },
             failure,
             repaired,
+            path: options.path.clone(),
             db,
         };
         // fjall fsyncs each keyspace's own directory but not `keyspaces/`,
@@ -321,17 +324,45 @@ impl EmbeddedStore {
         Ok(entry)
     }
 
+    /// The error every write gets after the store's first failure: of the
+    /// same kind, saying what failed first and what to do.
     fn failed(&self) -> Option<StoreError> {
-        self.failure
+        let first = self
+            .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone()?;
+        let refused = |m: &str| {
+            format!(
+                "the store refuses writes since an earlier failure ({m}); the engine cannot tell \
+                 what of it reached the disk: restart the server to recover from the journal"
+            )
+        };
+        Some(match &first {
+            StoreError::Io(m) => StoreError::Io(refused(m)),
+            StoreError::NoSpace(m) => StoreError::NoSpace(refused(m)),
+            _ => first,
+        })
     }
 
     /// Latches the first failure and returns it (or the first, if another
     /// came before).
     fn fail(&self, e: StoreError) -> StoreError {
         latch(&self.failure, e)
+    }
+
+    /// A storage engine failure of a write or sync, told apart by what the
+    /// caller can do about it. When the engine only says it refuses writes
+    /// after an earlier failure of its own (a background flush that failed,
+    /// whose error it does not return), a probe write to the data directory
+    /// tells a full disk from other failures.
+    fn engine_failure(&self, what: &str, e: fjall::Error) -> StoreError {
+        let poisoned = matches!(e, fjall::Error::Poisoned);
+        let err = engine(what, e);
+        if poisoned && let Some(full) = probe_space(&self.path) {
+            return StoreError::NoSpace(format!("{what}: the disk is full ({full})"));
+        }
+        err
     }
 
     /// The torn journal tail that opening cut (a power loss took writes
@@ -468,7 +499,7 @@ impl Store for EmbeddedStore {
             }
         }
         batch.commit().map_err(|e| {
-            self.fail(engine(
+            self.fail(self.engine_failure(
                 "committing a batch failed; nothing of it was acknowledged",
                 e,
             ))
@@ -614,7 +645,7 @@ impl Store for EmbeddedStore {
         }
         self.db
             .persist(PersistMode::SyncAll)
-            .map_err(|e| self.fail(engine("fsync failed", e)))
+            .map_err(|e| self.fail(self.engine_failure("fsync failed", e)))
     }
 
     fn failure(&self) -> Option<StoreError> {
@@ -679,6 +710,24 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// Writes and removes a small file in `dir`: the error, if it fails because
+/// the disk is full.
+fn probe_space(dir: &std::path::Path) -> Option<std::io::Error> {
+    use std::io::Write as _;
+    let probe = dir.join(".space-probe");
+    let written = std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(&[0u8; 64 * 1024]).and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(ENOSPC) =>
+        {
+            Some(e)
+        }
+        _ => None,
+    }
+}
+
 /// Records `e` as the store's failure unless one is recorded already;
 /// returns the recorded one.
 fn latch(failure: &Mutex<Option<StoreError>>, e: StoreError) -> StoreError {
@@ -735,7 +784,7 @@ fn check_data_dir(path: &std::path::Path) -> Result<(), StoreError> {
         match name.to_string_lossy().as_ref() {
             // fjall's format marker: this is a storage directory.
             "version" => return Ok(()),
-            "signing.key" | "lost+found" => {}
+            "signing.key" | "lost+found" | ".space-probe" => {}
             n if n.starts_with("signing.key.") => {}
             n => foreign.push(n.to_owned()),
         }
