@@ -20,6 +20,8 @@ pub enum LedgerError {
     /// A position beyond the context's head (a proof for a tree that does
     /// not exist yet).
     OutOfRange(String),
+    /// No such thing (an entry by hash).
+    NotFound(String),
     /// A server limit (watchers, response size, queue) is reached.
     ResourceExhausted(String),
     /// Stored data failed verification.
@@ -52,6 +54,7 @@ impl fmt::Display for LedgerError {
             | LedgerError::AlreadyExists(m)
             | LedgerError::FailedPrecondition(m)
             | LedgerError::OutOfRange(m)
+            | LedgerError::NotFound(m)
             | LedgerError::ResourceExhausted(m)
             | LedgerError::DataLoss(m)
             | LedgerError::Unavailable(m)
@@ -104,6 +107,7 @@ impl From<LedgerError> for Status {
             LedgerError::AlreadyExists(_) => Code::AlreadyExists,
             LedgerError::FailedPrecondition(_) => Code::FailedPrecondition,
             LedgerError::OutOfRange(_) => Code::OutOfRange,
+            LedgerError::NotFound(_) => Code::NotFound,
             LedgerError::ResourceExhausted(_) => Code::ResourceExhausted,
             LedgerError::DataLoss(_) => Code::DataLoss,
             LedgerError::Unavailable(_) => Code::Unavailable,

@@ -189,21 +189,16 @@ impl LedgerService for LedgerApi {
             0 => LIST_DEFAULT,
             n => (n as usize).min(LIST_MAX),
         };
-        let store = self.ledger.store().clone();
-        let contexts = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            store.contexts(&r.after_context_id, &mut |c, h| {
-                out.push(pb::ContextHead {
-                    context_id: c.to_owned(),
-                    sequence: h.sequence,
-                });
-                out.len() < limit
-            })?;
-            Ok::<_, converge_ledger_store::StoreError>(out)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("a storage task failed: {e}")))?
-        .map_err(LedgerError::from)?;
+        let contexts = self
+            .ledger
+            .list_contexts(&r.after_context_id, limit, |_| true)
+            .await?
+            .into_iter()
+            .map(|(context_id, head)| pb::ContextHead {
+                context_id,
+                sequence: head.sequence,
+            })
+            .collect();
         Ok(Response::new(pb::ListContextsResponse { contexts }))
     }
 
@@ -259,7 +254,7 @@ impl LedgerService for LedgerApi {
                 context_id,
                 entry: Some(entry_to_proto(&entry)),
             })),
-            None => Err(Status::not_found(format!("no entry has hash {hash}"))),
+            None => Err(LedgerError::NotFound(format!("no entry has hash {hash}")).into()),
         }
     }
 

@@ -185,6 +185,31 @@ impl Ledger {
         .await
     }
 
+    /// Up to `limit` non-empty contexts with ids after `after`, in id order,
+    /// with their heads; only those `visible` admits are counted and
+    /// returned (a caller's read grants), and a page reads at most a bounded
+    /// number of heads beyond them.
+    pub async fn list_contexts(
+        &self,
+        after: &str,
+        limit: usize,
+        visible: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Vec<(String, Head)>, LedgerError> {
+        let store = self.store.clone();
+        let after = after.to_owned();
+        blocking(move || {
+            let mut out = Vec::new();
+            store.contexts(&after, &mut |c, h| {
+                if visible(c) {
+                    out.push((c.to_owned(), h.clone()));
+                }
+                out.len() < limit
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// The entry with this hash and its context.
     pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<(String, Entry)>, LedgerError> {
         let store = self.store.clone();
