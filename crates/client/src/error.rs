@@ -47,6 +47,12 @@ pub enum ClientError {
     OutOfRange(String),
     /// Writing what was received failed (a snapshot sink).
     Io(String),
+    /// The server does not know the caller: no, or an unknown, token or
+    /// client certificate.
+    Unauthenticated(String),
+    /// The caller lacks the right the call needs on the context; nothing
+    /// changed.
+    PermissionDenied(String),
     /// Any other gRPC status.
     Rpc {
         /// The status code.
@@ -84,6 +90,8 @@ impl From<Status> for ClientError {
             Code::ResourceExhausted => ClientError::ResourceExhausted(message),
             Code::Unavailable => ClientError::Unavailable(message),
             Code::DataLoss => ClientError::DataLoss(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             code => ClientError::Rpc { code, message },
         }
     }
@@ -106,6 +114,8 @@ impl fmt::Display for ClientError {
             ClientError::NotFound(m) => write!(f, "not found: {m}"),
             ClientError::OutOfRange(m) => write!(f, "out of range: {m}"),
             ClientError::Io(m) => write!(f, "I/O error: {m}"),
+            ClientError::Unauthenticated(m) => write!(f, "not authenticated: {m}"),
+            ClientError::PermissionDenied(m) => write!(f, "permission denied: {m}"),
             ClientError::Rpc { code, message } => write!(f, "{code:?}: {message}"),
         }
     }

@@ -1,7 +1,7 @@
 use std::fmt;
 
 use crate::entry::entry_hash;
-use crate::{DecodeError, Digest, Entry, Frontier, NewEntry, Reader, genesis_hash};
+use crate::{DecodeError, Digest, Entry, Frontier, NewEntry, PublicKey, Reader, genesis_hash};
 
 /// The tip of a context: everything needed to append the next entry and to
 /// prove the history so far, without reading any entry.
@@ -17,6 +17,22 @@ pub struct Head {
     pub appended_at_ns: u64,
     /// Merkle tree over all entry hashes; `frontier.size() == sequence`.
     pub frontier: Frontier,
+    /// Whether, and from where, history of this context was loaded from a
+    /// snapshot rather than appended through this ledger: signed with the
+    /// head, so that a signature over loaded history never reads as the
+    /// server's own account of what it was given to append. Not part of
+    /// the fold of the entries (the entries are the same either way).
+    pub loaded: Option<LoadedFrom>,
+}
+
+/// History that was loaded: the entries up to `through` came from a
+/// snapshot signed by `signer` (the last Load that wrote entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedFrom {
+    /// Entries `1..=through` were loaded, not appended here.
+    pub through: u64,
+    /// The key that signed the snapshot they came from.
+    pub signer: PublicKey,
 }
 
 /// Why an entry does not extend a head.
@@ -36,7 +52,8 @@ impl fmt::Display for ChainError {
 
 impl std::error::Error for ChainError {}
 
-const HEAD_VERSION: u8 = 1;
+/// Version 2 adds [`Head::loaded`]; version 1 records read as never loaded.
+const HEAD_VERSION: u8 = 2;
 
 impl Head {
     /// The head of a context with no entries.
@@ -47,7 +64,18 @@ impl Head {
             lamport: 0,
             appended_at_ns: 0,
             frontier: Frontier::new(),
+            loaded: None,
         }
+    }
+
+    /// Whether `other` is the same history: every field but
+    /// [`Head::loaded`], which says where history came from, not what it is.
+    pub fn same_history(&self, other: &Head) -> bool {
+        self.sequence == other.sequence
+            && self.hash == other.hash
+            && self.lamport == other.lamport
+            && self.appended_at_ns == other.appended_at_ns
+            && self.frontier == other.frontier
     }
 
     /// The entry that appending `new` at server time `now_ns` produces. Pure:
@@ -178,15 +206,24 @@ impl Head {
     }
 
     /// Stable encoding for storage: version, sequence, hash, Lamport,
-    /// timestamp, frontier.
+    /// timestamp, frontier, then (version 2) `u8` 0, or 1 followed by the
+    /// loaded-through sequence and the signer's key.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 32 + 16 + 8 + 32 * 8);
+        let mut out = Vec::with_capacity(1 + 8 + 32 + 16 + 8 + 32 * 8 + 41);
         out.push(HEAD_VERSION);
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&self.hash.0);
         out.extend_from_slice(&self.lamport.to_be_bytes());
         out.extend_from_slice(&self.appended_at_ns.to_be_bytes());
         self.frontier.encode_into(&mut out);
+        match &self.loaded {
+            None => out.push(0),
+            Some(l) => {
+                out.push(1);
+                out.extend_from_slice(&l.through.to_be_bytes());
+                out.extend_from_slice(&l.signer.0);
+            }
+        }
         out
     }
 
@@ -194,18 +231,43 @@ impl Head {
     pub fn decode(bytes: &[u8]) -> Result<Head, DecodeError> {
         let mut r = Reader::new(bytes, "stored head");
         let v = r.u8()?;
-        if v != HEAD_VERSION {
+        if v != 1 && v != HEAD_VERSION {
             return Err(DecodeError(format!(
-                "stored head has version {v}; this build reads version {HEAD_VERSION}"
+                "stored head has version {v}; this build reads versions 1 to {HEAD_VERSION}"
             )));
         }
-        let head = Head {
+        let mut head = Head {
             sequence: r.u64()?,
             hash: r.digest()?,
             lamport: r.u64()?,
             appended_at_ns: r.u64()?,
             frontier: Frontier::decode_from(&mut r)?,
+            loaded: None,
         };
+        if v >= 2 {
+            head.loaded = match r.u8()? {
+                0 => None,
+                1 => Some(LoadedFrom {
+                    through: r.u64()?,
+                    signer: PublicKey(r.digest()?.0),
+                }),
+                f => {
+                    return Err(DecodeError(format!(
+                        "stored head has loaded flag {f}; 0 or 1 allowed"
+                    )));
+                }
+            };
+        }
+        if head
+            .loaded
+            .is_some_and(|l| l.through == 0 || l.through > head.sequence)
+        {
+            return Err(DecodeError(format!(
+                "stored head at sequence {} says history was loaded through {}",
+                head.sequence,
+                head.loaded.map_or(0, |l| l.through)
+            )));
+        }
         if head.frontier.size() != head.sequence {
             return Err(DecodeError(format!(
                 "stored head is at sequence {} but its Merkle frontier has {} leaves",
@@ -255,6 +317,21 @@ mod tests {
         assert_eq!(e4.lamport, 42);
         assert_eq!(e4.prev_hash, e3.hash);
         assert_eq!(Head::decode(&head.encode()).unwrap(), head);
+        head.loaded = Some(LoadedFrom {
+            through: 2,
+            signer: PublicKey([5; 32]),
+        });
+        assert_eq!(Head::decode(&head.encode()).unwrap(), head);
+    }
+
+    #[test]
+    fn version_1_heads_read_as_never_loaded() {
+        let mut head = Head::empty("c");
+        head.advance(&head.next_entry("c", new("a", 0), 100));
+        let mut v1 = head.encode();
+        v1[0] = 1;
+        v1.pop(); // version 1 has no loaded flag
+        assert_eq!(Head::decode(&v1).unwrap(), head);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod snapshot;
 
 pub use digest::{Digest, ParseDigestError};
 pub use entry::{Entry, Metadata, NewEntry, genesis_hash};
-pub use head::{ChainError, Head};
+pub use head::{ChainError, Head, LoadedFrom};
 pub use limits::{LAMPORT_MAX, LimitError, Limits, is_format_char, unprintable_char};
 pub use merkle::Frontier;
 pub use signing::{HeadSigner, PublicKey, SignatureError, SignedHead};

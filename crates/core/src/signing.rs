@@ -6,10 +6,13 @@ use std::fmt;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
-use crate::{Digest, Head};
+use crate::{Digest, Head, LoadedFrom};
 
-/// Domain separation of the signed statement.
-const HEAD_DOMAIN: &[u8] = b"converge-ledger/signed-head/v1\0";
+/// Domain separation of the signed statement, version 2 (with where loaded
+/// history came from).
+const HEAD_DOMAIN: &[u8] = b"converge-ledger/signed-head/v2\0";
+/// Version 1, still verified in snapshots of version 1.
+const HEAD_DOMAIN_V1: &[u8] = b"converge-ledger/signed-head/v1\0";
 
 /// An Ed25519 public key (32 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,10 +96,21 @@ impl HeadSigner {
             root: head.merkle_root(),
             head_hash: head.hash,
             timestamp_ns: head.appended_at_ns,
+            loaded: head.loaded,
             public_key: self.public_key(),
             signature: [0; 64],
         };
         s.signature = self.key.sign(&s.statement()).to_bytes();
+        s
+    }
+}
+
+#[cfg(test)]
+impl HeadSigner {
+    /// A signature over the version 1 statement, as earlier builds made.
+    pub(crate) fn sign_v1(&self, context: &str, head: &Head) -> SignedHead {
+        let mut s = self.sign(context, head);
+        s.signature = self.key.sign(&s.statement_v1()).to_bytes();
         s
     }
 }
@@ -114,6 +128,9 @@ pub struct SignedHead {
     pub head_hash: Digest,
     /// Time of the last entry (0 when empty).
     pub timestamp_ns: u64,
+    /// Whether, and from which signer, entries were loaded rather than
+    /// appended here ([`Head::loaded`]).
+    pub loaded: Option<LoadedFrom>,
     /// Who signed.
     pub public_key: PublicKey,
     /// Ed25519 signature over [`SignedHead::statement`].
@@ -122,11 +139,28 @@ pub struct SignedHead {
 
 impl SignedHead {
     /// The signed bytes:
-    /// `"converge-ledger/signed-head/v1\0" ‖ len32(context) ‖ u64 size ‖
-    /// [32] root ‖ [32] head hash ‖ u64 timestamp_ns`.
+    /// `"converge-ledger/signed-head/v2\0" ‖ len32(context) ‖ u64 size ‖
+    /// [32] root ‖ [32] head hash ‖ u64 timestamp_ns ‖ u64 loaded_through ‖
+    /// [32] loaded_signer` (both zero when nothing was loaded).
     pub fn statement(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(HEAD_DOMAIN.len() + 4 + self.context.len() + 8 + 64 + 8);
-        m.extend_from_slice(HEAD_DOMAIN);
+        let mut m = self.statement_with(HEAD_DOMAIN);
+        let (through, signer) = self
+            .loaded
+            .map_or((0, [0; 32]), |l| (l.through, l.signer.0));
+        m.extend_from_slice(&through.to_be_bytes());
+        m.extend_from_slice(&signer);
+        m
+    }
+
+    /// The statement of version 1 (no loaded fields), signed by earlier
+    /// builds and found in snapshots of version 1.
+    pub fn statement_v1(&self) -> Vec<u8> {
+        self.statement_with(HEAD_DOMAIN_V1)
+    }
+
+    fn statement_with(&self, domain: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(domain.len() + 4 + self.context.len() + 8 + 64 + 48);
+        m.extend_from_slice(domain);
         m.extend_from_slice(&(self.context.len() as u32).to_be_bytes());
         m.extend_from_slice(self.context.as_bytes());
         m.extend_from_slice(&self.size.to_be_bytes());
@@ -136,9 +170,24 @@ impl SignedHead {
         m
     }
 
-    /// Checks the signature against the embedded public key (strict
-    /// verification: no malleable signatures, no weak keys).
+    /// Checks the signature (over [`SignedHead::statement`]) against the
+    /// embedded public key (strict verification: no malleable signatures,
+    /// no weak keys).
     pub fn verify(&self) -> Result<(), SignatureError> {
+        self.verify_statement(&self.statement())
+    }
+
+    /// [`SignedHead::verify`] for a signature over the version 1 statement.
+    pub fn verify_v1(&self) -> Result<(), SignatureError> {
+        if self.loaded.is_some() {
+            return Err(SignatureError(
+                "a version 1 signature cannot cover loaded history".into(),
+            ));
+        }
+        self.verify_statement(&self.statement_v1())
+    }
+
+    fn verify_statement(&self, statement: &[u8]) -> Result<(), SignatureError> {
         let key = VerifyingKey::from_bytes(&self.public_key.0).map_err(|_| {
             SignatureError(format!(
                 "{} is not a valid Ed25519 public key",
@@ -146,7 +195,7 @@ impl SignedHead {
             ))
         })?;
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature);
-        key.verify_strict(&self.statement(), &sig).map_err(|_| {
+        key.verify_strict(statement, &sig).map_err(|_| {
             SignatureError(format!(
                 "the signature over the head of {:?} at size {} does not verify with key {}",
                 self.context, self.size, self.public_key
@@ -161,6 +210,7 @@ impl SignedHead {
             && self.root == head.merkle_root()
             && self.head_hash == head.hash
             && self.timestamp_ns == head.appended_at_ns
+            && self.loaded == head.loaded
     }
 }
 
@@ -201,6 +251,21 @@ mod tests {
         assert!(s.verify().is_err());
         let mut s = signed.clone();
         s.signature[10] ^= 1;
+        assert!(s.verify().is_err());
+        // Loaded history is part of what is signed: a head that says it
+        // was appended here does not verify as one that was loaded.
+        let mut loaded = head.clone();
+        loaded.loaded = Some(LoadedFrom {
+            through: 1,
+            signer: PublicKey([9; 32]),
+        });
+        let l = signer.sign("c", &loaded);
+        l.verify().unwrap();
+        let mut s = l.clone();
+        s.loaded = None;
+        assert!(s.verify().is_err());
+        let mut s = signed.clone();
+        s.loaded = l.loaded;
         assert!(s.verify().is_err());
         let mut s = signed;
         s.public_key = HeadSigner::from_seed([8; 32]).public_key();

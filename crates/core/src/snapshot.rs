@@ -4,9 +4,10 @@
 //! written. Layout (integers big-endian), see `docs/design.md`:
 //!
 //! ```text
-//! [8] magic "CVLGSNAP" | u32 version (1) | u32 len, context id
+//! [8] magic "CVLGSNAP" | u32 version (2) | u32 len, context id
 //! | u64 created_at_ns | u64 entry_count | u64 head sequence | [32] head hash
-//! | [32] Merkle root | [32] signer public key | [64] Ed25519 signature
+//! | [32] Merkle root | u64 loaded_through | [32] loaded_signer
+//! | [32] signer public key | [64] Ed25519 signature
 //! | entry_count × (u32 len, entry record)
 //! | [32] SHA-256 of every byte before it
 //! ```
@@ -15,12 +16,15 @@
 
 use std::fmt;
 
-use crate::{DecodeError, Digest, Entry, Head, Limits, PublicKey, Reader, SignedHead, record};
+use crate::{
+    DecodeError, Digest, Entry, Head, Limits, LoadedFrom, PublicKey, Reader, SignedHead, record,
+};
 
 /// First bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"CVLGSNAP";
-/// The version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The version this build writes. Version 1 (without the loaded fields,
+/// signed over the version 1 statement) is still read.
+pub const VERSION: u32 = 2;
 
 /// What a snapshot says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +66,7 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Malformed(m) => write!(f, "snapshot is malformed: {m}"),
             SnapshotError::UnsupportedVersion(v) => write!(
                 f,
-                "snapshot has version {v}; this build reads version {VERSION}"
+                "snapshot has version {v}; this build reads versions 1 to {VERSION}"
             ),
             SnapshotError::Chain(m) => write!(f, "snapshot fails verification: {m}"),
             SnapshotError::Signature(m) => write!(f, "snapshot signature is invalid: {m}"),
@@ -107,6 +111,11 @@ impl Writer {
         out.extend_from_slice(&head.sequence.to_be_bytes());
         out.extend_from_slice(&head.hash.0);
         out.extend_from_slice(&head.merkle_root().0);
+        let (through, signer) = head
+            .loaded
+            .map_or((0, [0; 32]), |l| (l.through, l.signer.0));
+        out.extend_from_slice(&through.to_be_bytes());
+        out.extend_from_slice(&signer);
         out.extend_from_slice(&signed.public_key.0);
         out.extend_from_slice(&signed.signature);
         Writer {
@@ -268,7 +277,7 @@ pub fn decode_and_verify(
     }
     let mut r = Reader::new(&body[8..], "snapshot");
     let version = r.u32()?;
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let context = r.string32(limits.context_id_bytes_max, "context id")?;
@@ -277,6 +286,22 @@ pub fn decode_and_verify(
     let head_sequence = r.u64()?;
     let head_hash = r.digest()?;
     let merkle_root = r.digest()?;
+    let loaded = if version >= 2 {
+        let through = r.u64()?;
+        let signer = PublicKey(r.digest()?.0);
+        match (through, signer.0 == [0; 32]) {
+            (0, true) => None,
+            (t, false) if t >= 1 && t <= head_sequence => Some(LoadedFrom { through: t, signer }),
+            _ => {
+                return Err(SnapshotError::Malformed(format!(
+                    "it says history was loaded through {through} of {head_sequence} entries, \
+                     with signer {signer}"
+                )));
+            }
+        }
+    } else {
+        None
+    };
     let public_key = PublicKey(r.digest()?.0);
     let mut signature = [0u8; 64];
     signature.copy_from_slice(r.take(64)?);
@@ -287,6 +312,7 @@ pub fn decode_and_verify(
             root: merkle_root,
             head_hash,
             timestamp_ns: 0,
+            loaded,
             public_key,
             signature,
         },
@@ -336,10 +362,12 @@ pub fn decode_and_verify(
     }
     let mut header = header;
     header.signed.timestamp_ns = head.appended_at_ns;
-    header
-        .signed
-        .verify()
-        .map_err(|e| SnapshotError::Signature(e.0))?;
+    let verified = if version == 1 {
+        header.signed.verify_v1()
+    } else {
+        header.signed.verify()
+    };
+    verified.map_err(|e| SnapshotError::Signature(e.0))?;
     Ok((header, entries))
 }
 
@@ -475,6 +503,52 @@ mod tests {
     }
 
     #[test]
+    fn loaded_history_is_part_of_the_signed_header() {
+        let (mut head, entries) = build("ctx", 3);
+        head.loaded = Some(LoadedFrom {
+            through: 2,
+            signer: PublicKey([4; 32]),
+        });
+        let mut w = Writer::new("ctx", &head, 1, &signer().sign("ctx", &head));
+        for e in &entries {
+            w.push(e).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let (header, _) = decode_and_verify(&bytes, &Limits::default()).unwrap();
+        assert_eq!(header.signed.loaded, head.loaded);
+        // Claiming the history was appended here breaks the signature.
+        let at = 8 + 4 + 4 + 3 + 8 * 3 + 32 * 2;
+        let mut b = bytes[..bytes.len() - 32].to_vec();
+        b[at..at + 40].fill(0);
+        let sum = Digest::of(&[&b]);
+        b.extend_from_slice(&sum.0);
+        assert!(matches!(
+            decode_and_verify(&b, &Limits::default()),
+            Err(SnapshotError::Signature(_))
+        ));
+    }
+
+    /// Snapshots of version 1 (no loaded fields, signed over the version 1
+    /// statement) still load.
+    #[test]
+    fn version_1_snapshots_are_still_read() {
+        let (head, entries) = build("ctx", 3);
+        let mut w = Writer::new("ctx", &head, 1, &signer().sign_v1("ctx", &head));
+        for e in &entries {
+            w.push(e).unwrap();
+        }
+        let v2 = w.finish().unwrap();
+        let at = 8 + 4 + 4 + 3 + 8 * 3 + 32 * 2;
+        let mut v1 = v2[..at].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&v2[at + 40..v2.len() - 32]);
+        let sum = Digest::of(&[&v1]);
+        v1.extend_from_slice(&sum.0);
+        let (header, got) = decode_and_verify(&v1, &Limits::default()).unwrap();
+        assert_eq!((header.signed.loaded, got), (None, entries));
+    }
+
+    #[test]
     fn writer_refuses_to_finish_short() {
         let (head, entries) = build("ctx", 3);
         let mut w = Writer::new("ctx", &head, 1, &signer().sign("ctx", &head));
@@ -488,7 +562,9 @@ mod tests {
     #[test]
     fn a_forged_signature_with_a_fresh_checksum_fails() {
         let bytes = snapshot("ctx", 3);
-        let sig_at = 8 + 4 + 4 + 3 + 8 * 3 + 32 * 2 + 32;
+        // magic, version, context, three u64, head hash and root, the
+        // loaded fields, the signer's key.
+        let sig_at = 8 + 4 + 4 + 3 + 8 * 3 + 32 * 2 + 8 + 32 + 32;
         let mut b = bytes[..bytes.len() - 32].to_vec();
         b[sig_at + 5] ^= 1;
         let sum = Digest::of(&[&b]);

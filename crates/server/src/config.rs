@@ -3,7 +3,9 @@ use std::time::Duration;
 use converge_ledger_core::{Limits, PublicKey};
 use converge_ledger_store::WriterConfig;
 
-use crate::HubLimits;
+use std::sync::Arc;
+
+use crate::{Authority, HubLimits};
 
 /// Bounds of the in-process ledger.
 #[derive(Debug, Clone)]
@@ -33,9 +35,17 @@ pub struct LedgerConfig {
     /// Most snapshot bytes streamed loads (LoadStream) hold at once, over
     /// all streams; a load that would exceed it is refused.
     pub load_stream_bytes_max: usize,
-    /// Keys whose signed snapshots Load accepts besides the server's own;
-    /// any other signer needs `allow_unknown_signer`.
+    /// Keys whose signed snapshots Load accepts besides the server's own.
     pub trusted_keys: Vec<PublicKey>,
+    /// Whether a Load that asks for it (`allow_unknown_signer`) may bring
+    /// in a snapshot signed by any other key (`--accept-unknown-signers`).
+    /// Off by default: then only a principal with the admin right on the
+    /// target context may. Loaded history is marked in signed heads either
+    /// way.
+    pub accept_unknown_signers: bool,
+    /// How far in the future of the server clock a loaded entry's time may
+    /// be.
+    pub clock_skew_max: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -51,6 +61,8 @@ impl Default for LedgerConfig {
             streams_max: 1024,
             load_stream_bytes_max: 256 * 1024 * 1024,
             trusted_keys: Vec::new(),
+            accept_unknown_signers: false,
+            clock_skew_max: Duration::from_secs(300),
         }
     }
 }
@@ -89,6 +101,8 @@ pub struct ServerConfig {
     /// must not keep the server alive). Writes already queued are committed
     /// either way.
     pub shutdown_grace: Duration,
+    /// Who may do what (the open ledger by default: no authentication).
+    pub auth: Arc<Authority>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +114,7 @@ impl Default for ServerConfig {
             request_bytes_max: 64 * 1024 * 1024,
             keepalive: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            auth: Arc::new(Authority::open()),
         }
     }
 }

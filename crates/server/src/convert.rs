@@ -35,6 +35,8 @@ pub(crate) fn snapshot_metadata(
         merkle_root: head.merkle_root().0.to_vec(),
         signature: signed.signature.to_vec(),
         public_key: signed.public_key.0.to_vec(),
+        loaded_through: head.loaded.map_or(0, |l| l.through),
+        loaded_signer: head.loaded.map_or_else(Vec::new, |l| l.signer.0.to_vec()),
     }
 }
 

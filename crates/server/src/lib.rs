@@ -7,6 +7,7 @@
 //! completes, then drains in-flight work and syncs storage. Binaries stay
 //! thin: they parse flags, open a store and call [`run`].
 
+mod auth;
 mod config;
 mod convert;
 mod error;
@@ -18,6 +19,10 @@ mod serve;
 mod service_context;
 mod service_ledger;
 
+pub use auth::{
+    AuthConfig, Authority, Caller, ConfigError, Grant, Pattern, PeerCertificate, PrincipalConfig,
+    Right, new_token,
+};
 pub use config::{LedgerConfig, ServerConfig};
 pub use convert::entry_to_proto;
 pub use error::{HEAD_SEQUENCE_METADATA, LedgerError};

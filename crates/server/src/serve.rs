@@ -48,11 +48,13 @@ pub async fn run(
         .max(ledger.limits().entry_bytes_max());
     let context = ContextServiceServer::new(ContextApi {
         ledger: ledger.clone(),
+        auth: config.auth.clone(),
     })
     .max_decoding_message_size(request_max)
     .max_encoding_message_size(response_max);
     let extension = LedgerServiceServer::new(LedgerApi {
         ledger: ledger.clone(),
+        auth: config.auth.clone(),
         request_bytes_max: request_max,
     })
     .max_decoding_message_size(request_max)

@@ -10,12 +10,27 @@ use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authority, Caller, Right};
 use crate::convert::snapshot_metadata;
 use crate::ledger::metadata_from_wire;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
+/// Whether a Load may bring in a snapshot signed by a key the server does
+/// not trust: the client must ask, and the operator allow it (server-wide,
+/// or through the caller's admin right on the target). A request flag alone
+/// never suffices.
+pub(crate) fn accept_unknown_signer(
+    ledger: &Ledger,
+    caller: &Caller,
+    context: &str,
+    asked: bool,
+) -> bool {
+    asked && (ledger.config().accept_unknown_signers || caller.allows(Right::Admin, context))
+}
+
 pub(crate) struct ContextApi {
     pub(crate) ledger: Arc<Ledger>,
+    pub(crate) auth: Arc<Authority>,
 }
 
 type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
@@ -26,7 +41,9 @@ impl ContextService for ContextApi {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Append, &r.context_id)?;
         let appended = self
             .ledger
             .append(
@@ -49,7 +66,9 @@ impl ContextService for ContextApi {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let max_bytes = self.ledger.config().effective_response_bytes_max();
         let max_entries = if r.limit == 0 {
@@ -93,7 +112,9 @@ impl ContextService for ContextApi {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let s = self.ledger.snapshot(&r.context_id).await?;
         Ok(Response::new(pb::SnapshotResponse {
             snapshot: s.bytes,
@@ -106,14 +127,16 @@ impl ContextService for ContextApi {
         &self,
         request: Request<pb::LoadRequest>,
     ) -> Result<Response<pb::LoadResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Load, &r.context_id)?;
         let loaded = self
             .ledger
             .load(
-                r.context_id,
+                r.context_id.clone(),
                 r.snapshot,
                 r.fail_if_exists,
-                r.allow_unknown_signer,
+                accept_unknown_signer(&self.ledger, &caller, &r.context_id, r.allow_unknown_signer),
             )
             .await?;
         Ok(Response::new(loaded.into()))
@@ -125,7 +148,9 @@ impl ContextService for ContextApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let limits = self.ledger.limits();
         limits.check_key_filter(&r.key).map_err(LedgerError::from)?;
         let key = (!r.key.is_empty()).then_some(r.key);

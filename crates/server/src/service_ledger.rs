@@ -12,12 +12,15 @@ use tokio_stream::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Authority, Right};
 use crate::convert::snapshot_metadata;
 use crate::ledger::metadata_from_wire;
+use crate::service_context::accept_unknown_signer;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
 pub(crate) struct LedgerApi {
     pub(crate) ledger: Arc<Ledger>,
+    pub(crate) auth: Arc<Authority>,
     /// The largest request message the server decodes.
     pub(crate) request_bytes_max: usize,
 }
@@ -106,7 +109,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::HeadRequest>,
     ) -> Result<Response<pb::HeadResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let (head, signed) = self.ledger.signed_head(&r.context_id).await?;
         let entry = if r.include_entry && head.sequence > 0 {
             // Entries are immutable: the one at the head's sequence is the
@@ -142,6 +147,8 @@ impl LedgerService for LedgerApi {
             context_id: r.context_id,
             signature: signed.signature.to_vec(),
             public_key: signed.public_key.0.to_vec(),
+            loaded_through: head.loaded.map_or(0, |l| l.through),
+            loaded_signer: head.loaded.map_or_else(Vec::new, |l| l.signer.0.to_vec()),
         }))
     }
 
@@ -151,7 +158,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let permit = self.ledger.open_stream()?;
         // Never above the response limit (one entry always fits in it).
@@ -184,6 +193,7 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::ListContextsRequest>,
     ) -> Result<Response<pb::ListContextsResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         let limit = match r.limit {
             0 => LIST_DEFAULT,
@@ -191,7 +201,9 @@ impl LedgerService for LedgerApi {
         };
         let contexts = self
             .ledger
-            .list_contexts(&r.after_context_id, limit, |_| true)
+            .list_contexts(&r.after_context_id, limit, move |c| {
+                caller.allows(Right::Read, c)
+            })
             .await?
             .into_iter()
             .map(|(context_id, head)| pb::ContextHead {
@@ -206,7 +218,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProofResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let p = self
             .ledger
             .inclusion_proof(&r.context_id, r.sequence, r.tree_size)
@@ -224,7 +238,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::ConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let p = self
             .ledger
             .consistency_proof(&r.context_id, r.old_size, r.new_size)
@@ -242,6 +258,7 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::GetByHashRequest>,
     ) -> Result<Response<pb::GetByHashResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         let hash = Digest::from_slice(&r.hash).ok_or_else(|| {
             LedgerError::InvalidArgument(format!(
@@ -249,19 +266,24 @@ impl LedgerService for LedgerApi {
                 r.hash.len()
             ))
         })?;
+        // An entry of a context the caller may not read is answered as if
+        // there were none: its existence is not revealed.
         match self.ledger.get_by_hash(hash).await? {
-            Some((context_id, entry)) => Ok(Response::new(pb::GetByHashResponse {
-                context_id,
-                entry: Some(entry_to_proto(&entry)),
-            })),
-            None => Err(LedgerError::NotFound(format!("no entry has hash {hash}")).into()),
+            Some((context_id, entry)) if caller.allows(Right::Read, &context_id) => {
+                Ok(Response::new(pb::GetByHashResponse {
+                    context_id,
+                    entry: Some(entry_to_proto(&entry)),
+                }))
+            }
+            _ => Err(LedgerError::NotFound(format!("no entry has hash {hash}")).into()),
         }
     }
 
     async fn server_info(
         &self,
-        _: Request<pb::ServerInfoRequest>,
+        request: Request<pb::ServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        self.auth.authenticate(&request)?;
         Ok(Response::new(pb::ServerInfoResponse {
             public_key: self.ledger.public_key().0.to_vec(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -278,7 +300,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::SnapshotStreamRequest>,
     ) -> Result<Response<Self::SnapshotStreamStream>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Read, &r.context_id)?;
         let (info, pieces) = self
             .ledger
             .snapshot_stream(
@@ -311,6 +335,7 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<Streaming<pb::LoadChunk>>,
     ) -> Result<Response<context_pb::LoadResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let mut chunks = request.into_inner();
         let _stream = self.ledger.open_stream()?;
         let first = next_chunk(&mut chunks).await?.ok_or_else(|| {
@@ -319,8 +344,10 @@ impl LedgerService for LedgerApi {
             )
         })?;
         let context = first.context_id;
-        let (fail_if_exists, allow_unknown_signer) =
-            (first.fail_if_exists, first.allow_unknown_signer);
+        caller.require(Right::Load, &context)?;
+        let fail_if_exists = first.fail_if_exists;
+        let accept_unknown_signer =
+            accept_unknown_signer(&self.ledger, &caller, &context, first.allow_unknown_signer);
         self.ledger
             .limits()
             .check_context_id(&context)
@@ -344,7 +371,7 @@ impl LedgerService for LedgerApi {
         }
         let loaded = self
             .ledger
-            .load(context, bytes, fail_if_exists, allow_unknown_signer)
+            .load(context, bytes, fail_if_exists, accept_unknown_signer)
             .await?;
         drop(held);
         Ok(Response::new(loaded.into()))
@@ -354,7 +381,9 @@ impl LedgerService for LedgerApi {
         &self,
         request: Request<pb::AppendBatchRequest>,
     ) -> Result<Response<pb::AppendBatchResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
+        caller.require(Right::Append, &r.context_id)?;
         let mut entries: Vec<NewEntry> = r
             .entries
             .into_iter()

@@ -111,8 +111,44 @@ async fn load_checks_the_signer() {
         "{err}"
     );
     assert_eq!(cb.head("s").await.unwrap().sequence, 0);
-    let r = cb.load("s", snap.bytes.clone(), false, true).await.unwrap();
+    // Asking for it is not enough: the operator decides (regression: the
+    // request flag alone made the server sign any signer's history).
+    let err = cb
+        .load("s", snap.bytes.clone(), false, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::FailedPrecondition(m) if m.contains("admin right")),
+        "{err}"
+    );
+    assert_eq!(cb.head("s").await.unwrap().sequence, 0);
+    // Accepted where the operator allows unknown signers; the signed head
+    // then says the entries were loaded, and from whom.
+    let open = LedgerConfig {
+        accept_unknown_signers: true,
+        ..LedgerConfig::default()
+    };
+    let d = TestServer::start(Arc::new(MemoryStore::new()), open).await;
+    let cd = Client::connect(d.url()).await.unwrap();
+    let r = cd.load("s", snap.bytes.clone(), false, true).await.unwrap();
     assert_eq!(r.entries_restored, 4);
+    let head = cd.verify_head("s").await.unwrap();
+    assert_eq!(
+        head.loaded,
+        Some(converge_ledger_core::LoadedFrom {
+            through: 4,
+            signer: a.ledger.public_key()
+        })
+    );
+    // Appends after the load are the server's own: the mark stays at 4.
+    cd.append("s", "k", b"mine".to_vec(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        cd.verify_head("s").await.unwrap().loaded.unwrap().through,
+        4
+    );
+    d.stop().await;
     // Or trusted by configuration.
     let config = LedgerConfig {
         trusted_keys: vec![a.ledger.public_key()],

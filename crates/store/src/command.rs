@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use converge_ledger_core::{Entry, NewEntry};
+use converge_ledger_core::{Entry, NewEntry, PublicKey};
 
 use crate::StoreError;
 
@@ -86,6 +86,10 @@ pub struct ImportCommand {
     pub entries: Vec<Entry>,
     /// Refuse if the context already has entries.
     pub fail_if_exists: bool,
+    /// The key that signed the snapshot, recorded in the head
+    /// ([`converge_ledger_core::Head::loaded`]) when the import writes
+    /// entries, so that signed heads tell loaded history from appended.
+    pub signer: PublicKey,
 }
 
 /// What became of one command of a committed batch.

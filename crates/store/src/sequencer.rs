@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use converge_ledger_core::merkle::is_stored_level;
-use converge_ledger_core::{Digest, Entry, Head, NewEntry};
+use converge_ledger_core::{Digest, Entry, Head, LoadedFrom, NewEntry};
 
 use crate::{
     AppendCommand, BatchCommand, Committed, ImportCommand, ImportRejection, StoreError,
@@ -388,6 +388,12 @@ impl<B: Backing> Stager<'_, B> {
         }
         self.staged.nodes.append(&mut new_nodes);
         let restored = tail.len() as u64;
+        if restored > 0 {
+            probe.loaded = Some(LoadedFrom {
+                through: probe.sequence,
+                signer: i.signer,
+            });
+        }
         for entry in i.entries.into_iter().skip(overlap as usize) {
             self.push(&context, entry);
         }

@@ -222,7 +222,7 @@ pub fn verify_context_with(
             ),
         ));
     }
-    if head != stored {
+    if !head.same_history(&stored) {
         return Err(fail(
             0,
             format!(
@@ -290,6 +290,7 @@ fn verify_unit(store: &dyn Store, context: &str, start: u64, end: u64, whole: bo
                     lamport: 0,
                     appended_at_ns: 0,
                     frontier: Frontier::new(),
+                    loaded: None,
                 }
             });
             if let Err(err) = tip.check_next(context, &e) {

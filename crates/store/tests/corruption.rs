@@ -88,6 +88,7 @@ fn only_the_command_that_reads_a_corrupt_record_fails() {
                     context: "bad".into(),
                     entries: snapshot,
                     fail_if_exists: false,
+                    signer: converge_ledger_core::PublicKey([7; 32]),
                 }),
                 // An append without a key reads nothing stored: it commits.
                 append("bad", "third", None),

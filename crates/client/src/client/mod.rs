@@ -18,6 +18,7 @@ use converge_ledger_proto::context::v1::context_service_client::ContextServiceCl
 use converge_ledger_proto::ledger::v1 as ext;
 use converge_ledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use tonic::Request;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{ClientError, Watch};
@@ -39,6 +40,8 @@ pub struct Client {
     /// Serialises [`Client::verify_head`], so two concurrent calls cannot
     /// each accept a head that forks from the other's.
     verifying: Arc<tokio::sync::Mutex<()>>,
+    /// `Bearer <token>`, sent with every call when a token is configured.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -74,6 +77,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         let addr = addr.into();
+        bearer(&options)?;
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| ClientError::Connect(format!("{addr:?} is not a valid address: {e}")))?
             .connect_timeout(options.connect_timeout)
@@ -101,6 +105,7 @@ impl Client {
         if addrs.is_empty() {
             return Err(ClientError::Connect("no node address given".into()));
         }
+        bearer(&options)?;
         let mut endpoints = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let addr = addr.as_ref();
@@ -122,8 +127,11 @@ impl Client {
     }
 
     /// A client over an existing channel (e.g. an in-memory one in tests).
+    /// A token that cannot be sent as metadata (not visible ASCII) is
+    /// dropped; [`Client::connect_with`] refuses it instead.
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Client {
         let max = options.message_bytes_max;
+        let authorization = bearer(&options).ok().flatten();
         Client {
             context: ContextServiceClient::new(channel.clone())
                 .max_decoding_message_size(max)
@@ -135,6 +143,7 @@ impl Client {
             verified: Arc::default(),
             verifying: Arc::default(),
             options,
+            authorization,
         }
     }
 
@@ -143,8 +152,17 @@ impl Client {
     }
 
     fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
+        let mut r = self.stream_request(msg);
         r.set_timeout(self.options.request_timeout);
+        r
+    }
+
+    /// A request without a deadline (streams), with the token if any.
+    pub(crate) fn stream_request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(a) = &self.authorization {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
         r
     }
 
@@ -264,8 +282,24 @@ impl Client {
             key: key.to_owned(),
             from_sequence: from,
         };
-        Ok(self.context.clone().watch(request).await?.into_inner())
+        Ok(self
+            .context
+            .clone()
+            .watch(self.stream_request(request))
+            .await?
+            .into_inner())
     }
+}
+
+/// The `authorization` metadata of `options.token`.
+fn bearer(options: &ClientOptions) -> Result<Option<MetadataValue<Ascii>>, ClientError> {
+    let Some(token) = &options.token else {
+        return Ok(None);
+    };
+    format!("Bearer {token}")
+        .parse()
+        .map(Some)
+        .map_err(|_| ClientError::Connect("the token holds characters that cannot be sent as gRPC metadata (use the token as printed by `converge-ledger token create`)".into()))
 }
 
 fn digest(bytes: &[u8], what: &str) -> Result<Digest, ClientError> {

@@ -71,7 +71,12 @@ impl Client {
             request.after_sequence,
             request.limit != 0,
         );
-        let mut stream = self.ledger.clone().read(request).await?.into_inner();
+        let mut stream = self
+            .ledger
+            .clone()
+            .read(self.stream_request(request))
+            .await?
+            .into_inner();
         let mut latest = 0;
         let mut check = match key_filtered {
             false => EntryCheck::contiguous(context, after),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use converge_ledger_core::snapshot;
 use converge_ledger_proto::context::v1 as pb;
 use converge_ledger_proto::ledger::v1 as ext;
-use tonic::Request;
 
 use super::*;
 use crate::ClientError;
@@ -69,7 +68,7 @@ impl Client {
     ) -> Result<SnapshotBlob, ClientError> {
         let mut c = self.ledger.clone();
         let mut stream = c
-            .snapshot_stream(Request::new(ext::SnapshotStreamRequest {
+            .snapshot_stream(self.stream_request(ext::SnapshotStreamRequest {
                 context_id: context.to_owned(),
             }))
             .await?
@@ -141,7 +140,7 @@ impl Client {
                         .to_vec(),
                 });
                 let resp = c
-                    .load_stream(Request::new(tokio_stream::iter(messages)))
+                    .load_stream(self.stream_request(tokio_stream::iter(messages)))
                     .await?
                     .into_inner();
                 Ok(load_result(resp))

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use converge_ledger_core::{Digest, Entry, Metadata, PublicKey, SignedHead};
+use converge_ledger_core::{Digest, Entry, LoadedFrom, Metadata, PublicKey, SignedHead};
 
 /// How the client talks to the server.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct ClientOptions {
     /// The server key heads must be signed with. `None`: the key the server
     /// reports on first use is pinned for the life of the client.
     pub trusted_key: Option<PublicKey>,
+    /// A bearer token sent with every call (`authorization: Bearer ...`),
+    /// for servers that authenticate (`converge-ledger token create`).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -31,6 +34,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             trusted_key: None,
+            token: None,
         }
     }
 }
@@ -162,6 +166,10 @@ pub struct HeadInfo {
     pub public_key: PublicKey,
     /// Ed25519 signature over the head.
     pub signature: [u8; 64],
+    /// Whether, and from which signer, entries `1..=through` were loaded
+    /// from a snapshot rather than appended through the ledger: the server
+    /// signs for having loaded them, not for their origin.
+    pub loaded: Option<LoadedFrom>,
 }
 
 impl HeadInfo {
@@ -173,6 +181,7 @@ impl HeadInfo {
             root: self.merkle_root,
             head_hash: self.hash,
             timestamp_ns: self.appended_at_ns,
+            loaded: self.loaded,
             public_key: self.public_key,
             signature: self.signature,
         }

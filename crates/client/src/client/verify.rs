@@ -2,7 +2,7 @@
 //! proofs.
 
 use converge_ledger_core::merkle;
-use converge_ledger_core::{Entry, PublicKey};
+use converge_ledger_core::{Entry, LoadedFrom, PublicKey};
 use converge_ledger_proto::ledger::v1 as ext;
 
 use super::*;
@@ -75,6 +75,23 @@ impl Client {
                     appended_at_ns: h.appended_at_ns,
                     public_key: PublicKey(digest(&h.public_key, "public key")?.0),
                     signature,
+                    loaded: match (h.loaded_through, h.loaded_signer.is_empty()) {
+                        (0, true) => None,
+                        (through, false) if through >= 1 && through <= h.sequence => {
+                            Some(LoadedFrom {
+                                through,
+                                signer: PublicKey(digest(&h.loaded_signer, "loaded signer")?.0),
+                            })
+                        }
+                        (through, _) => {
+                            return Err(ClientError::Protocol(format!(
+                                "the head of {context:?} at sequence {} says history was loaded \
+                                 through {through} with a signer of {} bytes",
+                                h.sequence,
+                                h.loaded_signer.len()
+                            )));
+                        }
+                    },
                 };
                 if info.context_id != context {
                     return Err(ClientError::Verification(format!(

@@ -264,35 +264,59 @@ impl Ledger {
     }
 
     /// Verifies `bytes` completely (checksum, chain, root, signature, signer
-    /// trust), then restores it into `context`.
+    /// trust, entry times), then restores it into `context`.
+    ///
+    /// The signer must be this server's key or a trusted one, unless
+    /// `accept_unknown_signer`: the caller's decision from the operator's
+    /// configuration or the rights of the requesting principal, never from
+    /// a flag the client sets alone. Either way the loaded entries are
+    /// marked in the head ([`Head::loaded`]) with the snapshot's signer, so
+    /// the signed head says they were loaded, not appended here.
     pub async fn load(
         &self,
         context: String,
         bytes: Vec<u8>,
         fail_if_exists: bool,
-        allow_unknown_signer: bool,
+        accept_unknown_signer: bool,
     ) -> Result<Loaded, LedgerError> {
         self.config.limits.check_context_id(&context)?;
         let limits = self.config.limits.clone();
         let target = context.clone();
         let own = self.public_key();
         let trusted = self.config.trusted_keys.clone();
-        let entries = blocking(move || {
+        let latest = self
+            .clock
+            .now_ns()
+            .saturating_add(self.config.clock_skew_max.as_nanos() as u64);
+        let (entries, signer) = blocking(move || {
             let (header, entries) = snapshot::decode_and_verify(&bytes, &limits)
                 .map_err(|e| LedgerError::InvalidArgument(format!("{e}; nothing was loaded")))?;
             let signer = header.signed.public_key;
-            if signer != own && !trusted.contains(&signer) && !allow_unknown_signer {
+            if signer != own && !trusted.contains(&signer) && !accept_unknown_signer {
                 return Err(LedgerError::FailedPrecondition(format!(
                     "the snapshot is signed by key {signer}, which this server does not trust; nothing was \
-                     loaded. Load it with allow_unknown_signer (CLI: --allow-unknown-signer) or start the \
-                     server with --trusted-key {signer}"
+                     loaded. Start the server with --trusted-key {signer}, or load it as a principal \
+                     with the admin right on {target:?} (or on a server started with \
+                     --accept-unknown-signers) asking for allow_unknown_signer (CLI: \
+                     --allow-unknown-signer)"
                 )));
             }
-            Ok(if header.context == target {
+            // Times come from the snapshot's server: one from the future
+            // would stamp every later append of this context with it (time
+            // never goes back).
+            if let Some(e) = entries.iter().find(|e| e.appended_at_ns > latest) {
+                return Err(LedgerError::InvalidArgument(format!(
+                    "entry {} of the snapshot has time {} ns, later than this server's clock plus \
+                     the allowed skew (LedgerConfig::clock_skew_max); nothing was loaded",
+                    e.sequence, e.appended_at_ns
+                )));
+            }
+            let entries = if header.context == target {
                 entries
             } else {
                 rechain(&target, entries)
-            })
+            };
+            Ok((entries, signer))
         })
         .await?;
         let outcome = self
@@ -301,6 +325,7 @@ impl Ledger {
                 context: context.clone(),
                 entries,
                 fail_if_exists,
+                signer,
             }))
             .await?;
         match outcome {

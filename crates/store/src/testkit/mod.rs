@@ -155,9 +155,9 @@ pub(crate) fn verify_chain(store: &dyn Store, ctx: &str) -> Head {
         head.advance(&e);
     }
     let stored = store.head(ctx).unwrap().unwrap_or_else(|| Head::empty(ctx));
-    assert_eq!(
-        stored, head,
-        "stored head of {ctx} differs from the recomputed one"
+    assert!(
+        stored.same_history(&head),
+        "stored head of {ctx} differs from the recomputed one: {stored:?} {head:?}"
     );
     head
 }
@@ -202,5 +202,6 @@ pub(crate) fn import(ctx: &str, entries: Vec<Entry>, fail_if_exists: bool) -> Wr
         context: ctx.into(),
         entries,
         fail_if_exists,
+        signer: converge_ledger_core::PublicKey([7; 32]),
     })
 }
