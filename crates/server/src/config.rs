@@ -5,7 +5,7 @@ use converge_ledger_store::WriterConfig;
 
 use std::sync::Arc;
 
-use crate::{Authority, HubLimits};
+use crate::{Authority, HubLimits, RequestBudget, TlsServer};
 
 /// Bounds of the in-process ledger.
 #[derive(Debug, Clone)]
@@ -103,6 +103,21 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Who may do what (the open ledger by default: no authentication).
     pub auth: Arc<Authority>,
+    /// TLS (rustls), reloadable; `None`: plain TCP.
+    pub tls: Option<Arc<TlsServer>>,
+    /// Most connections still in their handshake (TLS, HTTP/2 preface).
+    pub pending_connections_max: usize,
+    /// How long a connection may take to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay without a request in flight.
+    pub idle_timeout: Duration,
+    /// How long the server waits for a keepalive ping's answer before it
+    /// closes the connection (a half-open peer).
+    pub keepalive_timeout: Duration,
+    /// Bytes of requests being received and handled, over all
+    /// connections, how long a request waits for them before
+    /// `RESOURCE_EXHAUSTED`, and how long a request body may send nothing.
+    pub request_budget: Arc<RequestBudget>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +130,16 @@ impl Default for ServerConfig {
             keepalive: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             auth: Arc::new(Authority::open()),
+            tls: None,
+            pending_connections_max: 128,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_timeout: Duration::from_secs(20),
+            request_budget: RequestBudget::new(
+                512 * 1024 * 1024,
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ),
         }
     }
 }

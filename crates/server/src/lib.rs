@@ -9,12 +9,12 @@
 
 mod auth;
 mod config;
+mod conn;
 mod convert;
 mod error;
 mod hub;
 mod keys;
 mod ledger;
-mod limit_conn;
 mod serve;
 mod service_context;
 mod service_ledger;
@@ -24,6 +24,7 @@ pub use auth::{
     Right, new_token,
 };
 pub use config::{LedgerConfig, ServerConfig};
+pub use conn::{ConnInfo, RequestBudget, TlsError, TlsFiles, TlsServer};
 pub use convert::entry_to_proto;
 pub use error::{HEAD_SEQUENCE_METADATA, LedgerError};
 pub use hub::{Hub, HubLimits, Live, Subscription};

@@ -7,9 +7,10 @@ use converge_ledger_proto::ledger::v1::ledger_service_server::LedgerServiceServe
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::conn::{self, ConnCounters, ConnLimits, RequestLayer};
 use crate::service_context::ContextApi;
 use crate::service_ledger::LedgerApi;
-use crate::{Ledger, ServerConfig, limit_conn};
+use crate::{Ledger, ServerConfig};
 
 /// The server could not run.
 #[derive(Debug)]
@@ -59,14 +60,28 @@ pub async fn run(
     })
     .max_decoding_message_size(request_max)
     .max_encoding_message_size(response_max);
-    let incoming = ReceiverStream::new(limit_conn::accept(listener, config.connections_max));
+    let limits = ConnLimits {
+        connections_max: config.connections_max,
+        pending_max: config.pending_connections_max,
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        tcp_keepalive: config.keepalive,
+    };
+    let counters = Arc::new(ConnCounters::default());
+    let incoming =
+        ReceiverStream::new(conn::accept(listener, limits, config.tls.clone(), counters));
+
     let stopping = ledger.clone();
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.requests_per_connection_max)
         .max_concurrent_streams(config.streams_per_connection_max.max(1))
         .http2_keepalive_interval(Some(config.keepalive))
-        .tcp_nodelay(true)
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .layer(RequestLayer::new(
+            config.request_budget.clone(),
+            request_max,
+        ))
         .add_service(context)
         .add_service(extension)
         .serve_with_incoming_shutdown(incoming, async move {

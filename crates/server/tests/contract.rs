@@ -68,7 +68,7 @@ async fn the_unchanged_contract_client_can_use_all_five_operations() {
         .into_inner();
     assert_eq!(snap.sequence, 3);
     let meta = snap.metadata.unwrap();
-    assert_eq!((meta.entry_count, meta.version), (3, 1));
+    assert_eq!((meta.entry_count, meta.version), (3, 2));
 
     let loaded = c
         .load(v1::LoadRequest {

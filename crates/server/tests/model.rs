@@ -86,6 +86,9 @@ struct Model {
     snapshots: Vec<(String, Vec<u8>, Vec<Expected>)>,
     next_origin: u64,
     next_key: u64,
+    /// Through which sequence each context's history was loaded (the last
+    /// load that wrote entries), as its signed head must say.
+    loaded: HashMap<String, u64>,
 }
 
 impl Model {
@@ -445,9 +448,17 @@ impl Run {
             .await
             .unwrap()
             .unwrap_or_else(|| Head::empty(context));
+        assert!(
+            stored.same_history(&head),
+            "{at}: the stored head of {context} is the fold: {stored:?} {head:?}"
+        );
         assert_eq!(
-            stored, head,
-            "{at}: the stored head of {context} is the fold"
+            stored.loaded.map(|l| (l.through, l.signer)),
+            self.model
+                .loaded
+                .get(context)
+                .map(|t| (*t, self.ledger.public_key())),
+            "{at}: what the head of {context} says was loaded"
         );
     }
 
@@ -505,6 +516,10 @@ impl Run {
                         let entries = self.model.contexts.entry(target.clone()).or_default();
                         entries.extend_from_slice(&held[overlap..]);
                         assert_eq!(l.latest_sequence, entries.len() as u64, "{at}");
+                        if restored > 0 {
+                            let through = entries.len() as u64;
+                            self.model.loaded.insert(target.clone(), through);
+                        }
                     }
                 }
             }

@@ -156,8 +156,8 @@ impl Authority {
             }
             None => request
                 .extensions()
-                .get::<PeerCertificate>()
-                .and_then(|p| p.common_name.as_deref())
+                .get::<crate::ConnInfo>()
+                .and_then(|i| i.peer.common_name.as_deref())
                 .and_then(|cn| config.by_certificate(cn)),
         };
         match found {
