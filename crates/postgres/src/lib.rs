@@ -30,6 +30,7 @@
 //! storage"); deployment advice is in `docs/deploy.md`.
 
 mod codec;
+mod connect;
 mod error;
 mod listen;
 mod options;
@@ -38,6 +39,7 @@ mod schema;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tls;
 
 pub use listen::{BoxFuture, Listener, Notice, NotificationTarget, relay_notifications};
 pub use options::{DEFAULT_APPLICATION_NAME, DEFAULT_SCHEMA, PostgresOptions, SCHEMA_NAME_MAX};
