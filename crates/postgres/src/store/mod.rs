@@ -114,7 +114,9 @@ fn describe_transport(server: &str, mode: SslMode, tls: bool) -> String {
     match (mode, tls) {
         (SslMode::Disable, _) => format!("{server} without TLS (sslmode=disable)"),
         (SslMode::Prefer, false) => {
-            format!("{server} without TLS (sslmode=prefer: the server offers none)")
+            format!(
+                "{server} without TLS (sslmode=prefer: the server offers none, or its handshake failed)"
+            )
         }
         (mode, _) => format!("{server} over TLS (sslmode={mode}: {})", mode.promise()),
     }
