@@ -25,6 +25,9 @@
 //!   themselves. A full disk, bad configuration (credentials, privileges, a
 //!   schema from a newer build) and bugs have kinds of their own, which
 //!   clients do not retry.
+//! - **TLS**: the URL's `sslmode` as libpq reads it (`disable`, `prefer`,
+//!   `require`, `verify-ca`, `verify-full`, with `sslrootcert`, `sslcert`,
+//!   `sslkey`), over rustls; a refused handshake is a configuration error.
 //!
 //! The design and its reasoning are in `docs/design.md` ("PostgreSQL
 //! storage"); deployment advice is in `docs/deploy.md`.

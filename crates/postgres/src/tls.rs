@@ -8,7 +8,7 @@
 //! | `sslmode` | TLS | server certificate |
 //! |---|---|---|
 //! | `disable` | never | — |
-//! | `prefer` (default) | if the server offers it | not checked |
+//! | `prefer` (default) | if the server offers it (a failed handshake is retried without) | not checked |
 //! | `require` | always | not checked (checked as `verify-ca` when `sslrootcert` is given, as libpq does) |
 //! | `verify-ca` | always | chain to a CA in `sslrootcert` |
 //! | `verify-full` | always | chain to a CA in `sslrootcert`, and names the host |
@@ -191,8 +191,8 @@ fn percent_decode(s: &str) -> Result<String, StoreError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16);
     while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
         match (
             b[i],
             b.get(i + 1).copied().and_then(hex),
