@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn the_driver_negotiates_tls_as_the_sslmode_says() {
+        use tokio_postgres::config::SslMode as Driver;
+        for (url, mode) in [
+            ("postgresql://u@h/d", Driver::Prefer),
+            ("postgresql://u@h/d?sslmode=disable", Driver::Disable),
+            (
+                "postgresql://u@h/d?sslmode=require&application_name=a",
+                Driver::Require,
+            ),
+            ("host=h user=u sslmode=require", Driver::Require),
+        ] {
+            let c = PostgresOptions::new(url).connector().unwrap();
+            assert_eq!(c.config.get_ssl_mode(), mode, "{url}");
+        }
+    }
+
+    #[test]
     fn application_name_defaults_but_the_url_wins() {
         let c = PostgresOptions::new("postgresql://u@h/d")
             .connector()

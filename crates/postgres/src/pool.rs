@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Statement};
 
 use crate::codec::ENTRY_COLUMNS;
-use crate::connect::Connector;
+use crate::connect::{Connected, Connector};
 use crate::error::{failed, timed_out};
 
 /// Prepared statements of one connection (names are schema-qualified).
@@ -286,7 +286,7 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, StoreError> {
         let connect = async {
-            let crate::connect::Connected {
+            let Connected {
                 client, connection, ..
             } = self.connector.connect().await?;
             self.runtime.spawn(async move {
