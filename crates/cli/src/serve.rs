@@ -315,7 +315,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let opened = Arc::new(opened);
             let described = format!(
                 "postgres at {}, schema {} (version {}), other nodes' commits by {}",
-                opened.server(),
+                opened.describe(),
                 options.schema,
                 opened.schema_version(),
                 match args.postgres_wakeup {

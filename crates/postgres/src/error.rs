@@ -6,6 +6,8 @@ use std::error::Error as _;
 use converge_ledger_store::StoreError;
 use tokio_postgres::error::SqlState;
 
+use crate::tls::SslMode;
+
 /// The driver's error with its whole cause chain (the driver's own
 /// `Display` often says only "db error" or "error connecting to server").
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
@@ -96,5 +98,65 @@ pub(crate) fn timed_out(server: &str, what: &str, after: std::time::Duration) ->
     StoreError::Io(format!(
         "PostgreSQL at {server} is unavailable ({what}): no answer within {} ms; the connection was closed",
         after.as_millis()
+    ))
+}
+
+/// Whether a failed connect is the TLS layer's refusal (a certificate that
+/// does not verify, a server without TLS under `require`, a handshake the
+/// two sides cannot agree on) rather than the network failing during it.
+pub(crate) fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut source = e.source();
+    let mut transport = false;
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            // tokio-rustls reports the TLS layer's errors as I/O errors
+            // wrapping a `rustls::Error`.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+            transport = true;
+        }
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    // The driver's own TLS refusals ("server does not support TLS") carry
+    // only a message.
+    !transport && e.to_string() == "error performing TLS handshake"
+}
+
+/// A refused TLS connection, with what to change.
+pub(crate) fn tls_failed(server: &str, mode: SslMode, e: &tokio_postgres::Error) -> StoreError {
+    let mut hint = "";
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let tls = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| cause.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::InvalidCertificate(c)) = tls {
+            use rustls::CertificateError as C;
+            hint = match c {
+                C::UnknownIssuer | C::BadSignature => {
+                    "; the server's certificate is not signed by a CA in sslrootcert"
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "; the server's certificate does not name the host of the URL"
+                }
+                C::Expired | C::ExpiredContext { .. } => "; the server's certificate has expired",
+                _ => "",
+            };
+            break;
+        }
+        source = cause.source();
+    }
+    StoreError::Config(format!(
+        "TLS to PostgreSQL at {server} failed under sslmode={mode}: {}{hint}",
+        describe(e)
     ))
 }

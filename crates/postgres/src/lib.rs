@@ -25,11 +25,15 @@
 //!   themselves. A full disk, bad configuration (credentials, privileges, a
 //!   schema from a newer build) and bugs have kinds of their own, which
 //!   clients do not retry.
+//! - **TLS**: the URL's `sslmode` as libpq reads it (`disable`, `prefer`,
+//!   `require`, `verify-ca`, `verify-full`, with `sslrootcert`, `sslcert`,
+//!   `sslkey`), over rustls; a refused handshake is a configuration error.
 //!
 //! The design and its reasoning are in `docs/design.md` ("PostgreSQL
 //! storage"); deployment advice is in `docs/deploy.md`.
 
 mod codec;
+mod connect;
 mod error;
 mod listen;
 mod options;
@@ -38,6 +42,7 @@ mod schema;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tls;
 
 pub use listen::{BoxFuture, Listener, Notice, NotificationTarget, relay_notifications};
 pub use options::{DEFAULT_APPLICATION_NAME, DEFAULT_SCHEMA, PostgresOptions, SCHEMA_NAME_MAX};

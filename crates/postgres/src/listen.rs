@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use converge_ledger_store::StoreError;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
+use crate::connect::{Connected, Connector};
 use crate::error::describe;
-use crate::options::{PostgresOptions, describe_config};
+use crate::options::PostgresOptions;
 
 /// How often the listener checks that its connection still answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -71,11 +72,11 @@ impl Listener {
     /// within a Tokio runtime. Fails only on invalid options; connection
     /// failures are reported as [`Notice::Lost`] and retried.
     pub fn start(options: &PostgresOptions) -> Result<Listener, StoreError> {
-        let config = options.config()?;
+        let connector = options.connector()?;
         let channel = options.channel();
         let (tx, rx) = mpsc::channel(4096);
         let connect_timeout = options.connect_timeout;
-        let task = tokio::spawn(run(config, channel, connect_timeout, tx));
+        let task = tokio::spawn(run(connector, channel, connect_timeout, tx));
         Ok(Listener { rx, task })
     }
 
@@ -107,17 +108,18 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 async fn run(
-    config: tokio_postgres::Config,
+    connector: Connector,
     channel: String,
     connect_timeout: Duration,
     tx: mpsc::Sender<Notice>,
 ) {
-    let server = describe_config(&config);
+    let server = connector.server.clone();
     let mut backoff = BACKOFF_FIRST;
     let mut sessions = 0u64;
     loop {
         let started = Instant::now();
-        let Err(why) = session(&config, &channel, connect_timeout, &tx, &mut sessions).await else {
+        let Err(why) = session(&connector, &channel, connect_timeout, &tx, &mut sessions).await
+        else {
             return; // the consumer is gone
         };
         let notice = Notice::Lost(format!(
@@ -137,17 +139,24 @@ async fn run(
 /// One connection's life. `Ok(())`: the consumer went away; `Err`: the
 /// connection failed (the caller reconnects).
 async fn session(
-    config: &tokio_postgres::Config,
+    connector: &Connector,
     channel: &str,
     connect_timeout: Duration,
     tx: &mpsc::Sender<Notice>,
     sessions: &mut u64,
 ) -> Result<(), String> {
-    let (client, mut connection) =
-        tokio::time::timeout(connect_timeout + PING_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| describe(&e))?;
+    let Connected {
+        client,
+        mut connection,
+        ..
+    } = tokio::time::timeout(connect_timeout + PING_TIMEOUT, connector.connect())
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| match e {
+            // Without the kind's prefix: the caller names the connection.
+            StoreError::Io(m) | StoreError::Config(m) => m,
+            e => e.to_string(),
+        })?;
     // The connection must be polled both for the replies to our queries and
     // for notifications; a driver task does both and forwards
     // notifications with back-pressure.
@@ -256,7 +265,7 @@ pub async fn relay_notifications(
     catch_up_every: Duration,
     target: Arc<dyn NotificationTarget>,
 ) -> Result<(), StoreError> {
-    options.config()?;
+    options.connector()?;
     let mut tick = tokio::time::interval(catch_up_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;

@@ -2,6 +2,9 @@ use std::time::Duration;
 
 use converge_ledger_store::StoreError;
 
+use crate::connect::Connector;
+use crate::tls::{Tls, TlsParams, split_tls_params};
+
 /// Schema used when none is given.
 pub const DEFAULT_SCHEMA: &str = "converge_ledger";
 
@@ -17,8 +20,10 @@ pub const SCHEMA_NAME_MAX: usize = 50;
 pub struct PostgresOptions {
     /// Connection string, as a URL (`postgresql://user:pass@host:5432/db?application_name=x`)
     /// or as `key=value` pairs (`host=127.0.0.1 user=postgres dbname=ledger`).
-    /// TLS is not supported: run the database on a private network or
-    /// loopback.
+    /// TLS follows libpq's `sslmode` (`disable`, `prefer` by default,
+    /// `require`, `verify-ca`, `verify-full`), with `sslrootcert=FILE` (PEM
+    /// CA certificates; needed to verify, no system roots are used) and
+    /// optionally `sslcert`/`sslkey` (a client certificate and its key).
     pub url: String,
     /// Schema that holds the ledger's tables (created and migrated on open).
     /// Lowercase ASCII letters, digits and `_`, starting with a letter or
@@ -57,20 +62,18 @@ impl PostgresOptions {
         }
     }
 
-    /// Checks the options and builds the driver configuration.
-    pub(crate) fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+    /// Checks the options, reads the certificates they name and builds the
+    /// connector every connection of the store and its listener uses.
+    pub(crate) fn connector(&self) -> Result<Connector, StoreError> {
         check_schema(&self.schema)?;
         if self.pool_size == 0 {
             return Err(StoreError::Config(
                 "the PostgreSQL pool size must be at least 1".into(),
             ));
         }
-        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
-            StoreError::Config(format!(
-                "the PostgreSQL URL {} is not valid: {e}",
-                redact(&self.url)
-            ))
-        })?;
+        let (mut config, params) = self.parse()?;
+        let tls = Tls::new(&params)?;
+        config.ssl_mode(tls.mode.driver());
         if config.get_application_name().is_none() {
             config.application_name(DEFAULT_APPLICATION_NAME);
         }
@@ -83,14 +86,38 @@ impl PostgresOptions {
         config.keepalives_idle(Duration::from_secs(15));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(6);
-        Ok(config)
+        Ok(Connector {
+            server: describe_config(&config),
+            config,
+            tls,
+        })
     }
 
-    /// `host:port/dbname` of the connection string, without credentials, for
-    /// messages.
+    /// The driver's configuration (without the TLS keys, which the driver
+    /// does not know) and the TLS keys.
+    fn parse(&self) -> Result<(tokio_postgres::Config, TlsParams), StoreError> {
+        let (rest, params) = split_tls_params(&self.url)?;
+        let config = rest.parse().map_err(|e| {
+            StoreError::Config(format!(
+                "the PostgreSQL URL {} is not valid: {e}",
+                redact(&self.url)
+            ))
+        })?;
+        Ok((config, params))
+    }
+
+    /// `host:port/dbname` of the connection string and its `sslmode`,
+    /// without credentials, for messages.
     pub fn describe(&self) -> String {
-        match self.url.parse::<tokio_postgres::Config>() {
-            Ok(c) => describe_config(&c),
+        match self.parse() {
+            Ok((c, params)) => match params.mode() {
+                Ok(mode) => format!(
+                    "{} (sslmode={mode}: {})",
+                    describe_config(&c),
+                    mode.promise()
+                ),
+                Err(_) => describe_config(&c),
+            },
             Err(_) => redact(&self.url),
         }
     }
@@ -177,23 +204,47 @@ mod tests {
     #[test]
     fn messages_never_show_the_password() {
         let o = PostgresOptions::new("postgresql://u:secret@db.example:6543/ledger");
-        assert_eq!(o.describe(), "db.example:6543/ledger");
+        assert_eq!(
+            o.describe(),
+            "db.example:6543/ledger (sslmode=prefer: TLS if the server offers it, certificate not checked)"
+        );
         assert!(!redact(&o.url).contains("secret"));
         let o = PostgresOptions::new("host=h user=u password=secret dbname=d");
-        assert_eq!(o.describe(), "h:5432/d");
+        assert!(o.describe().starts_with("h:5432/d (sslmode=prefer"));
         assert!(!redact(&o.url).contains("secret"));
     }
 
     #[test]
+    fn the_driver_negotiates_tls_as_the_sslmode_says() {
+        use tokio_postgres::config::SslMode as Driver;
+        for (url, mode) in [
+            ("postgresql://u@h/d", Driver::Prefer),
+            ("postgresql://u@h/d?sslmode=disable", Driver::Disable),
+            (
+                "postgresql://u@h/d?sslmode=require&application_name=a",
+                Driver::Require,
+            ),
+            ("host=h user=u sslmode=require", Driver::Require),
+        ] {
+            let c = PostgresOptions::new(url).connector().unwrap();
+            assert_eq!(c.config.get_ssl_mode(), mode, "{url}");
+        }
+    }
+
+    #[test]
     fn application_name_defaults_but_the_url_wins() {
-        let c = PostgresOptions::new("postgresql://u@h/d").config().unwrap();
+        let c = PostgresOptions::new("postgresql://u@h/d")
+            .connector()
+            .unwrap()
+            .config;
         assert_eq!(c.get_application_name(), Some(DEFAULT_APPLICATION_NAME));
         let c = PostgresOptions::new("postgresql://u@h/d?application_name=node-a")
-            .config()
-            .unwrap();
+            .connector()
+            .unwrap()
+            .config;
         assert_eq!(c.get_application_name(), Some("node-a"));
         let mut o = PostgresOptions::new("postgresql://u@h/d");
         o.pool_size = 0;
-        assert!(o.config().is_err());
+        assert!(o.connector().is_err());
     }
 }

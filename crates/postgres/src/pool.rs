@@ -10,9 +10,10 @@ use std::time::Duration;
 use converge_ledger_store::StoreError;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::codec::ENTRY_COLUMNS;
+use crate::connect::{Connected, Connector};
 use crate::error::{failed, timed_out};
 
 /// Prepared statements of one connection (names are schema-qualified).
@@ -168,7 +169,7 @@ pub(crate) struct Conn {
 }
 
 pub(crate) struct Pool {
-    config: tokio_postgres::Config,
+    connector: Connector,
     schema: String,
     /// `host:port/db`, for messages.
     pub server: String,
@@ -219,18 +220,17 @@ impl Drop for Pooled<'_> {
 
 impl Pool {
     pub fn new(
-        config: tokio_postgres::Config,
+        connector: Connector,
         schema: String,
-        server: String,
         size: usize,
         runtime: Handle,
         operation_timeout: Duration,
         connect_timeout: Duration,
     ) -> Pool {
         Pool {
-            config,
             schema,
-            server,
+            server: connector.server.clone(),
+            connector,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
             size,
@@ -286,11 +286,9 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, StoreError> {
         let connect = async {
-            let (client, connection) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| failed(&self.server, "connecting", &e))?;
+            let Connected {
+                client, connection, ..
+            } = self.connector.connect().await?;
             self.runtime.spawn(async move {
                 // Ends when the client is dropped or the server goes away;
                 // requests then fail with "connection closed".

@@ -8,10 +8,12 @@ use converge_ledger_store::{Committed, Scan, Store, StoreError, WriteCommand};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::codec::{clamp_i64, entry_from_row, head_from_bytes, to_i64, to_u64};
+use crate::connect::Connected;
 use crate::error::{failed, is_connection_error, timed_out};
-use crate::options::{PostgresOptions, describe_config};
+use crate::options::PostgresOptions;
 use crate::pool::{Conn, Pool};
 use crate::schema::migrate;
+use crate::tls::SslMode;
 
 mod write;
 
@@ -61,6 +63,8 @@ pub struct PostgresStore {
     options: PostgresOptions,
     handle: Handle,
     version: i32,
+    /// What [`PostgresStore::describe`] says.
+    described: String,
     /// Dropped without blocking (see `Drop`).
     runtime: Option<Runtime>,
 }
@@ -105,6 +109,19 @@ macro_rules! read {
     }};
 }
 
+/// `host:port/db over TLS (sslmode=…: …)`.
+fn describe_transport(server: &str, mode: SslMode, tls: bool) -> String {
+    match (mode, tls) {
+        (SslMode::Disable, _) => format!("{server} without TLS (sslmode=disable)"),
+        (SslMode::Prefer, false) => {
+            format!(
+                "{server} without TLS (sslmode=prefer: the server offers none, or its handshake failed)"
+            )
+        }
+        (mode, _) => format!("{server} over TLS (sslmode={mode}: {})", mode.promise()),
+    }
+}
+
 impl PostgresStore {
     /// Connects, creates or migrates the schema (see [`crate::SCHEMA_VERSION`]),
     /// and checks that a connection works. Fails with a message naming the
@@ -114,8 +131,8 @@ impl PostgresStore {
     /// Must not be called from async code (it blocks; use
     /// `tokio::task::spawn_blocking`).
     pub fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let config = options.config()?;
-        let server = describe_config(&config);
+        let connector = options.connector()?;
+        let server = connector.server.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ledger-postgres")
@@ -125,16 +142,17 @@ impl PostgresStore {
                 StoreError::Internal(format!("cannot start the PostgreSQL runtime: {e}"))
             })?;
         let handle = runtime.handle().clone();
-        let version = handle.block_on(async {
+        let (version, tls) = handle.block_on(async {
             let connect = async {
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| failed(&server, "connecting", &e))?;
+                let Connected {
+                    client,
+                    connection,
+                    tls,
+                } = connector.connect().await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
-                migrate(&client, &options.schema, &server).await
+                Ok((migrate(&client, &options.schema, &server).await?, tls))
             };
             tokio::time::timeout(options.connect_timeout + options.operation_timeout, connect)
                 .await
@@ -146,10 +164,10 @@ impl PostgresStore {
                     )
                 })?
         })?;
+        let described = describe_transport(&server, connector.tls.mode, tls);
         let pool = Pool::new(
-            config,
+            connector,
             options.schema.clone(),
-            server,
             options.pool_size,
             handle.clone(),
             options.operation_timeout,
@@ -160,6 +178,7 @@ impl PostgresStore {
             options,
             handle,
             version,
+            described,
             runtime: Some(runtime),
         };
         // Fail now, not on the first request, if statements cannot be
@@ -176,6 +195,13 @@ impl PostgresStore {
     /// `host:port/dbname` of the database, for messages.
     pub fn server(&self) -> &str {
         &self.pool.server
+    }
+
+    /// `host:port/dbname` of the database, whether the first connection
+    /// negotiated TLS, and the `sslmode` and what it checks: for the
+    /// startup line.
+    pub fn describe(&self) -> &str {
+        &self.described
     }
 
     /// The schema version after opening.
