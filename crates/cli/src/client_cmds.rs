@@ -9,6 +9,7 @@ use converge_ledger_client::{
 use serde_json::json;
 
 use crate::output::Output;
+use crate::target::Target;
 
 #[derive(Args, Debug)]
 pub struct AppendArgs {
@@ -118,13 +119,7 @@ pub struct ContextsArgs {
     limit: u32,
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    Client::connect(addr).await.with_context(|| {
-        format!("is a ledger running at {addr}? (start one with `converge-ledger serve`)")
-    })
-}
-
-pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()> {
+pub async fn append(target: &Target, out: Output, a: AppendArgs) -> anyhow::Result<()> {
     let payload = match (a.payload, a.file) {
         (Some(p), _) => p.into_bytes(),
         (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
@@ -136,7 +131,7 @@ pub async fn append(addr: &str, out: Output, a: AppendArgs) -> anyhow::Result<()
             buf
         }
     };
-    let client = connect(addr).await?;
+    let client = target.connect().await?;
     let metadata: Metadata = a.meta.into_iter().collect();
     if a.lines {
         return append_lines(
@@ -239,8 +234,8 @@ async fn append_lines(
     Ok(())
 }
 
-pub async fn get(addr: &str, out: Output, a: GetArgs) -> anyhow::Result<()> {
-    let client = connect(addr).await?;
+pub async fn get(target: &Target, out: Output, a: GetArgs) -> anyhow::Result<()> {
+    let client = target.connect().await?;
     // Streamed through the extension Read, so any size prints in bounded memory.
     let latest = client
         .read_all(
@@ -259,14 +254,12 @@ pub async fn get(addr: &str, out: Output, a: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn watch(addr: &str, out: Output, a: WatchArgs) -> anyhow::Result<()> {
+pub async fn watch(target: &Target, out: Output, a: WatchArgs) -> anyhow::Result<()> {
     let options = ClientOptions {
         attempts: 30,
         ..ClientOptions::default()
     };
-    let client = Client::connect_with(addr, options)
-        .await
-        .with_context(|| format!("is a ledger running at {addr}?"))?;
+    let client = target.connect_with(options).await?;
     let mut w = client.watch(&a.context, a.key.as_deref(), a.from);
     while let Some(e) = w.next().await {
         out.entry(&a.context, &e?);
@@ -274,8 +267,8 @@ pub async fn watch(addr: &str, out: Output, a: WatchArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub async fn snapshot(addr: &str, out: Output, a: SnapshotArgs) -> anyhow::Result<()> {
-    let client = connect(addr).await?;
+pub async fn snapshot(target: &Target, out: Output, a: SnapshotArgs) -> anyhow::Result<()> {
+    let client = target.connect().await?;
     // Streamed: no message-size ceiling, and the file is written as the
     // pieces arrive; it appears under its name only once complete.
     let tmp = a.output.with_extension("partial");
@@ -316,12 +309,12 @@ pub async fn snapshot(addr: &str, out: Output, a: SnapshotArgs) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn load(addr: &str, out: Output, a: LoadArgs) -> anyhow::Result<()> {
+pub async fn load(target: &Target, out: Output, a: LoadArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     if bytes.is_empty() {
         bail!("{} is empty; it is not a snapshot", a.file.display());
     }
-    let client = connect(addr).await?;
+    let client = target.connect().await?;
     let r = client
         .load_streamed(&a.context, bytes, a.fail_if_exists, a.allow_unknown_signer)
         .await?;
@@ -335,8 +328,8 @@ pub async fn load(addr: &str, out: Output, a: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn head(addr: &str, out: Output, a: HeadArgs) -> anyhow::Result<()> {
-    let client = connect(addr).await?;
+pub async fn head(target: &Target, out: Output, a: HeadArgs) -> anyhow::Result<()> {
+    let client = target.connect().await?;
     let h = client.head(&a.context).await?;
     out.value(
         format!(
@@ -349,8 +342,8 @@ pub async fn head(addr: &str, out: Output, a: HeadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn contexts(addr: &str, out: Output, a: ContextsArgs) -> anyhow::Result<()> {
-    let client = connect(addr).await?;
+pub async fn contexts(target: &Target, out: Output, a: ContextsArgs) -> anyhow::Result<()> {
+    let client = target.connect().await?;
     let mut after = a.after;
     let mut printed = 0u64;
     loop {
@@ -380,10 +373,10 @@ pub struct KeyArgs {
     file: Option<PathBuf>,
 }
 
-pub async fn key(addr: &str, out: Output, a: KeyArgs) -> anyhow::Result<()> {
+pub async fn key(target: &Target, out: Output, a: KeyArgs) -> anyhow::Result<()> {
     let key = match a.file {
         Some(f) => converge_ledger_server::load_or_create_key(&f, false)?.public_key(),
-        None => connect(addr).await?.server_public_key().await?,
+        None => target.connect().await?.server_public_key().await?,
     };
     out.value(key.to_hex(), json!({"public_key": key.to_hex()}));
     Ok(())

@@ -3,6 +3,8 @@
 mod client_cmds;
 mod output;
 mod serve;
+mod target;
+mod token;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -11,14 +13,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "converge-ledger", version, about)]
 struct Cli {
-    /// Ledger server address for client subcommands.
-    #[arg(
-        long,
-        global = true,
-        env = "CONVERGE_LEDGER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    addr: String,
+    #[command(flatten)]
+    target: target::Target,
     /// Print one JSON object per line instead of human output.
     #[arg(long, global = true)]
     json: bool,
@@ -51,6 +47,9 @@ enum Command {
     Proof(verify::ProofArgs),
     /// Print the server's public signing key (or the one in a key file).
     Key(client_cmds::KeyArgs),
+    /// Make bearer tokens for the auth file.
+    #[command(subcommand)]
+    Token(token::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,16 +68,17 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Append(a) => client_cmds::append(&cli.addr, out, a).await,
-            Command::Get(a) => client_cmds::get(&cli.addr, out, a).await,
-            Command::Watch(a) => client_cmds::watch(&cli.addr, out, a).await,
-            Command::Snapshot(a) => client_cmds::snapshot(&cli.addr, out, a).await,
-            Command::Load(a) => client_cmds::load(&cli.addr, out, a).await,
-            Command::Head(a) => client_cmds::head(&cli.addr, out, a).await,
-            Command::Contexts(a) => client_cmds::contexts(&cli.addr, out, a).await,
-            Command::Verify(a) => verify::run(&cli.addr, out, a).await,
-            Command::Proof(a) => verify::proof(&cli.addr, out, a).await,
-            Command::Key(a) => client_cmds::key(&cli.addr, out, a).await,
+            Command::Append(a) => client_cmds::append(&cli.target, out, a).await,
+            Command::Get(a) => client_cmds::get(&cli.target, out, a).await,
+            Command::Watch(a) => client_cmds::watch(&cli.target, out, a).await,
+            Command::Snapshot(a) => client_cmds::snapshot(&cli.target, out, a).await,
+            Command::Load(a) => client_cmds::load(&cli.target, out, a).await,
+            Command::Head(a) => client_cmds::head(&cli.target, out, a).await,
+            Command::Contexts(a) => client_cmds::contexts(&cli.target, out, a).await,
+            Command::Verify(a) => verify::run(&cli.target, out, a).await,
+            Command::Proof(a) => verify::proof(&cli.target, out, a).await,
+            Command::Key(a) => client_cmds::key(&cli.target, out, a).await,
+            Command::Token(a) => token::run(out, a),
         }
     });
     match result {

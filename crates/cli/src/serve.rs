@@ -9,7 +9,10 @@ use converge_ledger_core::{HeadSigner, PublicKey};
 use converge_ledger_postgres::{
     BoxFuture, NotificationTarget, PostgresOptions, PostgresStore, relay_notifications,
 };
-use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, load_or_create_key, random_seed};
+use converge_ledger_server::{
+    AuthConfig, Authority, Ledger, LedgerConfig, RequestBudget, ServerConfig, TlsFiles, TlsServer,
+    load_or_create_key, random_seed,
+};
 use converge_ledger_store::SystemClock;
 use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore, Store};
 
@@ -151,6 +154,69 @@ pub struct ServeArgs {
         value_name = "HEX"
     )]
     trusted_keys: Vec<String>,
+    /// Principals, their tokens (as SHA-256) or certificate names, and
+    /// their grants (TOML; docs/deploy.md). Reloaded on SIGHUP. Without
+    /// it the ledger is open: anyone who reaches the port may read, append
+    /// and load.
+    #[arg(long, env = "CONVERGE_LEDGER_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Serve an open ledger (no auth file) on an address other than
+    /// loopback, knowingly.
+    #[arg(long, env = "CONVERGE_LEDGER_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Let a Load that asks for it (--allow-unknown-signer) bring in a
+    /// snapshot signed by any key; otherwise only a principal with the
+    /// admin right on the target may. Loaded history is marked in signed
+    /// heads either way.
+    #[arg(long, env = "CONVERGE_LEDGER_ACCEPT_UNKNOWN_SIGNERS")]
+    accept_unknown_signers: bool,
+    /// TLS certificate chain (PEM); with --tls-key. Reloaded on SIGHUP.
+    #[arg(long, env = "CONVERGE_LEDGER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "CONVERGE_LEDGER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) for client certificates: a client may then
+    /// authenticate by certificate (its subject common name names the
+    /// principal; `certificate_cn` in the auth file).
+    #[arg(long, env = "CONVERGE_LEDGER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Bytes of requests being received and handled at once, over all
+    /// connections; past it, requests wait up to 5 s, then get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONVERGE_LEDGER_MAX_INFLIGHT_REQUEST_BYTES", default_value_t = 512 * 1024 * 1024)]
+    max_inflight_request_bytes: usize,
+    /// Most connections still in their TLS or HTTP/2 handshake.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_PENDING_CONNECTIONS",
+        default_value_t = 128
+    )]
+    max_pending_connections: usize,
+    /// A connection that has not finished its handshake after this is
+    /// closed, in milliseconds.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    handshake_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_IDLE_TIMEOUT_MS",
+        default_value_t = 300_000
+    )]
+    idle_timeout_ms: u64,
+    /// A request body that sends nothing for this long is dropped, in
+    /// milliseconds.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_REQUEST_IDLE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    request_idle_timeout_ms: u64,
 }
 
 /// Refuses flag values that make no sense, saying what is allowed.
@@ -160,6 +226,17 @@ fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
         ("--max-batch-entries", args.max_batch_entries),
         ("--max-connections", args.max_connections),
         ("--max-watchers", args.max_watchers),
+        ("--max-pending-connections", args.max_pending_connections),
+        (
+            "--max-inflight-request-bytes",
+            args.max_inflight_request_bytes,
+        ),
+        ("--handshake-timeout-ms", args.handshake_timeout_ms as usize),
+        ("--idle-timeout-ms", args.idle_timeout_ms as usize),
+        (
+            "--request-idle-timeout-ms",
+            args.request_idle_timeout_ms as usize,
+        ),
         ("--postgres-pool-size", args.postgres_pool_size),
     ] {
         if value == 0 {
@@ -241,8 +318,69 @@ fn embedded_key(
     Ok(load_or_create_key(&path, true)?)
 }
 
+/// An open ledger (no auth file) may only listen on loopback, unless the
+/// operator says otherwise: anyone who reaches the port could read, append
+/// and load every context.
+fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.auth_file.is_none() && !args.allow_unauthenticated && !args.listen.ip().is_loopback() {
+        bail!(
+            "--listen {} is not a loopback address, and without --auth-file anyone who reaches it \
+             could read, append and load every context. Give --auth-file FILE with principals and \
+             grants (`converge-ledger token create NAME --grant read:*` makes a token and its \
+             entry; docs/deploy.md, \"Exposing the ledger\"), ideally with --tls-cert and \
+             --tls-key; or pass --allow-unauthenticated to serve an open ledger knowingly",
+            args.listen
+        );
+    }
+    Ok(())
+}
+
+/// Reloads the auth file and the TLS certificates on SIGHUP; a file that
+/// does not load is reported and the previous configuration stays.
+async fn reload_on_sighup(
+    auth_file: Option<PathBuf>,
+    auth: Arc<Authority>,
+    tls: Option<Arc<TlsServer>>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Some(path) = &auth_file {
+                match AuthConfig::load(path) {
+                    Ok(c) => {
+                        let n = c.principals.len();
+                        auth.replace(c);
+                        eprintln!(
+                            "converge-ledger: reloaded {} ({n} principals)",
+                            path.display()
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("converge-ledger: {e}; the previous principals stay");
+                    }
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => eprintln!("converge-ledger: reloaded the TLS certificate"),
+                    Err(e) => eprintln!("converge-ledger: {e}; the previous certificate stays"),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (auth_file, auth, tls);
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     check_flags(&args)?;
+    check_exposure(&args)?;
     let fsync = match args.fsync {
         Fsync::Always => FsyncPolicy::Always,
         Fsync::Interval => {
@@ -367,9 +505,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.batch_entries_max = args.max_batch_entries;
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
+    config.accept_unknown_signers = args.accept_unknown_signers;
+    let auth = Arc::new(match &args.auth_file {
+        Some(path) => Authority::configured(AuthConfig::load(path)?),
+        None => Authority::open(),
+    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(TlsServer::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?)),
+        _ => None,
+    };
     let server = ServerConfig {
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
+        auth: auth.clone(),
+        tls: tls.clone(),
+        pending_connections_max: args.max_pending_connections,
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        request_budget: RequestBudget::new(
+            args.max_inflight_request_bytes,
+            Duration::from_secs(5),
+            Duration::from_millis(args.request_idle_timeout_ms),
+        ),
         ..ServerConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -392,6 +553,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(reload_on_sighup(args.auth_file.clone(), auth, tls));
     converge_ledger_server::run(listener, ledger, server, shutdown_signal()).await?;
     eprintln!("converge-ledger stopped cleanly");
     Ok(())

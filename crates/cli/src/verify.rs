@@ -12,6 +12,7 @@ use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, Store};
 use serde_json::json;
 
 use crate::output::Output;
+use crate::target::Target;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
@@ -37,7 +38,7 @@ pub struct Trust {
 
 impl Trust {
     /// Connects with the key pinned, if one was given.
-    async fn connect(&self, addr: &str) -> anyhow::Result<(Client, Option<PublicKey>)> {
+    async fn connect(&self, target: &Target) -> anyhow::Result<(Client, Option<PublicKey>)> {
         let pinned = match &self.public_key {
             Some(k) => Some(PublicKey::from_hex(k).map_err(|e| anyhow!("--public-key: {e}"))?),
             None => None,
@@ -46,10 +47,7 @@ impl Trust {
             trusted_key: pinned,
             ..ClientOptions::default()
         };
-        let client = Client::connect_with(addr, options)
-            .await
-            .with_context(|| format!("is a ledger running at {addr}?"))?;
-        Ok((client, pinned))
+        Ok((target.connect_with(options).await?, pinned))
     }
 }
 
@@ -100,7 +98,7 @@ impl Progress {
     }
 }
 
-pub async fn run(addr: &str, out: Output, a: VerifyArgs) -> anyhow::Result<()> {
+pub async fn run(target: &Target, out: Output, a: VerifyArgs) -> anyhow::Result<()> {
     match a.data_dir {
         Some(dir) => offline(out, dir, a.context).await,
         None => {
@@ -109,7 +107,7 @@ pub async fn run(addr: &str, out: Output, a: VerifyArgs) -> anyhow::Result<()> {
                     "online verify needs a CONTEXT (or --data-dir DIR for offline verification)"
                 )
             })?;
-            online(addr, out, &context, &a.trust).await
+            online(target, out, &context, &a.trust).await
         }
     }
 }
@@ -164,8 +162,8 @@ async fn offline(out: Output, dir: PathBuf, only: Option<String>) -> anyhow::Res
     .await?
 }
 
-async fn online(addr: &str, out: Output, context: &str, trust: &Trust) -> anyhow::Result<()> {
-    let (client, pinned) = trust.connect(addr).await?;
+async fn online(target: &Target, out: Output, context: &str, trust: &Trust) -> anyhow::Result<()> {
+    let (client, pinned) = trust.connect(target).await?;
     let head = client
         .verify_head(context)
         .await
@@ -263,7 +261,7 @@ pub enum ProofArgs {
     },
 }
 
-pub async fn proof(addr: &str, out: Output, a: ProofArgs) -> anyhow::Result<()> {
+pub async fn proof(target: &Target, out: Output, a: ProofArgs) -> anyhow::Result<()> {
     match a {
         ProofArgs::Inclusion {
             context,
@@ -271,7 +269,7 @@ pub async fn proof(addr: &str, out: Output, a: ProofArgs) -> anyhow::Result<()> 
             tree_size,
             trust,
         } => {
-            let (client, pinned) = trust.connect(addr).await?;
+            let (client, pinned) = trust.connect(target).await?;
             let p = client
                 .inclusion_proof(&context, sequence, tree_size)
                 .await?;
@@ -300,7 +298,7 @@ pub async fn proof(addr: &str, out: Output, a: ProofArgs) -> anyhow::Result<()> 
             new,
             trust,
         } => {
-            let (client, pinned) = trust.connect(addr).await?;
+            let (client, pinned) = trust.connect(target).await?;
             let p = client
                 .consistency_proof(&context, old, new.unwrap_or(0))
                 .await?;

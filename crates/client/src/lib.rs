@@ -27,7 +27,7 @@ mod watch;
 pub use client::{
     AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions,
     ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo, LoadResult,
-    ServerInfo, SnapshotBlob,
+    ServerInfo, SnapshotBlob, TlsOptions,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 pub use error::ClientError;

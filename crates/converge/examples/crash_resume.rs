@@ -12,7 +12,8 @@
 //!    run: only the stages whose work is not in the ledger execute, and the
 //!    final context equals the reference run's.
 //!
-//! Options: `--addr URL` (default `$CONVERGE_LEDGER_ADDR` or
+//! Options: `--token TOKEN` (default `$CONVERGE_LEDGER_TOKEN`) for a ledger
+//! with an auth file; `--addr URL` (default `$CONVERGE_LEDGER_ADDR` or
 //! `http://127.0.0.1:50051`), `--in-process` (a private in-memory server).
 
 mod support;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use converge_core::{ContextKey, ContextState, ConvergeResult, Engine};
 use converge_ledger_client::Client;
-use converge_ledger_converge::{Recorder, RecorderOptions, restore_run};
+use converge_ledger_converge::{Recorder, restore_run};
 use converge_pack::PayloadRegistry;
 use support::{Stage, arg, flag, start_memory_server};
 
@@ -83,7 +84,7 @@ fn ids(result: &ConvergeResult) -> Vec<(ContextKey, Vec<String>)> {
 /// The child: records the run, printing each stage as it executes, until
 /// it is killed.
 async fn worker(addr: &str, context: &str) -> anyhow::Result<()> {
-    let recorder = Recorder::connect(addr, context, RecorderOptions::default()).await?;
+    let recorder = Recorder::connect(addr, context, support::recorder_options()).await?;
     let (mut engine, _) = engine(Duration::from_millis(250), true);
     recorder.attach(&mut engine);
     engine.run(ContextState::new()).await?;
@@ -103,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(context) = arg("--worker") {
         return worker(&addr, &context).await;
     }
-    let client = Client::connect(&addr)
+    let client = Client::connect_with(&addr, support::client_options())
         .await
         .with_context(|| format!("connecting to {addr} (is `converge-ledger serve` running?)"))?;
     let stamp = std::time::SystemTime::now()
@@ -152,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         "restored from {context:?}: {} facts, {} experience events, {} entries",
         restored.facts, restored.events, restored.last_sequence
     );
-    let recorder = Recorder::connect(&addr, &context, RecorderOptions::default()).await?;
+    let recorder = Recorder::connect(&addr, &context, support::recorder_options()).await?;
     let (mut resumed_engine, counters) = engine(Duration::ZERO, false);
     recorder.attach(&mut resumed_engine);
     let resumed = resumed_engine.run(restored.context).await?;

@@ -28,7 +28,7 @@ use converge_core::{
     Budget, ContextFact, ContextKey, ContextState, Engine, ExperienceEventObserver,
     StreamingCallback,
 };
-use converge_ledger_converge::{Recorder, RecorderOptions};
+use converge_ledger_converge::Recorder;
 use support::{Generator, arg, start_memory_server};
 
 const KEYS: [ContextKey; 4] = [
@@ -110,7 +110,7 @@ async fn round(addr: &str, facts: usize, mode: Mode, n: usize) -> anyhow::Result
     } else {
         // Default options: a buffer of 65 536 holds this run's facts and
         // events, so the engine never waits for the ledger.
-        let options = RecorderOptions::default();
+        let options = support::recorder_options();
         let context = format!("overhead-{}-{n}-{}", std::process::id(), mode as u8);
         let r = Recorder::connect(addr, context, options).await?;
         match mode {

@@ -6,7 +6,8 @@
 //! cargo run --release -p converge-ledger-converge --example record -- --context demo-run
 //! ```
 //!
-//! Options: `--addr URL` (default `$CONVERGE_LEDGER_ADDR` or
+//! Options: `--token TOKEN` (default `$CONVERGE_LEDGER_TOKEN`) for a ledger
+//! with an auth file; `--addr URL` (default `$CONVERGE_LEDGER_ADDR` or
 //! `http://127.0.0.1:50051`), `--context ID` (default `demo-run`),
 //! `--delay-ms N` per suggestor execution (default 400, so the run can be
 //! watched), `--in-process` to start a private in-memory server instead.
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use converge_core::{ContextKey, ContextState, Engine};
-use converge_ledger_converge::{Recorder, RecorderOptions};
+use converge_ledger_converge::Recorder;
 use support::{Generator, Stage, arg, flag, start_memory_server};
 
 #[tokio::main]
@@ -39,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(400),
     );
 
-    let recorder = Recorder::connect(&addr, &context, RecorderOptions::default())
+    let recorder = Recorder::connect(&addr, &context, support::recorder_options())
         .await
         .with_context(|| {
             format!("connecting to the ledger at {addr} (is `converge-ledger serve` running?)")

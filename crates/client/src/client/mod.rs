@@ -19,7 +19,7 @@ use converge_ledger_proto::ledger::v1 as ext;
 use converge_ledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{ClientError, Watch};
 
@@ -84,6 +84,7 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        let endpoint = with_tls(endpoint, &addr, &options)?;
         let channel = endpoint
             .connect()
             .await
@@ -109,16 +110,13 @@ impl Client {
         let mut endpoints = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let addr = addr.as_ref();
-            endpoints.push(
-                Endpoint::from_shared(addr.to_owned())
-                    .map_err(|e| {
-                        ClientError::Connect(format!("{addr:?} is not a valid address: {e}"))
-                    })?
-                    .connect_timeout(options.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_while_idle(true),
-            );
+            let endpoint = Endpoint::from_shared(addr.to_owned())
+                .map_err(|e| ClientError::Connect(format!("{addr:?} is not a valid address: {e}")))?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
+            endpoints.push(with_tls(endpoint, addr, &options)?);
         }
         Ok(Self::from_channel(
             Channel::balance_list(endpoints.into_iter()),
@@ -289,6 +287,43 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// TLS for an `https://` address; `http://` with TLS options is refused
+/// (they would be ignored).
+fn with_tls(
+    endpoint: Endpoint,
+    addr: &str,
+    options: &ClientOptions,
+) -> Result<Endpoint, ClientError> {
+    let https = addr.starts_with("https://");
+    let Some(tls) = options
+        .tls
+        .clone()
+        .or_else(|| https.then(TlsOptions::default))
+    else {
+        return Ok(endpoint);
+    };
+    if !https {
+        return Err(ClientError::Connect(format!(
+            "TLS settings (a CA certificate or a client certificate) were given for {addr}, which \
+             is not https://"
+        )));
+    }
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca_pem {
+        Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+        None => config.with_webpki_roots(),
+    };
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(domain) = &tls.domain {
+        config = config.domain_name(domain.clone());
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| ClientError::Connect(format!("TLS settings for {addr}: {e}")))
 }
 
 /// The `authorization` metadata of `options.token`.

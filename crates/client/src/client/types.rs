@@ -23,6 +23,23 @@ pub struct ClientOptions {
     /// A bearer token sent with every call (`authorization: Bearer ...`),
     /// for servers that authenticate (`converge-ledger token create`).
     pub token: Option<String>,
+    /// TLS settings for `https://` addresses (without them, `https://`
+    /// trusts the public web PKI roots).
+    pub tls: Option<TlsOptions>,
+}
+
+/// How the client checks the server, and proves itself, over TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) the server's certificate must chain to; `None`:
+    /// the public web PKI roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key (PEM), for servers that
+    /// authenticate principals by certificate.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host.
+    pub domain: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +52,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             trusted_key: None,
             token: None,
+            tls: None,
         }
     }
 }

@@ -40,6 +40,23 @@ pub fn start_memory_server() -> String {
     format!("http://{}", rx.recv().expect("server address"))
 }
 
+/// Client options from `--token TOKEN` or `$CONVERGE_LEDGER_TOKEN`, for a
+/// ledger with an auth file.
+pub fn client_options() -> converge_ledger_client::ClientOptions {
+    converge_ledger_client::ClientOptions {
+        token: arg("--token").or_else(|| std::env::var("CONVERGE_LEDGER_TOKEN").ok()),
+        ..Default::default()
+    }
+}
+
+/// Recorder options with [`client_options`].
+pub fn recorder_options() -> converge_ledger_converge::RecorderOptions {
+    converge_ledger_converge::RecorderOptions {
+        client: client_options(),
+        ..Default::default()
+    }
+}
+
 /// The value following `--name` on the command line.
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();

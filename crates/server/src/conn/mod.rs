@@ -261,8 +261,12 @@ pub(crate) fn accept(
 ) -> mpsc::Receiver<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+    // Handshakes may take at most half the slots: the other half is for
+    // connections that speak, whatever a flood of silent sockets does.
     let handshakes = Arc::new(Semaphore::new(
-        limits.pending_max.clamp(1, limits.connections_max.max(1)),
+        limits
+            .pending_max
+            .clamp(1, (limits.connections_max / 2).max(1)),
     ));
     tokio::spawn(async move {
         loop {
