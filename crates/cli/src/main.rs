@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ledger server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Append one entry (payload from --payload, --file or stdin).
     Append(client_cmds::AppendArgs),
     /// Print entries of a context.
@@ -67,7 +67,7 @@ fn main() -> std::process::ExitCode {
     let out = output::Output { json: cli.json };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Append(a) => client_cmds::append(&cli.target, out, a).await,
             Command::Get(a) => client_cmds::get(&cli.target, out, a).await,
             Command::Watch(a) => client_cmds::watch(&cli.target, out, a).await,
