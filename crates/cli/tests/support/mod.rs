@@ -23,8 +23,13 @@ impl Server {
     /// Starts `converge-ledger serve` on a free port with extra args; waits
     /// for its "listening on" line.
     pub fn start(data_dir: Option<&Path>, extra: &[&str]) -> Server {
+        Self::start_at("127.0.0.1:0", data_dir, extra)
+    }
+
+    /// [`Server::start`] listening on `listen`.
+    pub fn start_at(listen: &str, data_dir: Option<&Path>, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("serve").arg("--listen").arg(listen);
         match data_dir {
             Some(d) => {
                 cmd.arg("--data-dir").arg(d);
