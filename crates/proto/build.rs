@@ -11,8 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [
             "converge/context/v1/context.proto",
             "converge/ledger/v1/ledger.proto",
+            "converge/ledger/v1/worldline.proto",
         ],
         [&root],
+    )?;
+    // The descriptors, for gRPC server reflection (grpcurl needs no proto
+    // files).
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::LedgerCodec")

@@ -6,6 +6,7 @@ mod serve;
 mod target;
 mod token;
 mod verify;
+mod worldline;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,9 @@ enum Command {
     /// Make bearer tokens for the auth file.
     #[command(subcommand)]
     Token(token::TokenArgs),
+    /// The WorldLine profile: commitments, outcomes, snapshots, replay.
+    #[command(subcommand)]
+    Worldline(worldline::WorldlineArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,7 +71,10 @@ fn main() -> std::process::ExitCode {
     let out = output::Output { json: cli.json };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
+            Command::Serve(args) => {
+                serve::init_logging(args.log_format);
+                serve::run(*args).await
+            }
             Command::Append(a) => client_cmds::append(&cli.target, out, a).await,
             Command::Get(a) => client_cmds::get(&cli.target, out, a).await,
             Command::Watch(a) => client_cmds::watch(&cli.target, out, a).await,
@@ -79,6 +86,7 @@ fn main() -> std::process::ExitCode {
             Command::Proof(a) => verify::proof(&cli.target, out, a).await,
             Command::Key(a) => client_cmds::key(&cli.target, out, a).await,
             Command::Token(a) => token::run(out, a),
+            Command::Worldline(a) => worldline::run(&cli.target, out, a).await,
         }
     });
     match result {

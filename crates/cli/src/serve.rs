@@ -217,6 +217,61 @@ pub struct ServeArgs {
         default_value_t = 30_000
     )]
     request_idle_timeout_ms: u64,
+    /// Serve /metrics (Prometheus), /healthz and the web view over HTTP on
+    /// this address (given alone: 127.0.0.1:9464). Off by default.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_HTTP_LISTEN",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:9464",
+        value_name = "ADDR"
+    )]
+    http_listen: Option<SocketAddr>,
+    /// Log lines on stderr as text or as JSON objects (one per line); the
+    /// level comes from RUST_LOG (default: info).
+    #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// A line for the operator: as it is on stderr in text format, as a log
+/// event in JSON format (so that a collector sees one format).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::serve::say_line(&format!($($arg)*))
+    };
+}
+
+pub(crate) fn say_line(line: &str) {
+    match LOG_FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!(target: "converge_ledger", "{line}"),
+        _ => eprintln!("{line}"),
+    }
+}
+
+/// How `serve` logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs through `tracing` to stderr, in `format`, filtered by RUST_LOG
+/// (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let _ = LOG_FORMAT.set(format);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Refuses flag values that make no sense, saying what is allowed.
@@ -322,6 +377,18 @@ fn embedded_key(
 /// operator says otherwise: anyone who reaches the port could read, append
 /// and load every context.
 fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(http) = args.http_listen
+        && args.auth_file.is_none()
+        && !args.allow_unauthenticated
+        && !http.ip().is_loopback()
+    {
+        bail!(
+            "--http-listen {http} is not a loopback address, and without --auth-file anyone who \
+             reaches it could read every context in the web view. Give --auth-file FILE \
+             (docs/deploy.md, \"Exposing the ledger\"), listen on loopback, or pass \
+             --allow-unauthenticated to serve an open ledger knowingly"
+        );
+    }
     if args.auth_file.is_none() && !args.allow_unauthenticated && !args.listen.ip().is_loopback() {
         bail!(
             "--listen {} is not a loopback address, and without --auth-file anyone who reaches it \
@@ -338,14 +405,14 @@ fn check_exposure(args: &ServeArgs) -> anyhow::Result<()> {
 /// Reloads the auth file and the TLS certificates on SIGHUP; a file that
 /// does not load is reported and the previous configuration stays.
 async fn reload_on_sighup(
+    #[cfg(unix)] hup: Option<tokio::signal::unix::Signal>,
     auth_file: Option<PathBuf>,
     auth: Arc<Authority>,
     tls: Option<Arc<TlsServer>>,
 ) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Some(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -354,20 +421,20 @@ async fn reload_on_sighup(
                     Ok(c) => {
                         let n = c.principals.len();
                         auth.replace(c);
-                        eprintln!(
+                        say!(
                             "converge-ledger: reloaded {} ({n} principals)",
                             path.display()
                         );
                     }
                     Err(e) => {
-                        eprintln!("converge-ledger: {e}; the previous principals stay");
+                        say!("converge-ledger: {e}; the previous principals stay");
                     }
                 }
             }
             if let Some(tls) = &tls {
                 match tls.reload() {
-                    Ok(()) => eprintln!("converge-ledger: reloaded the TLS certificate"),
-                    Err(e) => eprintln!("converge-ledger: {e}; the previous certificate stays"),
+                    Ok(()) => say!("converge-ledger: reloaded the TLS certificate"),
+                    Err(e) => say!("converge-ledger: {e}; the previous certificate stays"),
                 }
             }
         }
@@ -518,7 +585,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?)),
         _ => None,
     };
+    let http_listener = match args.http_listen {
+        None => None,
+        Some(addr) => Some(Arc::new(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on --http-listen {addr}"))?,
+        )),
+    };
+    let http_local = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let server = ServerConfig {
+        storage_name: match args.storage {
+            Storage::Memory => "memory",
+            Storage::Embedded => "embedded",
+            Storage::Postgres => "postgres",
+        }
+        .into(),
+        http_listener,
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),
@@ -539,9 +621,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let public_key = signer.public_key();
     let ledger = Ledger::with_signer(store, config, Arc::new(signer), Arc::new(SystemClock));
-    eprintln!(
-        "converge-ledger listening on {local}; storage: {described}; signing key {public_key}"
-    );
+    let signals = Signals::install();
+    say!("converge-ledger listening on {local}; storage: {described}; signing key {public_key}");
+    if let Some(http) = http_local {
+        say!("converge-ledger: HTTP on http://{http}/ (web view), /metrics (Prometheus), /healthz");
+    }
     if let Some((_, options)) = postgres {
         // Wakes this node's watchers when any node commits; see
         // docs/design.md, "PostgreSQL storage".
@@ -549,13 +633,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let every = Duration::from_millis(args.catch_up_interval_ms);
         tokio::spawn(async move {
             if let Err(e) = relay_notifications(options, every, target).await {
-                eprintln!("converge-ledger: cannot listen for other nodes' commits: {e}");
+                say!("converge-ledger: cannot listen for other nodes' commits: {e}");
             }
         });
     }
-    tokio::spawn(reload_on_sighup(args.auth_file.clone(), auth, tls));
-    converge_ledger_server::run(listener, ledger, server, shutdown_signal()).await?;
-    eprintln!("converge-ledger stopped cleanly");
+    #[cfg(unix)]
+    let (term, int, hup) = (signals.term, signals.int, signals.hup);
+    tokio::spawn(reload_on_sighup(
+        #[cfg(unix)]
+        hup,
+        args.auth_file.clone(),
+        auth,
+        tls,
+    ));
+    converge_ledger_server::run(
+        listener,
+        ledger,
+        server,
+        shutdown_signal(
+            #[cfg(unix)]
+            term,
+            #[cfg(unix)]
+            int,
+        ),
+    )
+    .await?;
+    say!("converge-ledger stopped cleanly");
     Ok(())
 }
 
@@ -577,30 +680,60 @@ impl NotificationTarget for LedgerTarget {
     }
 
     fn log(&self, message: &str) {
-        eprintln!("converge-ledger: {message}");
+        say!("converge-ledger: {message}");
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Signal handlers, installed before the server says it listens: a
+/// SIGTERM or SIGHUP that arrives right after the listening line must
+/// find them (the default action of both would kill the process).
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
+async fn shutdown_signal(
+    #[cfg(unix)] term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)] int: Option<tokio::signal::unix::Signal>,
+) {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        async fn next(s: Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
                 }
-            };
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = next(term) => {},
+            _ = next(int) => {},
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let _ = tokio::signal::ctrl_c().await;
     }
-    eprintln!("converge-ledger shutting down: finishing in-flight work");
+    say!("converge-ledger shutting down: finishing in-flight work");
 }

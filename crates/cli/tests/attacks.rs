@@ -245,3 +245,24 @@ async fn stalled_uploads_hold_at_most_the_budget_and_are_dropped() {
     let (status, _) = server.terminate();
     assert!(status.success());
 }
+
+/// An established connection with no request in flight for the idle
+/// timeout is closed by the server (keepalive pings do not count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_by_the_server() {
+    let server = Server::start(None, &["--idle-timeout-ms", "1000"]);
+    let addr = server.addr.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let closed = tokio::spawn(connection);
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    drop(client);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

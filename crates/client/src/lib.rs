@@ -27,8 +27,10 @@ mod watch;
 pub use client::{
     AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions,
     ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo, LoadResult,
-    ServerInfo, SnapshotBlob, TlsOptions,
+    ServerInfo, SnapshotBlob, TlsOptions, WorldlineState, WorldlineVerdict,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
+/// The WorldLine model the worldline methods take and return.
+pub use converge_ledger_worldline as worldline;
 pub use error::ClientError;
 pub use watch::Watch;

@@ -240,6 +240,15 @@ impl Pool {
         }
     }
 
+    /// Connections: most, handed out, idle.
+    pub fn stats(&self) -> converge_ledger_store::stats::PoolStats {
+        converge_ledger_store::stats::PoolStats {
+            size: self.size,
+            in_use: self.size - self.permits.available_permits().min(self.size),
+            idle: self.idle.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        }
+    }
+
     /// A pooled connection: an idle one that is still open, or a new one.
     pub async fn get(&self) -> Result<Pooled<'_>, StoreError> {
         let permit = tokio::time::timeout(

@@ -8,6 +8,10 @@
 
 pub mod codec;
 
+/// The encoded `FileDescriptorSet` of both packages (and their imports),
+/// served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// `converge.context.v1`.
 pub mod context {
     /// Version 1.

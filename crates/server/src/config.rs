@@ -118,6 +118,13 @@ pub struct ServerConfig {
     /// connections, how long a request waits for them before
     /// `RESOURCE_EXHAUSTED`, and how long a request body may send nothing.
     pub request_budget: Arc<RequestBudget>,
+    /// Where to serve `/metrics`, `/healthz` and the web view over HTTP;
+    /// `None`: nowhere.
+    pub http_listener: Option<Arc<std::net::TcpListener>>,
+    /// The storage backend's name (for metrics and the web view).
+    pub storage_name: String,
+    /// Limits of WorldLine receipts and state (docs/design.md §18).
+    pub worldline_limits: converge_ledger_worldline::WorldlineLimits,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +147,9 @@ impl Default for ServerConfig {
                 Duration::from_secs(5),
                 Duration::from_secs(30),
             ),
+            http_listener: None,
+            storage_name: "unnamed".into(),
+            worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
         }
     }
 }

@@ -15,9 +15,11 @@ mod error;
 mod hub;
 mod keys;
 mod ledger;
+mod ops;
 mod serve;
 mod service_context;
 mod service_ledger;
+mod worldline;
 
 pub use auth::{
     AuthConfig, Authority, Caller, ConfigError, Grant, Pattern, PeerCertificate, PrincipalConfig,
@@ -33,4 +35,6 @@ pub use ledger::{
     Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot,
     SnapshotInfo, WatchStream,
 };
+pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};
+pub use worldline::{AppendedReceipt, Verified, WorldlineApi, Worldlines, WrittenSnapshot};

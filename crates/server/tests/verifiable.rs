@@ -289,3 +289,57 @@ async fn a_client_detects_a_server_that_rewrote_history() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// A clock in the far future, for a server whose entries carry its times.
+struct Future;
+
+impl converge_ledger_store::Clock for Future {
+    fn now_ns(&self) -> u64 {
+        u64::MAX - 1
+    }
+}
+
+/// Regression: entry times were not checked on Load: a snapshot with times
+/// near 2^64 was accepted, and every later append to the context carried
+/// that time (time never goes back). Now a loaded time must not be later
+/// than the server's clock plus the allowed skew.
+#[tokio::test]
+async fn a_snapshot_from_the_future_is_refused() {
+    let signer = Arc::new(converge_ledger_core::HeadSigner::from_seed([5; 32]));
+    let ahead = converge_ledger_server::Ledger::with_signer(
+        Arc::new(MemoryStore::new()),
+        LedgerConfig::default(),
+        signer.clone(),
+        Arc::new(Future),
+    );
+    ahead
+        .append(
+            "t".into(),
+            converge_ledger_core::NewEntry {
+                key: "k".into(),
+                payload: vec![1],
+                metadata: Default::default(),
+                lamport: 0,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let snap = ahead.snapshot("t").await.unwrap();
+    let now = converge_ledger_server::Ledger::with_signer(
+        Arc::new(MemoryStore::new()),
+        LedgerConfig::default(),
+        signer,
+        Arc::new(converge_ledger_store::SystemClock),
+    );
+    let e = now
+        .load("t".into(), snap.bytes, false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, converge_ledger_server::LedgerError::InvalidArgument(m)
+            if m.contains("later than this server's clock")),
+        "{e}"
+    );
+    assert!(now.head("t").await.unwrap().is_none());
+}

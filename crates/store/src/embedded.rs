@@ -651,6 +651,13 @@ impl Store for EmbeddedStore {
     fn failure(&self) -> Option<StoreError> {
         self.failed()
     }
+
+    fn stats(&self) -> crate::stats::StorageStats {
+        crate::stats::StorageStats {
+            disk_bytes: self.db.disk_space().ok(),
+            pool: None,
+        }
+    }
 }
 
 /// Raw access to stored records, for tamper and corruption tests only.

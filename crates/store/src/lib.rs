@@ -17,6 +17,7 @@ pub mod journal;
 mod memory;
 pub mod proofs;
 pub mod sequencer;
+pub mod stats;
 mod store;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

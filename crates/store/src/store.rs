@@ -99,6 +99,11 @@ pub trait Store: Send + Sync + 'static {
     fn failure(&self) -> Option<StoreError> {
         None
     }
+
+    /// Size and pool use, for metrics; cheap (no I/O).
+    fn stats(&self) -> crate::stats::StorageStats {
+        crate::stats::StorageStats::default()
+    }
 }
 
 /// Up to `n` heads of `contexts` with ids after `cursor`, copied (for

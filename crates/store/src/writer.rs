@@ -8,11 +8,13 @@
 //! thousand concurrent requests share one.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use converge_ledger_core::Entry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::stats::WriterStats;
 use crate::{Store, StoreError, WriteCommand, WriteOutcome};
 
 /// The server clock, injectable for deterministic tests.
@@ -119,6 +121,8 @@ pub struct Writer {
     /// Fires when the thread has drained, synced and exited, with the
     /// result of the final sync.
     done: std::sync::Mutex<Option<oneshot::Receiver<Result<(), StoreError>>>>,
+    stats: Arc<WriterStats>,
+    queue_commands_max: usize,
 }
 
 impl Writer {
@@ -134,10 +138,13 @@ impl Writer {
             .queue_bytes_max
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (done_tx, done) = oneshot::channel();
+        let stats = Arc::new(WriterStats::default());
+        let queue_commands_max = config.queue_commands_max.max(1);
+        let recorder = stats.clone();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                let synced = run(store, config, clock, on_commit, rx);
+                let synced = run(store, config, clock, on_commit, rx, &recorder);
                 let _ = done_tx.send(synced);
             })
             .expect("spawning the writer thread");
@@ -146,7 +153,21 @@ impl Writer {
             bytes: Arc::new(Semaphore::new(bytes_max)),
             bytes_max,
             done: std::sync::Mutex::new(Some(done)),
+            stats,
+            queue_commands_max,
         }
+    }
+
+    /// What the writer did since it started.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Commands and bytes waiting in the queue now (and being committed).
+    pub fn queued(&self) -> (usize, usize) {
+        let commands = self.queue_commands_max - self.tx.capacity().min(self.queue_commands_max);
+        let bytes = self.bytes_max - self.bytes.available_permits().min(self.bytes_max);
+        (commands, bytes)
     }
 
     /// Queues `command` and waits until it is durable (or failed). Waits for
@@ -202,6 +223,7 @@ fn run(
     clock: Arc<dyn Clock>,
     on_commit: OnCommit,
     mut rx: mpsc::Receiver<Msg>,
+    stats: &WriterStats,
 ) -> Result<(), StoreError> {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.batch_commands_max);
     let mut stopping = false;
@@ -229,8 +251,19 @@ fn run(
             .drain(..)
             .map(|j| (j.command, (j.reply, j._permit)))
             .unzip();
-        match store.write(clock.now_ns(), commands) {
+        stats.batch_commands.observe(commands.len() as f64);
+        let started = std::time::Instant::now();
+        let written = store.write(clock.now_ns(), commands);
+        stats.commit_seconds.observe_duration(started.elapsed());
+        match written {
             Ok(committed) => {
+                stats
+                    .entries
+                    .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
+                let payload: usize = committed.entries.iter().map(|(_, e)| e.payload.len()).sum();
+                stats
+                    .payload_bytes
+                    .fetch_add(payload as u64, Ordering::Relaxed);
                 if !committed.entries.is_empty() {
                     on_commit(&committed.entries);
                 }
@@ -239,6 +272,7 @@ fn run(
                 }
             }
             Err(e) => {
+                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 for (reply, _permit) in replies {
                     let _ = reply.send(Err(WriteError::Store(e.clone())));
                 }

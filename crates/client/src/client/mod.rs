@@ -5,6 +5,7 @@ mod read;
 mod snapshots;
 mod types;
 mod verify;
+mod worldline;
 mod write;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::{ClientError, Watch};
 
 pub(crate) use read::{EntryCheck, entry_from_proto};
 pub use types::*;
+pub use worldline::{WorldlineState, WorldlineVerdict};
 
 /// A connection to a ledger server. Cheap to clone; clones share the
 /// connection.
@@ -32,6 +34,9 @@ pub use types::*;
 pub struct Client {
     context: ContextServiceClient<Channel>,
     ledger: LedgerServiceClient<Channel>,
+    worldline: converge_ledger_proto::ledger::v1::worldline_service_client::WorldlineServiceClient<
+        Channel,
+    >,
     options: ClientOptions,
     /// The last verified head per context, shared by clones.
     verified: Arc<Mutex<HashMap<String, HeadInfo>>>,
@@ -134,7 +139,13 @@ impl Client {
             context: ContextServiceClient::new(channel.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            ledger: LedgerServiceClient::new(channel)
+            ledger: LedgerServiceClient::new(channel.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            worldline:
+                converge_ledger_proto::ledger::v1::worldline_service_client::WorldlineServiceClient::new(
+                    channel,
+                )
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             pinned: Arc::new(Mutex::new(options.trusted_key)),

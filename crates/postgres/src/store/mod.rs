@@ -507,4 +507,11 @@ impl Store for PostgresStore {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn stats(&self) -> converge_ledger_store::stats::StorageStats {
+        converge_ledger_store::stats::StorageStats {
+            disk_bytes: None,
+            pool: Some(self.pool.stats()),
+        }
+    }
 }

@@ -331,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_auth_file_in_the_docs_loads() {
+        let c = AuthConfig::parse(include_str!("../../../../docs/auth.example.toml")).unwrap();
+        assert_eq!(c.principals.len(), 3);
+        assert_eq!(c.by_token("test").unwrap().name, "engine-7");
+        assert_eq!(
+            c.by_token("example-operator-token").unwrap().name,
+            "operator"
+        );
+    }
+
+    #[test]
     fn a_new_token_hashes_to_what_the_file_holds() {
         let (token, hash) = new_token();
         assert!(token.starts_with("clt_") && token.len() == 47, "{token}");

@@ -61,17 +61,15 @@ impl Caller {
     }
 
     /// `Ok` if the caller holds `right` on `context`; otherwise
-    /// `PERMISSION_DENIED` naming both, logged.
+    /// `PERMISSION_DENIED` naming both. Names the context as the one this call
+    /// concerns, for its log line.
     pub fn require(&self, right: Right, context: &str) -> Result<(), Status> {
+        crate::ops::note_context(context);
         if self.allows(right, context) {
             return Ok(());
         }
-        tracing::warn!(
-            principal = self.name(),
-            right = %right,
-            context,
-            "refused: the principal lacks the right"
-        );
+        // Logged, with the operation and context, by the call's observer
+        // (crate::ops).
         Err(Status::permission_denied(format!(
             "principal {:?} has no {right} right on context {context:?}; nothing was done \
              (grants are in the server's auth file)",
@@ -138,14 +136,35 @@ impl Authority {
     /// certificate of its connection. `UNAUTHENTICATED` (logged) when the
     /// ledger is configured and neither names a principal.
     pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        let Some(config) = self.current() else {
-            return Ok(Caller::anonymous());
-        };
         let token = request
             .metadata()
             .get(AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or(""));
-        let found = match token {
+        let certificate = request
+            .extensions()
+            .get::<crate::ConnInfo>()
+            .and_then(|i| i.peer.common_name.as_deref());
+        self.resolve(token, certificate)
+    }
+
+    /// The caller of an HTTP request (the web view): by its
+    /// `Authorization: Bearer` header.
+    pub fn authenticate_http(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or(""));
+        self.resolve(token, None)
+    }
+
+    fn resolve(
+        &self,
+        authorization: Option<&str>,
+        certificate: Option<&str>,
+    ) -> Result<Caller, Status> {
+        let Some(config) = self.current() else {
+            return Ok(Caller::anonymous());
+        };
+        let found = match authorization {
             Some(value) => {
                 let Some(token) = value.strip_prefix("Bearer ") else {
                     return Err(refused(
@@ -154,17 +173,15 @@ impl Authority {
                 };
                 config.by_token(token.trim())
             }
-            None => request
-                .extensions()
-                .get::<crate::ConnInfo>()
-                .and_then(|i| i.peer.common_name.as_deref())
-                .and_then(|cn| config.by_certificate(cn)),
+            None => certificate.and_then(|cn| config.by_certificate(cn)),
         };
         match found {
             Some(p) => Ok(Caller {
                 principal: p.clone(),
             }),
-            None if token.is_some() => Err(refused("the bearer token is not one of this server's")),
+            None if authorization.is_some() => {
+                Err(refused("the bearer token is not one of this server's"))
+            }
             None => Err(refused(
                 "no credentials: send \"authorization: Bearer <token>\" metadata, or connect with a \
                  client certificate the server knows",
@@ -173,7 +190,7 @@ impl Authority {
     }
 }
 
+/// Logged, with the operation, by the call's observer (crate::ops).
 fn refused(why: &str) -> Status {
-    tracing::warn!(reason = why, "refused: not authenticated");
     Status::unauthenticated(why.to_owned())
 }

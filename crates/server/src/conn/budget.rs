@@ -314,7 +314,6 @@ impl HttpBody for BudgetedBody {
                 return Poll::Ready(Some(Ok(frame)));
             };
             if let Some(len) = this.framing.over(data.chunk(), this.message_bytes_max) {
-                tracing::warn!(bytes = len, "refused: a request message over the limit");
                 return refuse(Status::resource_exhausted(format!(
                     "the request message is {len} bytes; the limit is {} bytes (--max-request-bytes)",
                     this.message_bytes_max

@@ -113,7 +113,7 @@ pub(crate) struct Conn {
     /// The handshake deadline, then the next idle check.
     timer: Pin<Box<Sleep>>,
     idle_timeout: Duration,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Connected for Conn {
@@ -240,9 +240,26 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// A connection's place under `--max-connections`, counted in
+/// [`ConnCounters::open`] while it lasts.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<ConnCounters>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Connection counts, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
+    /// Connections open now (in their handshake or serving).
+    pub open: AtomicU64,
+    /// Connections accepted since the start.
+    pub accepted: AtomicU64,
     /// Connections closed at once because a limit was reached.
     pub refused: AtomicU64,
     /// TLS handshakes that failed or timed out.
@@ -290,6 +307,12 @@ pub(crate) fn accept(
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%remote, "refused a connection: at the connection or handshake limit");
                 continue;
+            };
+            counters.open.fetch_add(1, Ordering::Relaxed);
+            counters.accepted.fetch_add(1, Ordering::Relaxed);
+            let slot = Slot {
+                _permit: slot,
+                counters: counters.clone(),
             };
             let _ = stream.set_nodelay(true);
             let _ = socket2::SockRef::from(&stream)

@@ -149,6 +149,25 @@ impl Ledger {
     pub fn open_watches(&self) -> usize {
         self.config.watchers_max - self.watchers.available_permits()
     }
+
+    /// Number of open server streams (Read, SnapshotStream, LoadStream).
+    pub fn open_streams(&self) -> usize {
+        self.config.streams_max
+            - self
+                .streams
+                .available_permits()
+                .min(self.config.streams_max)
+    }
+
+    /// What the group-commit writer did since the start.
+    pub fn writer_stats(&self) -> &converge_ledger_store::stats::WriterStats {
+        self.writer.stats()
+    }
+
+    /// Commands and bytes in the writer's queue now.
+    pub fn writer_queued(&self) -> (usize, usize) {
+        self.writer.queued()
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -280,6 +280,7 @@ impl Ledger {
         accept_unknown_signer: bool,
     ) -> Result<Loaded, LedgerError> {
         self.config.limits.check_context_id(&context)?;
+        super::write::check_not_reserved(&context)?;
         let limits = self.config.limits.clone();
         let target = context.clone();
         let own = self.public_key();

@@ -43,6 +43,7 @@ impl Ledger {
             &entry,
             idempotency_key.as_deref().unwrap_or(""),
         )?;
+        check_not_reserved(&context)?;
         let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
         let key_for_error = idempotency_key.clone();
         let outcome = self
@@ -91,6 +92,7 @@ impl Ledger {
     ) -> Result<AppendedBatch, LedgerError> {
         let limits = &self.config.limits;
         limits.check_context_id(&context)?;
+        check_not_reserved(&context)?;
         limits.check_batch_len(entries.len())?;
         limits.check_idempotency_key(idempotency_key.as_deref().unwrap_or(""))?;
         for (i, e) in entries.iter().enumerate() {
@@ -140,6 +142,49 @@ impl Ledger {
             other => Err(LedgerError::Internal(format!(
                 "unexpected write outcome {other:?}"
             ))),
+        }
+    }
+}
+
+/// Contexts of the WorldLine profile (`wll/...`) are written only by the
+/// WorldLine service, which checks every receipt first: the generic
+/// Append, AppendBatch and Load refuse them, so L4 and L5 cannot be
+/// bypassed.
+pub(crate) fn check_not_reserved(context: &str) -> Result<(), LedgerError> {
+    if converge_ledger_worldline::is_reserved_context(context) {
+        return Err(LedgerError::InvalidArgument(format!(
+            "context {context:?} is reserved: ids starting with {:?} hold WorldLine receipts, \
+             which only converge.ledger.v1.WorldlineService appends (after checking them); \
+             nothing was written",
+            converge_ledger_worldline::NAMESPACE
+        )));
+    }
+    Ok(())
+}
+
+impl Ledger {
+    /// Submits a batch to a reserved (WorldLine) context, after the entry
+    /// limits; the caller has checked the receipts. Returns the writer's
+    /// outcome as it is (duplicates, conflicts and head mismatches are the
+    /// caller's to interpret).
+    pub(crate) async fn submit_reserved(
+        &self,
+        command: BatchCommand,
+    ) -> Result<WriteOutcome, LedgerError> {
+        let limits = &self.config.limits;
+        limits.check_context_id(&command.context)?;
+        limits.check_batch_len(command.entries.len())?;
+        limits.check_idempotency_key(command.idempotency_key.as_deref().unwrap_or(""))?;
+        for e in &command.entries {
+            limits.check_entry(&e.key, e.payload.len(), &e.metadata, e.lamport)?;
+        }
+        match self
+            .writer
+            .submit(WriteCommand::AppendBatch(command))
+            .await?
+        {
+            WriteOutcome::Failed(e) => Err(e.into()),
+            other => Ok(other),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct Probe {
     pub scanned: AtomicU64,
     /// Called before every write.
     pub fault: Box<dyn Fn() -> Option<StoreError> + Send + Sync>,
+    /// What [`Store::failure`] reports besides the inner store's failure
+    /// (set with [`Probe::latch`]).
+    pub latched: std::sync::Mutex<Option<StoreError>>,
 }
 
 impl Probe {
@@ -33,7 +36,14 @@ impl Probe {
             heads: AtomicU64::new(0),
             scanned: AtomicU64::new(0),
             fault: Box::new(|| None),
+            latched: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on, [`Store::failure`] reports `e`, as a store that failed
+    /// for good (a failed fsync) does.
+    pub fn latch(&self, e: StoreError) {
+        *self.latched.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
 
     /// A probe whose writes fail with what `fault` returns.
@@ -112,6 +122,14 @@ impl Store for Probe {
         self.inner.sync()
     }
     fn failure(&self) -> Option<StoreError> {
-        self.inner.failure()
+        let latched = self
+            .latched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        latched.or_else(|| self.inner.failure())
+    }
+    fn stats(&self) -> crate::stats::StorageStats {
+        self.inner.stats()
     }
 }

@@ -1,0 +1,171 @@
+//! `converge-ledger worldline ...` against the real server: a commitment,
+//! its outcome, a rejected commitment closed, a snapshot, replay, log,
+//! show and verify, in text and JSON; refusals exit non-zero saying why.
+
+mod support;
+
+use serde_json::Value;
+use support::{Server, cli};
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn run(addr: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "worldline"];
+    all.extend(args);
+    let (ok, out, err) = cli(addr, &all, None);
+    assert!(ok, "{args:?} failed: {err}");
+    json_lines(&out).pop().unwrap()
+}
+
+const POLICY: &str = "8a3b5f3e1c7a2d8f9e0b4c6d5a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f";
+
+#[test]
+fn a_worldline_from_the_command_line() {
+    let server = Server::start(None, &[]);
+    let a = &server.addr;
+    let commit = run(
+        a,
+        &[
+            "commit",
+            "agent-7",
+            "--id",
+            "0190a5b2-7c3e-7def-8a12-3456789abcde",
+            "--class",
+            "deploy",
+            "--intent",
+            "roll out v2",
+            "--request",
+            "repo.write",
+            "--target",
+            "svc/api",
+            "--evidence",
+            "cas://e1=ee8250fb76e094b34b471f13a73dbbe51d1ae142e9df59d7c0d31ec20f0a0a8e",
+            "--proposer",
+            "agent-7",
+            "--accept",
+            "--policy-hash",
+            POLICY,
+            "--policy-version",
+            "v12",
+            "--grant",
+            "repo.write",
+            "--decider",
+            "kernel",
+        ],
+    );
+    assert_eq!(commit["seq"], 1);
+    assert_eq!(commit["body"]["decision"]["accepted"], true);
+    let hash = commit["receipt_hash"].as_str().unwrap().to_owned();
+
+    let outcome = run(
+        a,
+        &[
+            "outcome",
+            "agent-7",
+            "--commitment",
+            &hash,
+            "--succeeded",
+            "--effect",
+            "deploy:svc/api:v2 live",
+            "--put",
+            "svc/api/version=2",
+            "--reporter",
+            "driver-1",
+        ],
+    );
+    assert_eq!(outcome["seq"], 2);
+    assert_eq!(outcome["body"]["status"], "succeeded");
+
+    // A second, different outcome of the same commitment is refused.
+    let (ok, _, err) = cli(
+        a,
+        &[
+            "worldline",
+            "outcome",
+            "agent-7",
+            "--commitment",
+            &hash,
+            "--failed",
+            "nope",
+            "--reporter",
+            "driver-2",
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("already has its outcome, receipt 2"), "{err}");
+
+    let rejected = run(
+        a,
+        &[
+            "commit",
+            "agent-7",
+            "--id",
+            "0190a5b2-7c3e-7def-8a12-3456789abcdf",
+            "--class",
+            "deploy",
+            "--intent",
+            "drop the database",
+            "--proposer",
+            "agent-7",
+            "--reject",
+            "too dangerous",
+            "--policy-hash",
+            POLICY,
+            "--policy-version",
+            "v12",
+            "--decider",
+            "kernel",
+        ],
+    );
+    let closed = run(
+        a,
+        &[
+            "reject",
+            "agent-7",
+            "--commitment",
+            rejected["receipt_hash"].as_str().unwrap(),
+            "--reporter",
+            "kernel",
+        ],
+    );
+    assert_eq!(closed["seq"], 4);
+    assert_eq!(closed["body"]["status"], "rejection");
+
+    let snap = run(a, &["snapshot", "agent-7", "2"]);
+    let replayed = run(a, &["replay", "agent-7", "--seq", "2"]);
+    assert_eq!(snap["state_hash"], replayed["state_hash"]);
+    assert_eq!(replayed["pairs"], 1);
+
+    let (ok, out, err) = cli(a, &["--json", "worldline", "log", "agent-7"], None);
+    assert!(ok, "{err}");
+    let log = json_lines(&out);
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[2]["body"]["decision"]["reason"], "too dangerous");
+
+    let shown = run(a, &["show", &hash]);
+    assert_eq!(shown["body"]["policy"]["version"], "v12");
+    let head = run(a, &["head", "agent-7"]);
+    assert_eq!(head["seq"], 4);
+    let verified = run(a, &["verify", "agent-7"]);
+    assert_eq!(verified["ok"], true);
+    assert_eq!(verified["snapshots"], 1);
+
+    // Human output names what happened.
+    let (ok, out, _) = cli(a, &["worldline", "verify", "agent-7"], None);
+    assert!(ok && out.starts_with("OK: worldline"), "{out}");
+
+    // The generic API cannot write there.
+    let context = format!("wll/{}", commit["worldline"].as_str().unwrap());
+    let (ok, _, err) = cli(
+        a,
+        &["append", &context, "wll.outcome", "--payload", "x"],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("reserved"), "{err}");
+}

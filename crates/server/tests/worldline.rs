@@ -1,0 +1,564 @@
+//! The WorldLine profile served over gRPC, on every backend: the server
+//! enforces L1-L5 atomically (one outcome per commitment even when 32
+//! writers race, through two PostgreSQL nodes too), computes snapshot state
+//! itself, and none of the public reference's holes is there. Every refusal
+//! has its status and changes nothing.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestServer;
+use converge_ledger_client::worldline::{
+    CapabilitySet, Commitment, CommitmentId, Decision, EvidenceRef, Outcome, OutcomeStatus,
+    PolicyRef, Receipt, ReceiptRef, StateUpdate, WorldlineId, WorldlineLimits,
+};
+use converge_ledger_client::{AppendOptions, Client, ClientError, Digest};
+use converge_ledger_postgres::PostgresStore;
+use converge_ledger_postgres::testkit::TestSchema;
+use converge_ledger_server::{LedgerConfig, ServerConfig};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, MemoryStore, Store};
+
+fn commitment(n: u64, proposer: &str, accepted: bool) -> Commitment {
+    let mut id = [0u8; 16];
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    id[0] = 0x42;
+    let granted: CapabilitySet = ["repo.write".to_owned()].into_iter().collect();
+    Commitment {
+        commitment_id: CommitmentId(id),
+        class: "deploy".into(),
+        intent: format!("roll out v{n}"),
+        requested_capabilities: granted.clone(),
+        targets: vec!["svc/api".into()],
+        evidence: vec![EvidenceRef {
+            uri: format!("cas://evidence/{n}"),
+            digest: Digest::of(&[b"evidence", &n.to_be_bytes()]),
+        }],
+        proposer: proposer.into(),
+        decision: if accepted {
+            Decision::Accepted
+        } else {
+            Decision::Rejected {
+                reason: "policy says no".into(),
+            }
+        },
+        policy: PolicyRef {
+            hash: Digest::of(&[b"policy"]),
+            version: "v12".into(),
+        },
+        granted_capabilities: if accepted {
+            granted
+        } else {
+            CapabilitySet::new()
+        },
+        revoked_capabilities: CapabilitySet::new(),
+        decider: "kernel".into(),
+    }
+}
+
+fn succeeded(of: &Receipt, updates: Vec<StateUpdate>) -> Outcome {
+    Outcome {
+        commitment: of.receipt_hash,
+        status: OutcomeStatus::Succeeded,
+        effects: vec![],
+        proofs: vec![],
+        state_updates: updates,
+        reporter: "driver-1".into(),
+    }
+}
+
+fn put(key: &str, value: &str) -> StateUpdate {
+    StateUpdate::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// A backend under test: its store, and a way to open another node on it.
+trait Backend {
+    fn store(&self) -> Arc<dyn Store>;
+    fn second_node(&self) -> Option<Arc<dyn Store>> {
+        None
+    }
+}
+
+struct Memory(Arc<MemoryStore>);
+impl Backend for Memory {
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+}
+
+struct Embedded(Arc<EmbeddedStore>, #[allow(dead_code)] tempfile::TempDir);
+impl Backend for Embedded {
+    fn store(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+}
+
+struct Postgres(TestSchema);
+impl Backend for Postgres {
+    fn store(&self) -> Arc<dyn Store> {
+        // Opening blocks on its own runtime: off the async worker.
+        let options = self.0.options();
+        Arc::new(tokio::task::block_in_place(|| {
+            PostgresStore::open(options).unwrap()
+        }))
+    }
+    fn second_node(&self) -> Option<Arc<dyn Store>> {
+        Some(self.store())
+    }
+}
+
+fn backends(test: &str) -> Vec<(&'static str, Box<dyn Backend>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap();
+    let mut out: Vec<(&'static str, Box<dyn Backend>)> = vec![
+        ("memory", Box::new(Memory(Arc::new(MemoryStore::new())))),
+        ("embedded", Box::new(Embedded(Arc::new(embedded), dir))),
+    ];
+    if let Some(schema) = TestSchema::create(test) {
+        out.push(("postgres", Box::new(Postgres(schema))));
+    }
+    out
+}
+
+async fn serve(store: Arc<dyn Store>, limits: WorldlineLimits) -> (TestServer, Client) {
+    let server = TestServer::start_full(
+        store,
+        LedgerConfig::default(),
+        ServerConfig {
+            worldline_limits: limits,
+            ..ServerConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    (server, client)
+}
+
+async fn rules_hold_and_refusals_change_nothing(name: &str, backend: &dyn Backend) {
+    let (server, c) = serve(backend.store(), WorldlineLimits::default()).await;
+    let w = WorldlineId::derive(format!("agent-{name}").as_bytes());
+    let other = WorldlineId::derive(format!("other-{name}").as_bytes());
+
+    // A commitment, and its retry: the same receipt, nothing appended.
+    let accepted = c
+        .append_commitment(&w, &commitment(1, "agent-7", true))
+        .await
+        .unwrap();
+    assert_eq!(accepted.seq, 1);
+    let again = c
+        .append_commitment(&w, &commitment(1, "agent-7", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        again, accepted,
+        "{name}: a retried commitment is the same receipt"
+    );
+    // The same id with other content is refused (the reference appended it).
+    let mut changed = commitment(1, "agent-7", true);
+    changed.intent = "something else".into();
+    let e = c.append_commitment(&w, &changed).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::AlreadyExists(m) if m.contains("receipt 1")),
+        "{name}: {e:?}"
+    );
+    let rejected = c
+        .append_commitment(&w, &commitment(2, "agent-7", false))
+        .await
+        .unwrap();
+    assert_eq!(rejected.seq, 2);
+
+    // Outcomes that do not fit their commitment's decision.
+    let e = c
+        .append_outcome(&w, &Outcome::rejection(accepted.receipt_hash, "driver-1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::FailedPrecondition(_)),
+        "{name}: {e:?}"
+    );
+    let e = c
+        .append_outcome(&w, &succeeded(&rejected, vec![put("k", "v")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::FailedPrecondition(_)),
+        "{name}: {e:?}"
+    );
+    // Unknown and foreign commitments.
+    let mut unknown = succeeded(&accepted, vec![]);
+    unknown.commitment = Digest::of(&[b"no such receipt"]);
+    let e = c.append_outcome(&w, &unknown).await.unwrap_err();
+    assert!(matches!(e, ClientError::NotFound(_)), "{name}: {e:?}");
+    let foreign = c
+        .append_commitment(&other, &commitment(9, "x", true))
+        .await
+        .unwrap();
+    let e = c
+        .append_outcome(&w, &succeeded(&foreign, vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::NotFound(_)), "{name}: {e:?}");
+    assert_eq!(
+        c.worldline_head(&w).await.unwrap().unwrap().seq,
+        2,
+        "{name}"
+    );
+
+    // One outcome per commitment: the retry is the same receipt, another
+    // outcome is refused naming the first (the reference accepted it).
+    let first = c
+        .append_outcome(&w, &succeeded(&accepted, vec![put("svc/api/version", "2")]))
+        .await
+        .unwrap();
+    assert_eq!(first.seq, 3);
+    let retry = c
+        .append_outcome(&w, &succeeded(&accepted, vec![put("svc/api/version", "2")]))
+        .await
+        .unwrap();
+    assert_eq!(retry, first, "{name}");
+    let e = c
+        .append_outcome(&w, &succeeded(&accepted, vec![put("svc/api/version", "3")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::AlreadyExists(m) if m.contains("receipt 3")),
+        "{name}: {e:?}"
+    );
+    let closed = c
+        .append_rejection_outcome(&w, &rejected.receipt_hash, "kernel")
+        .await
+        .unwrap();
+    assert_eq!(closed.seq, 4);
+
+    // The generic API cannot write a worldline's context.
+    let e = c
+        .append(
+            &w.context_id(),
+            "wll.outcome",
+            b"forged".to_vec(),
+            AppendOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::InvalidArgument(m) if m.contains("reserved")),
+        "{name}: {e:?}"
+    );
+    let e = c
+        .append_batch(
+            &w.snapshots_context_id(),
+            vec![converge_ledger_client::BatchEntry {
+                key: "wll.snapshot".into(),
+                payload: b"x".to_vec(),
+                metadata: Default::default(),
+            }],
+            converge_ledger_client::BatchOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{name}: {e:?}"
+    );
+    c.append("plain", "k", b"v".to_vec(), AppendOptions::default())
+        .await
+        .unwrap();
+    let blob = c.snapshot("plain").await.unwrap();
+    let e = c
+        .load(&w.context_id(), blob.bytes, false, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{name}: {e:?}"
+    );
+    assert_eq!(
+        c.worldline_head(&w).await.unwrap().unwrap().seq,
+        4,
+        "{name}"
+    );
+
+    // Reads: every receipt checked by the SDK, linked, with the bodies.
+    let receipts = c.read_receipts(&w, 1, 100).await.unwrap();
+    assert_eq!(receipts.len(), 4, "{name}");
+    assert_eq!(receipts[2], first);
+    assert_eq!(
+        c.get_receipt(&first.receipt_hash).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(c.get_receipt(&Digest::of(&[b"none"])).await.unwrap(), None);
+    let listed = c.worldlines(None, 100).await.unwrap();
+    assert!(
+        listed.iter().any(|h| h.worldline == w && h.seq == 4),
+        "{name}"
+    );
+    assert!(listed.iter().any(|h| h.worldline == other), "{name}");
+
+    // State by replay, and a snapshot whose state the ledger computed.
+    let state = c.worldline_state(&w, 0).await.unwrap();
+    assert_eq!(
+        state.pairs,
+        vec![("svc/api/version".to_owned(), b"2".to_vec())]
+    );
+    let anchor = first.reference();
+    let wrong = Digest::of(&[b"made up state"]);
+    let e = c
+        .append_worldline_snapshot(&anchor, Some(&wrong))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::FailedPrecondition(_)),
+        "{name}: {e:?}"
+    );
+    let snap = c
+        .append_worldline_snapshot(&anchor, Some(&state.state_hash))
+        .await
+        .unwrap();
+    assert_eq!(snap.state_hash, state.state_hash);
+    let beyond = ReceiptRef { seq: 99, ..anchor };
+    let e = c
+        .append_worldline_snapshot(&beyond, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::FailedPrecondition(_)),
+        "{name}: {e:?}"
+    );
+    let forged_anchor = ReceiptRef {
+        receipt_hash: Digest::of(&[b"not receipt 3"]),
+        ..anchor
+    };
+    let e = c
+        .append_worldline_snapshot(&forged_anchor, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::FailedPrecondition(_)),
+        "{name}: {e:?}"
+    );
+
+    // A snapshot anchored before a later outcome does not roll state back
+    // (the reference's replay did).
+    let third = c
+        .append_commitment(&w, &commitment(3, "agent-7", true))
+        .await
+        .unwrap();
+    c.append_outcome(&w, &succeeded(&third, vec![put("svc/api/version", "3")]))
+        .await
+        .unwrap();
+    let early = c
+        .append_worldline_snapshot(&receipts[0].reference(), None)
+        .await
+        .unwrap();
+    assert_ne!(early.state_hash, snap.state_hash);
+    let now = c.worldline_state(&w, 0).await.unwrap();
+    assert_eq!(
+        now.pairs,
+        vec![("svc/api/version".to_owned(), b"3".to_vec())]
+    );
+    assert_eq!(now.at.unwrap().seq, 6);
+    let at3 = c.worldline_state(&w, 3).await.unwrap();
+    assert_eq!(at3.state_hash, state.state_hash, "{name}");
+
+    let verdict = c.verify_worldline(&w).await.unwrap();
+    assert!(verdict.ok, "{name}: {verdict:?}");
+    assert_eq!((verdict.receipts, verdict.snapshots), (6, 2), "{name}");
+    assert_eq!(verdict.state_hash, now.state_hash);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worldline_rules_hold_and_refusals_change_nothing_on_every_backend() {
+    for (name, backend) in backends("wll_rules") {
+        rules_hold_and_refusals_change_nothing(name, &*backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_racing_outcomes_of_one_commitment_append_exactly_one_on_every_backend() {
+    for (name, backend) in backends("wll_race") {
+        let (a, ca) = serve(backend.store(), WorldlineLimits::default()).await;
+        // Through a second node where the backend has them.
+        let second = match backend.second_node() {
+            Some(store) => Some(serve(store, WorldlineLimits::default()).await),
+            None => None,
+        };
+        let w = WorldlineId::derive(format!("race-{name}").as_bytes());
+        let target = ca
+            .append_commitment(&w, &commitment(1, "a", true))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..32u32 {
+            let client = match (&second, i % 2) {
+                (Some((_, cb)), 1) => cb.clone(),
+                _ => ca.clone(),
+            };
+            let o = succeeded(&target, vec![put("winner", &i.to_string())]);
+            tasks.push(tokio::spawn(
+                async move { client.append_outcome(&w, &o).await },
+            ));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => won.push(r),
+                Err(ClientError::AlreadyExists(_)) => {}
+                Err(e) => panic!("{name}: {e:?}"),
+            }
+        }
+        assert_eq!(
+            won.len(),
+            1,
+            "{name}: exactly one outcome appended: {won:?}"
+        );
+        assert_eq!(
+            ca.worldline_head(&w).await.unwrap().unwrap().seq,
+            2,
+            "{name}"
+        );
+        let verdict = ca.verify_worldline(&w).await.unwrap();
+        assert!(verdict.ok, "{name}: {verdict:?}");
+        if let Some((b, _)) = second {
+            b.stop().await;
+        }
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_past_the_state_limit_are_refused_and_deleting_first_makes_room() {
+    let limits = WorldlineLimits {
+        state_bytes_max: 64 * 1024,
+        ..WorldlineLimits::default()
+    };
+    let (s, c) = serve(Arc::new(MemoryStore::new()), limits).await;
+    let w = WorldlineId::derive(b"quota");
+    let big = "x".repeat(40 * 1024);
+    let c1 = c
+        .append_commitment(&w, &commitment(1, "a", true))
+        .await
+        .unwrap();
+    c.append_outcome(&w, &succeeded(&c1, vec![put("big", &big)]))
+        .await
+        .unwrap();
+    let c2 = c
+        .append_commitment(&w, &commitment(2, "a", true))
+        .await
+        .unwrap();
+    let too_much = succeeded(&c2, vec![put("more", &big)]);
+    let e = c.append_outcome(&w, &too_much).await.unwrap_err();
+    assert!(matches!(e, ClientError::ResourceExhausted(_)), "{e:?}");
+    assert_eq!(c.worldline_head(&w).await.unwrap().unwrap().seq, 3);
+    let fits = succeeded(
+        &c2,
+        vec![StateUpdate::Delete { key: "big".into() }, put("more", &big)],
+    );
+    let r = c.append_outcome(&w, &fits).await.unwrap();
+    assert_eq!(r.seq, 4);
+    // A retry of an outcome appended earlier is its receipt, even when the
+    // state it would now reach is past the limit.
+    let c3 = c
+        .append_commitment(&w, &commitment(3, "a", true))
+        .await
+        .unwrap();
+    let o3 = succeeded(&c3, vec![put("third", &"y".repeat(20 * 1024))]);
+    let r3 = c.append_outcome(&w, &o3).await.unwrap();
+    assert_eq!(c.append_outcome(&w, &o3).await.unwrap(), r3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commitment_retried_after_a_restart_is_the_first_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = WorldlineId::derive(b"restart");
+    let first = {
+        let store = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap());
+        let (s, c) = serve(store, WorldlineLimits::default()).await;
+        let r = c
+            .append_commitment(&w, &commitment(1, "a", true))
+            .await
+            .unwrap();
+        s.stop().await;
+        r
+    };
+    let store = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap());
+    let (s, c) = serve(store, WorldlineLimits::default()).await;
+    assert_eq!(
+        c.append_commitment(&w, &commitment(1, "a", true))
+            .await
+            .unwrap(),
+        first
+    );
+    let o = c
+        .append_outcome(&w, &succeeded(&first, vec![put("k", "v")]))
+        .await
+        .unwrap();
+    assert_eq!(o.seq, 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_receipts_and_ids_are_invalid_arguments() {
+    use converge_ledger_proto::ledger::v1 as pb;
+    use converge_ledger_proto::ledger::v1::worldline_service_client::WorldlineServiceClient;
+    let s = TestServer::memory().await;
+    let mut raw = WorldlineServiceClient::connect(s.url()).await.unwrap();
+    let w = WorldlineId::derive(b"garbage");
+    let cases: Vec<(&str, tonic::Status)> = vec![
+        (
+            "short id",
+            raw.append_commitment(pb::AppendCommitmentRequest {
+                worldline_id: vec![1; 7],
+                commitment: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "garbage commitment",
+            raw.append_commitment(pb::AppendCommitmentRequest {
+                worldline_id: w.0.to_vec(),
+                commitment: b"WLLC\x01garbage".to_vec(),
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "garbage outcome",
+            raw.append_outcome(pb::AppendOutcomeRequest {
+                worldline_id: w.0.to_vec(),
+                outcome: vec![0xff; 40],
+            })
+            .await
+            .unwrap_err(),
+        ),
+        (
+            "short anchor hash",
+            raw.append_snapshot(pb::AppendSnapshotRequest {
+                worldline_id: w.0.to_vec(),
+                anchor_seq: 1,
+                anchor_hash: vec![1, 2],
+                expected_state_hash: vec![],
+            })
+            .await
+            .unwrap_err(),
+        ),
+    ];
+    for (what, status) in cases {
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert!(!status.message().is_empty(), "{what}");
+    }
+    // Nothing was written anywhere.
+    let c = Client::connect(&s.url()).await.unwrap();
+    assert!(c.worldlines(None, 10).await.unwrap().is_empty());
+    s.stop().await;
+}
