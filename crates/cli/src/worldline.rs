@@ -9,7 +9,7 @@ use converge_ledger_client::worldline::{
     CapabilitySet, Commitment, CommitmentId, Decision, Effect, EvidenceRef, Outcome, OutcomeStatus,
     PolicyRef, ProofRef, Receipt, ReceiptBody, ReceiptRef, StateUpdate, WorldlineId,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::output::Output;
 use crate::target::Target;
@@ -81,10 +81,15 @@ pub enum WorldlineArgs {
     },
     /// Replay a whole worldline on the server, checking every rule and
     /// snapshot, and read every receipt back here, checking hashes and
-    /// links; exit non-zero naming the first receipt that fails.
+    /// links; with --data-dir, every worldline (or WORLDLINE) of a stopped
+    /// server's embedded storage, here. Exits non-zero naming the first
+    /// receipt that fails.
     Verify {
-        /// The worldline.
-        worldline: String,
+        /// The worldline (with --data-dir: all when omitted).
+        worldline: Option<String>,
+        /// A stopped server's data directory.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -188,54 +193,6 @@ fn caps(v: &[String]) -> CapabilitySet {
     v.iter().cloned().collect()
 }
 
-fn receipt_json(r: &Receipt) -> Value {
-    let body = match &r.body {
-        ReceiptBody::Commitment(c) => json!({
-            "kind": "commitment",
-            "commitment_id": c.commitment_id.to_string(),
-            "class": c.class,
-            "intent": c.intent,
-            "requested_capabilities": c.requested_capabilities,
-            "targets": c.targets,
-            "evidence": c.evidence.iter().map(|e| json!({"uri": e.uri, "digest": e.digest.to_hex()})).collect::<Vec<_>>(),
-            "proposer": c.proposer,
-            "decision": match &c.decision {
-                Decision::Accepted => json!({"accepted": true}),
-                Decision::Rejected { reason } => json!({"accepted": false, "reason": reason}),
-            },
-            "policy": {"hash": c.policy.hash.to_hex(), "version": c.policy.version},
-            "granted_capabilities": c.granted_capabilities,
-            "revoked_capabilities": c.revoked_capabilities,
-            "decider": c.decider,
-        }),
-        ReceiptBody::Outcome(o) => json!({
-            "kind": "outcome",
-            "commitment": o.commitment.to_hex(),
-            "status": match &o.status {
-                OutcomeStatus::Succeeded => json!("succeeded"),
-                OutcomeStatus::Failed { reason } => json!({"failed": reason}),
-                OutcomeStatus::Rejection => json!("rejection"),
-            },
-            "effects": o.effects.iter().map(|e| json!({"kind": e.kind, "target": e.target, "description": e.description})).collect::<Vec<_>>(),
-            "proofs": o.proofs.iter().map(|p| json!({"uri": p.uri, "digest": p.digest.to_hex()})).collect::<Vec<_>>(),
-            "state_updates": o.state_updates.iter().map(|u| match u {
-                StateUpdate::Put { key, value } => json!({"put": key, "value": String::from_utf8_lossy(value)}),
-                StateUpdate::Delete { key } => json!({"delete": key}),
-            }).collect::<Vec<_>>(),
-            "reporter": o.reporter,
-        }),
-    };
-    json!({
-        "worldline": r.worldline.to_hex(),
-        "seq": r.seq,
-        "receipt_hash": r.receipt_hash.to_hex(),
-        "prev_receipt_hash": r.prev_receipt_hash.map(|h| h.to_hex()),
-        "timestamp_ns": r.timestamp_ns,
-        "lamport": r.lamport,
-        "body": body,
-    })
-}
-
 fn summary(r: &Receipt) -> String {
     let what = match &r.body {
         ReceiptBody::Commitment(c) => format!(
@@ -270,14 +227,82 @@ fn short(d: &Digest) -> String {
 }
 
 fn print_receipt(out: Output, r: &Receipt, duplicate: Option<bool>) {
-    let mut v = receipt_json(r);
+    let mut v = converge_ledger_server::receipt_json(r);
     if let Some(d) = duplicate {
         v["duplicate"] = json!(d);
     }
     out.value(summary(r), v);
 }
 
+/// Verifies worldlines of a stopped server's embedded storage, here.
+async fn verify_offline(
+    out: Output,
+    dir: std::path::PathBuf,
+    only: Option<String>,
+) -> anyhow::Result<()> {
+    use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, Store};
+    if !dir.is_dir() {
+        bail!("{} is not a data directory", dir.display());
+    }
+    let mut options = EmbeddedOptions::new(&dir);
+    options.fsync = FsyncPolicy::Never;
+    let store = std::sync::Arc::new(
+        tokio::task::block_in_place(|| EmbeddedStore::open(options)).with_context(|| {
+            format!(
+                "opening {} (is a server still running on it?)",
+                dir.display()
+            )
+        })?,
+    );
+    let mut ids = Vec::new();
+    match only {
+        Some(w) => ids.push(worldline_id(&w)),
+        None => store.contexts(converge_ledger_client::worldline::NAMESPACE, &mut |c, _| {
+            if let Ok(w) = WorldlineId::from_context_id(c) {
+                ids.push(w);
+            }
+            c.starts_with(converge_ledger_client::worldline::NAMESPACE)
+        })?,
+    }
+    let ledger = converge_ledger_server::Ledger::new(store, Default::default());
+    let worldlines = converge_ledger_server::Worldlines::new(ledger.clone(), Default::default())?;
+    let mut failed = Vec::new();
+    for w in &ids {
+        let v = worldlines.verify(w).await?;
+        match &v.failure {
+            None => out.value(
+                format!("OK: worldline {w}, {} receipts, {} snapshots, state hash {}", v.receipts, v.snapshots, v.state_hash),
+                json!({"worldline": w.to_hex(), "ok": true, "receipts": v.receipts, "snapshots": v.snapshots, "state_hash": v.state_hash.to_hex()}),
+            ),
+            Some((seq, e)) => {
+                out.value(
+                    format!("FAILED: worldline {w} at {seq}: {e}"),
+                    json!({"worldline": w.to_hex(), "ok": false, "failed_seq": seq, "error": e.to_string()}),
+                );
+                failed.push(format!("{w} at {seq}"));
+            }
+        }
+    }
+    ledger.shutdown().await?;
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} worldlines fail: {}",
+            failed.len(),
+            ids.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(target: &Target, out: Output, a: WorldlineArgs) -> anyhow::Result<()> {
+    if let WorldlineArgs::Verify {
+        worldline,
+        data_dir: Some(dir),
+    } = a
+    {
+        return verify_offline(out, dir, worldline).await;
+    }
     let client = target.connect().await?;
     match a {
         WorldlineArgs::Commit(c) => {
@@ -443,7 +468,7 @@ pub async fn run(target: &Target, out: Output, a: WorldlineArgs) -> anyhow::Resu
                 .get_receipt(&h)
                 .await?
                 .with_context(|| format!("no receipt has hash {h}"))?;
-            let v = receipt_json(&r);
+            let v = converge_ledger_server::receipt_json(&r);
             out.value(serde_json::to_string_pretty(&v)?, v);
         }
         WorldlineArgs::Replay { worldline, seq } => {
@@ -468,8 +493,10 @@ pub async fn run(target: &Target, out: Output, a: WorldlineArgs) -> anyhow::Resu
                 json!({"worldline": w.to_hex(), "seq": at, "pairs": s.pairs.len(), "state_hash": s.state_hash.to_hex()}),
             );
         }
-        WorldlineArgs::Verify { worldline } => {
-            let w = worldline_id(&worldline);
+        WorldlineArgs::Verify { worldline, .. } => {
+            let w = worldline_id(&worldline.context(
+                "give the WORLDLINE to verify (or --data-dir DIR for every worldline of a stopped server)",
+            )?);
             let verdict = client.verify_worldline(&w).await?;
             // Read every receipt back here too: the SDK checks each hash,
             // body and link itself.

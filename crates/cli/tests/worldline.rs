@@ -159,6 +159,50 @@ fn a_worldline_from_the_command_line() {
     let (ok, out, _) = cli(a, &["worldline", "verify", "agent-7"], None);
     assert!(ok && out.starts_with("OK: worldline"), "{out}");
 
+    // Offline, on the stopped server's data directory.
+    let dir = tempfile::tempdir().unwrap();
+    let server2 = Server::start(Some(dir.path()), &[]);
+    run(
+        &server2.addr,
+        &[
+            "commit",
+            "w2",
+            "--id",
+            "0190a5b2-7c3e-7def-8a12-3456789abce0",
+            "--class",
+            "c",
+            "--intent",
+            "i",
+            "--proposer",
+            "p",
+            "--accept",
+            "--policy-hash",
+            POLICY,
+            "--policy-version",
+            "v1",
+            "--decider",
+            "d",
+        ],
+    );
+    let (status, _) = server2.terminate();
+    assert!(status.success());
+    let (ok, out, err) = cli(
+        "http://127.0.0.1:1",
+        &[
+            "--json",
+            "worldline",
+            "verify",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let verdicts = json_lines(&out);
+    assert_eq!(verdicts.len(), 1, "{out}");
+    assert_eq!(verdicts[0]["ok"], true);
+    assert_eq!(verdicts[0]["receipts"], 1);
+
     // The generic API cannot write there.
     let context = format!("wll/{}", commit["worldline"].as_str().unwrap());
     let (ok, _, err) = cli(

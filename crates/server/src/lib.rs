@@ -37,4 +37,6 @@ pub use ledger::{
 };
 pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};
-pub use worldline::{AppendedReceipt, Verified, WorldlineApi, Worldlines, WrittenSnapshot};
+pub use worldline::{
+    AppendedReceipt, Verified, WorldlineApi, Worldlines, WrittenSnapshot, receipt_json,
+};

@@ -407,3 +407,44 @@ async fn the_live_tail_streams_entries_appended_after_it_opened() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_web_api_shows_worldline_receipts_decoded() {
+    use converge_ledger_client::worldline::{
+        CapabilitySet, Commitment, CommitmentId, Decision, PolicyRef, WorldlineId,
+    };
+    let (s, http) = server(Arc::new(MemoryStore::new()), Authority::open()).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let w = WorldlineId::derive(b"web");
+    let c = Commitment {
+        commitment_id: CommitmentId([7; 16]),
+        class: "deploy".into(),
+        intent: "roll out v2".into(),
+        requested_capabilities: CapabilitySet::new(),
+        targets: vec![],
+        evidence: vec![],
+        proposer: "agent-7".into(),
+        decision: Decision::Accepted,
+        policy: PolicyRef {
+            hash: converge_ledger_client::Digest::of(&[b"p"]),
+            version: "v12".into(),
+        },
+        granted_capabilities: CapabilitySet::new(),
+        revoked_capabilities: CapabilitySet::new(),
+        decider: "kernel".into(),
+    };
+    client.append_commitment(&w, &c).await.unwrap();
+    let (status, body) = get(
+        http,
+        &format!("/api/entries?context=wll/{}", w.to_hex()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let receipt = &v["entries"][0]["receipt"];
+    assert_eq!(receipt["body"]["kind"], "commitment", "{body}");
+    assert_eq!(receipt["body"]["intent"], "roll out v2");
+    assert_eq!(receipt["body"]["policy"]["version"], "v12");
+    s.stop().await;
+}

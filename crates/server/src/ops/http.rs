@@ -323,7 +323,7 @@ async fn entries(
     Ok(json!({
         "context": context,
         "head": head.to_string(),
-        "entries": list.iter().map(entry_json).collect::<Vec<_>>(),
+        "entries": list.iter().map(|e| with_receipt(context, e)).collect::<Vec<_>>(),
         "more": more || list.last().is_some_and(|e| e.sequence < head),
     }))
 }
@@ -339,6 +339,20 @@ fn entry_json(e: &Entry) -> Value {
         "hash": e.hash.to_hex(),
         "prev_hash": e.prev_hash.to_hex(),
     })
+}
+
+/// An entry, and for an entry of a worldline its receipt decoded (or why
+/// it does not decode).
+fn with_receipt(context: &str, e: &Entry) -> Value {
+    let mut v = entry_json(e);
+    if let Ok(w) = converge_ledger_worldline::WorldlineId::from_context_id(context) {
+        let limits = converge_ledger_worldline::WorldlineLimits::default();
+        match converge_ledger_worldline::Receipt::from_entry(&w, e, &limits) {
+            Ok(r) => v["receipt"] = crate::receipt_json(&r),
+            Err(err) => v["receipt_error"] = json!(err.to_string()),
+        }
+    }
+    v
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -360,9 +374,10 @@ fn tail(
         .ledger
         .watch(context.to_owned(), None, after)
         .map_err(ledger_status)?;
-    let lines = watch.map(|item| {
+    let context = context.to_owned();
+    let lines = watch.map(move |item| {
         let line = match item {
-            Ok(e) => entry_json(&e),
+            Ok(e) => with_receipt(&context, &e),
             Err(e) => json!({"error": tonic::Status::from(e).message()}),
         };
         Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{line}\n"))))

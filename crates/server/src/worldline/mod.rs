@@ -19,6 +19,7 @@
 //! Replays run on blocking threads over the store directly; writes go
 //! through the group-commit writer like every append.
 
+mod json;
 mod service;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use converge_ledger_worldline::{
     snapshot_entries,
 };
 
+pub use json::receipt_json;
 pub use service::WorldlineApi;
 
 use crate::{Ledger, LedgerError};
