@@ -11,7 +11,7 @@ use converge_ledger_store::StoreError;
 use crate::error::{describe, failed};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 struct Migration {
     version: i32,
@@ -19,12 +19,58 @@ struct Migration {
     sql: fn(&str) -> String,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "heads, entries (indexed by hash and by context, key, sequence), idempotency keys, \
-                  Merkle nodes, snapshots (head checkpoints), meta",
-    sql: v1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "heads, entries (indexed by hash and by context, key, sequence), idempotency keys, \
+                      Merkle nodes, snapshots (head checkpoints), meta",
+        sql: v1,
+    },
+    Migration {
+        version: 2,
+        description: "wll_receipts and wll_snapshots: the WorldLine seed's tables, as views over entries",
+        sql: v2,
+    },
+];
+
+/// Version 2: the WorldLine profile's tables as the seed names them
+/// (docs/design.md §18), read-only views over `entries`, so what an
+/// operator queries is always what the ledger stores and verifies.
+/// `wll_receipts` uses `entries_key_idx` through the context prefix and
+/// `entries_hash_idx` for `receipt_hash`.
+fn v2(s: &str) -> String {
+    format!(
+        r#"
+CREATE VIEW "{s}".wll_receipts AS
+SELECT decode(substr(context, 5, 64), 'hex') AS worldline_id,
+       seq,
+       hash AS receipt_hash,
+       CASE WHEN seq = 1 THEN NULL ELSE prev_hash END AS prev_hash,
+       CASE key WHEN 'wll.commitment' THEN 'commitment' WHEN 'wll.outcome' THEN 'outcome' ELSE key END AS kind,
+       payload,
+       appended_at_ns / 1000000 AS timestamp_ms,
+       appended_at_ns AS timestamp_ns,
+       lamport
+FROM "{s}".entries
+WHERE context LIKE 'wll/%' AND length(context) = 68;
+
+CREATE VIEW "{s}".wll_snapshots AS
+SELECT decode(substr(h.context, 5, 64), 'hex') AS worldline_id,
+       h.seq AS snapshot_seq,
+       substring(h.payload FROM 14 FOR 32) AS anchored_receipt,
+       (SELECT string_agg(c.payload, ''::bytea ORDER BY c.seq)
+          FROM "{s}".entries c
+         WHERE c.context = h.context AND c.seq > h.seq
+           AND c.seq <= h.seq + ((get_byte(h.payload, 97)::bigint << 24) | (get_byte(h.payload, 98) << 16)
+                                 | (get_byte(h.payload, 99) << 8) | get_byte(h.payload, 100))) AS state_blob,
+       substring(h.payload FROM 46 FOR 32) AS state_hash,
+       h.appended_at_ns / 1000000 AS timestamp_ms,
+       h.payload AS header
+FROM "{s}".entries h
+WHERE h.context LIKE 'wll/%/snapshots' AND h.key = 'wll.snapshot';
+"#
+    )
+}
 
 /// Version 1. Column and table names follow the ledger's model (docs/design.md,
 /// "PostgreSQL storage"); `text COLLATE "C"` makes `ORDER BY context` byte

@@ -562,3 +562,78 @@ async fn garbage_receipts_and_ids_are_invalid_arguments() {
     assert!(c.worldlines(None, 10).await.unwrap().is_empty());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_shows_the_seed_tables_as_views_over_the_ledger() {
+    let Some(schema) = TestSchema::create("wll_views") else {
+        return;
+    };
+    let backend = Postgres(schema);
+    let (s, c) = serve(backend.store(), WorldlineLimits::default()).await;
+    let w = WorldlineId::derive(b"views");
+    let first = c
+        .append_commitment(&w, &commitment(1, "a", true))
+        .await
+        .unwrap();
+    let second = c
+        .append_outcome(&w, &succeeded(&first, vec![put("k", "v")]))
+        .await
+        .unwrap();
+    let snap = c
+        .append_worldline_snapshot(&second.reference(), None)
+        .await
+        .unwrap();
+    let schema = &backend.0.schema;
+    let query = |sql: String| {
+        converge_ledger_postgres::testkit::admin_query(&backend.0.url(), &sql).unwrap()
+    };
+    let rows = query(format!(
+        r#"SELECT encode(worldline_id, 'hex'), seq, kind, encode(receipt_hash, 'hex'),
+                  prev_hash IS NULL, encode(prev_hash, 'hex')
+             FROM "{schema}".wll_receipts ORDER BY seq"#
+    ));
+    let hex = |d: &Digest| Some(d.to_hex());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][0], Some(w.to_hex()));
+    assert_eq!(
+        rows[0][1..5].to_vec(),
+        vec![
+            Some("1".into()),
+            Some("commitment".into()),
+            hex(&first.receipt_hash),
+            Some("t".into())
+        ]
+    );
+    assert_eq!(
+        rows[1][1..].to_vec(),
+        vec![
+            Some("2".into()),
+            Some("outcome".into()),
+            hex(&second.receipt_hash),
+            Some("f".into()),
+            hex(&first.receipt_hash)
+        ]
+    );
+    let rows = query(format!(
+        r#"SELECT encode(worldline_id, 'hex'), snapshot_seq, encode(anchored_receipt, 'hex'),
+                  encode(state_hash, 'hex'), length(state_blob) > 0
+             FROM "{schema}".wll_snapshots"#
+    ));
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(w.to_hex()),
+            Some(snap.header_seq.to_string()),
+            hex(&second.receipt_hash),
+            hex(&snap.state_hash),
+            Some("t".into())
+        ]]
+    );
+    // Views over append-only history: writing them is refused.
+    let refused = converge_ledger_postgres::testkit::admin_query(
+        &backend.0.url(),
+        &format!(r#"DELETE FROM "{schema}".wll_receipts"#),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    s.stop().await;
+}
