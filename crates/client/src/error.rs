@@ -71,6 +71,22 @@ impl ClientError {
     }
 }
 
+impl From<converge_ledger_worldline::WorldlineError> for ClientError {
+    fn from(e: converge_ledger_worldline::WorldlineError) -> Self {
+        use converge_ledger_worldline::ErrorCode;
+        let m = e.message().to_owned();
+        match e.code() {
+            ErrorCode::InvalidArgument => ClientError::InvalidArgument(m),
+            ErrorCode::FailedPrecondition => ClientError::FailedPrecondition(m),
+            ErrorCode::NotFound => ClientError::NotFound(m),
+            ErrorCode::AlreadyExists => ClientError::AlreadyExists(m),
+            ErrorCode::ResourceExhausted => ClientError::ResourceExhausted(m),
+            ErrorCode::DataLoss => ClientError::Verification(m),
+            _ => ClientError::Unavailable(m),
+        }
+    }
+}
+
 impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
         let message = s.message().to_owned();

@@ -25,9 +25,9 @@ mod error;
 mod watch;
 
 pub use client::{
-    AppendOptions, BatchEntry, BatchOptions, BatchResult, Client, ClientOptions,
-    ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo, LoadResult,
-    ServerInfo, SnapshotBlob, TlsOptions, WorldlineState, WorldlineVerdict,
+    AppendOptions, BatchEntry, BatchOptions, BatchResult, BlockingWorldlines, Client,
+    ClientOptions, ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo,
+    LoadResult, ServerInfo, SnapshotBlob, TlsOptions, WorldlineState, WorldlineVerdict,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 /// The WorldLine model the worldline methods take and return.

@@ -637,3 +637,174 @@ async fn postgresql_shows_the_seed_tables_as_views_over_the_ledger() {
     assert!(refused.is_err(), "{refused:?}");
     s.stop().await;
 }
+
+/// What a contract call came to, comparable across implementations whose
+/// clocks (so hashes) differ: the receipt's seq and body, with the
+/// commitment an outcome answers named by its place in `commitments`; or
+/// the error's class.
+fn outcome_of(
+    r: Result<Receipt, converge_ledger_client::worldline::ErrorCode>,
+    commitments: &[Digest],
+) -> String {
+    use converge_ledger_client::worldline::ReceiptBody;
+    match r {
+        Ok(r) => match &r.body {
+            ReceiptBody::Outcome(o) => {
+                let of = commitments.iter().position(|h| *h == o.commitment);
+                let mut o = o.clone();
+                o.commitment = Digest::of(&[b"normalized"]);
+                format!("ok {} outcome of commitment #{of:?}: {o:?}", r.seq)
+            }
+            body => format!("ok {} {body:?}", r.seq),
+        },
+        Err(code) => format!("err {code:?}"),
+    }
+}
+
+fn client_code(e: &ClientError) -> converge_ledger_client::worldline::ErrorCode {
+    use converge_ledger_client::worldline::ErrorCode;
+    match e {
+        ClientError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+        ClientError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+        ClientError::NotFound(_) => ErrorCode::NotFound,
+        ClientError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+        ClientError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+        ClientError::DataLoss(_) | ClientError::Verification(_) => ErrorCode::DataLoss,
+        _ => ErrorCode::Unavailable,
+    }
+}
+
+#[test]
+fn the_sdk_contracts_answer_random_operations_exactly_as_the_model_does() {
+    use converge_ledger_client::BlockingWorldlines;
+    use converge_ledger_client::worldline::{LedgerReader, LedgerWriter, MemoryLedger};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::memory());
+    let sdk = BlockingWorldlines::connect(server.url(), Default::default()).unwrap();
+    let model = MemoryLedger::new(WorldlineLimits::default()).unwrap();
+    let seed: u64 = std::env::var("CONVERGE_LEDGER_WORLDLINE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0004);
+    let steps: usize = std::env::var("CONVERGE_LEDGER_WORLDLINE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    eprintln!("seed {seed}, {steps} steps (CONVERGE_LEDGER_WORLDLINE_SEED / _STEPS)");
+    let mut x = seed.max(1);
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let worldlines = [WorldlineId::derive(b"m-1"), WorldlineId::derive(b"m-2")];
+    // Commitments written so far: (worldline, model receipt, sdk receipt).
+    let mut written: Vec<(usize, Receipt, Receipt)> = Vec::new();
+    for step in 0..steps {
+        let wi = rnd(2) as usize;
+        let w = &worldlines[wi];
+        let (m, s) = match rnd(10) {
+            0..=3 => {
+                // A new commitment, or a retry / a reuse of an id.
+                let n = rnd(40);
+                let mut c = commitment(n, "agent", rnd(3) != 0);
+                if rnd(5) == 0 {
+                    c.intent = format!("other intent {step}");
+                }
+                let m = model.append_commitment(w, &c);
+                let s = sdk.append_commitment(w, &c);
+                if let (Ok(mr), Ok(sr)) = (&m, &s)
+                    && !written
+                        .iter()
+                        .any(|(_, r, _)| r.receipt_hash == mr.receipt_hash)
+                {
+                    written.push((wi, mr.clone(), sr.clone()));
+                }
+                (m.map_err(|e| e.code()), s.map_err(|e| client_code(&e)))
+            }
+            4..=8 if !written.is_empty() => {
+                // An outcome of some commitment, maybe of the other
+                // worldline, maybe of the wrong kind, maybe a second one.
+                let (cw, mr, sr) = written[rnd(written.len() as u64) as usize].clone();
+                let status = match rnd(4) {
+                    0 => OutcomeStatus::Failed {
+                        reason: "broke".into(),
+                    },
+                    1 => OutcomeStatus::Rejection,
+                    _ => OutcomeStatus::Succeeded,
+                };
+                let updates = if status == OutcomeStatus::Succeeded {
+                    match rnd(3) {
+                        0 => vec![StateUpdate::Delete {
+                            key: format!("k{}", rnd(5)),
+                        }],
+                        _ => vec![put(&format!("k{}", rnd(5)), &format!("v{}", rnd(3)))],
+                    }
+                } else {
+                    vec![]
+                };
+                let make = |of: &Receipt| Outcome {
+                    commitment: of.receipt_hash,
+                    status: status.clone(),
+                    effects: vec![],
+                    proofs: vec![],
+                    state_updates: updates.clone(),
+                    reporter: "driver".into(),
+                };
+                let target = if rnd(6) == 0 {
+                    &worldlines[1 - cw]
+                } else {
+                    &worldlines[cw]
+                };
+                let m = model.append_outcome(target, &make(&mr));
+                let s = sdk.append_outcome(target, &make(&sr));
+                (m.map_err(|e| e.code()), s.map_err(|e| client_code(&e)))
+            }
+            _ => {
+                // A snapshot at a random receipt: compare the computed
+                // state hashes.
+                let head = model.head(w).unwrap().map_or(0, |h| h.seq);
+                if head == 0 {
+                    continue;
+                }
+                let seq = 1 + rnd(head);
+                let m_at = model.read_range(w, seq, seq).unwrap().remove(0);
+                let s_at = sdk.read_range(w, seq, seq).unwrap().remove(0);
+                let ms = model.append_snapshot(&m_at.reference(), None).unwrap();
+                let ss = sdk.append_snapshot(&s_at.reference(), None).unwrap();
+                assert_eq!(
+                    ms.state_hash, ss.state_hash,
+                    "seed {seed} step {step}: snapshot at {seq}"
+                );
+                continue;
+            }
+        };
+        let model_hashes: Vec<Digest> = written.iter().map(|(_, m, _)| m.receipt_hash).collect();
+        let sdk_hashes: Vec<Digest> = written.iter().map(|(_, _, s)| s.receipt_hash).collect();
+        assert_eq!(
+            outcome_of(m, &model_hashes),
+            outcome_of(s, &sdk_hashes),
+            "seed {seed} step {step}: the model and the server disagree"
+        );
+    }
+    for w in &worldlines {
+        let m = model.state(w).unwrap();
+        let s = runtime
+            .block_on(async {
+                Client::connect(&server.url())
+                    .await
+                    .unwrap()
+                    .worldline_state(w, 0)
+                    .await
+            })
+            .unwrap();
+        assert_eq!(m.hash(), s.state_hash, "seed {seed}: final state of {w}");
+        assert_eq!(
+            sdk.head(w).unwrap().map(|h| h.seq),
+            model.head(w).unwrap().map(|h| h.seq)
+        );
+    }
+    drop(sdk);
+    runtime.block_on(server.stop());
+}

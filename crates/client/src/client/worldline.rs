@@ -418,3 +418,117 @@ impl Client {
         })
     }
 }
+
+/// Seed 004's synchronous contracts ([`LedgerWriter`], [`LedgerReader`])
+/// over a [`Client`], for code that is not async (a governance tool, a
+/// kernel). Each call runs on a runtime of its own; do not call it from
+/// inside an async runtime's worker (use the [`Client`] methods there).
+///
+/// [`LedgerWriter`]: converge_ledger_worldline::LedgerWriter
+/// [`LedgerReader`]: converge_ledger_worldline::LedgerReader
+pub struct BlockingWorldlines {
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for BlockingWorldlines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingWorldlines").finish_non_exhaustive()
+    }
+}
+
+impl BlockingWorldlines {
+    /// Connects to `addr` with `options`, on a runtime of its own.
+    pub fn connect(
+        addr: impl Into<String>,
+        options: crate::ClientOptions,
+    ) -> Result<BlockingWorldlines, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Connect(format!("cannot start a runtime: {e}")))?;
+        let client = runtime.block_on(Client::connect_with(addr, options))?;
+        Ok(BlockingWorldlines { client, runtime })
+    }
+}
+
+impl converge_ledger_worldline::LedgerWriter for BlockingWorldlines {
+    type Error = ClientError;
+
+    fn append_commitment(
+        &self,
+        worldline: &WorldlineId,
+        commitment: &Commitment,
+    ) -> Result<Receipt, ClientError> {
+        self.runtime
+            .block_on(self.client.append_commitment(worldline, commitment))
+    }
+
+    fn append_outcome(
+        &self,
+        worldline: &WorldlineId,
+        outcome: &Outcome,
+    ) -> Result<Receipt, ClientError> {
+        self.runtime
+            .block_on(self.client.append_outcome(worldline, outcome))
+    }
+
+    fn append_rejection_outcome(
+        &self,
+        worldline: &WorldlineId,
+        commitment: &Digest,
+        reporter: &str,
+    ) -> Result<Receipt, ClientError> {
+        self.runtime.block_on(
+            self.client
+                .append_rejection_outcome(worldline, commitment, reporter),
+        )
+    }
+
+    fn append_snapshot(
+        &self,
+        anchor: &ReceiptRef,
+        expected_state_hash: Option<&Digest>,
+    ) -> Result<SnapshotRef, ClientError> {
+        self.runtime.block_on(
+            self.client
+                .append_worldline_snapshot(anchor, expected_state_hash),
+        )
+    }
+}
+
+impl converge_ledger_worldline::LedgerReader for BlockingWorldlines {
+    type Error = ClientError;
+
+    fn head(&self, worldline: &WorldlineId) -> Result<Option<ReceiptRef>, ClientError> {
+        self.runtime.block_on(self.client.worldline_head(worldline))
+    }
+
+    fn read_range(
+        &self,
+        worldline: &WorldlineId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Receipt>, ClientError> {
+        self.runtime
+            .block_on(self.client.read_receipts(worldline, from, to))
+    }
+
+    fn get_by_hash(&self, hash: &Digest) -> Result<Option<Receipt>, ClientError> {
+        self.runtime.block_on(self.client.get_receipt(hash))
+    }
+
+    fn worldlines(
+        &self,
+        after: Option<&WorldlineId>,
+        limit: usize,
+    ) -> Result<Vec<WorldlineId>, ClientError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        Ok(self
+            .runtime
+            .block_on(self.client.worldlines(after, limit))?
+            .into_iter()
+            .map(|h| h.worldline)
+            .collect())
+    }
+}
