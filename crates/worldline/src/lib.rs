@@ -73,7 +73,7 @@ pub use receipt::{
     outcome_payload,
 };
 pub use replay::{CommitmentLookup, NoLookup, Replay};
-pub use rules::{check_decision, check_outcome_for};
+pub use rules::{check_decision, check_outcome_for, check_status};
 pub use snapshot::{
     SNAPSHOT_CHUNK_KEY, SNAPSHOT_KEY, SnapshotBatch, SnapshotHeader, SnapshotReader,
     VerifiedSnapshot, check_state_hash, read_snapshot, snapshot_entries,

@@ -263,6 +263,20 @@ impl Replay {
         })
     }
 
+    /// What this replay knows of the commitment with receipt hash `hash`:
+    /// whether it was accepted and whether an outcome answered it. `None`
+    /// for a commitment it never met: not in this worldline up to
+    /// [`Replay::seq`] when the replay started at genesis.
+    pub fn commitment_status(&self, hash: &Digest) -> Option<(bool, bool)> {
+        self.commitments.get(hash).map(|k| (k.accepted, k.answered))
+    }
+
+    /// Whether this replay started at genesis (so it has met every
+    /// commitment up to [`Replay::seq`]).
+    pub fn from_genesis(&self) -> bool {
+        self.start_seq == 0
+    }
+
     /// The worldline being replayed.
     pub fn worldline(&self) -> &WorldlineId {
         &self.worldline

@@ -14,7 +14,7 @@ pub fn check_decision(decision: &Decision, status: &OutcomeStatus) -> Result<(),
 
 /// [`check_decision`] for a commitment known only by whether it was
 /// accepted (all the replay fold remembers).
-pub(crate) fn check_status(accepted: bool, status: &OutcomeStatus) -> Result<(), WorldlineError> {
+pub fn check_status(accepted: bool, status: &OutcomeStatus) -> Result<(), WorldlineError> {
     let fits = match status {
         OutcomeStatus::Succeeded | OutcomeStatus::Failed { .. } => accepted,
         OutcomeStatus::Rejection => !accepted,
