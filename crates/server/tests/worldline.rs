@@ -808,3 +808,48 @@ fn the_sdk_contracts_answer_random_operations_exactly_as_the_model_does() {
     drop(sdk);
     runtime.block_on(server.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_of_several_megabytes_streams_in_pieces_and_hashes_as_replayed() {
+    let (s, c) = serve(Arc::new(MemoryStore::new()), WorldlineLimits::default()).await;
+    let w = WorldlineId::derive(b"big state");
+    let value = "v".repeat(512 * 1024);
+    for n in 0..6u64 {
+        let r = c
+            .append_commitment(&w, &commitment(n, "a", true))
+            .await
+            .unwrap();
+        c.append_outcome(&w, &succeeded(&r, vec![put(&format!("key-{n}"), &value)]))
+            .await
+            .unwrap();
+    }
+    let state = c.worldline_state(&w, 0).await.unwrap();
+    assert_eq!(state.pairs.len(), 6);
+    assert!(state.pairs.iter().all(|(_, v)| v.len() == value.len()));
+    // Six 512 KiB pairs cannot fit one 1 MiB message: it came in pieces.
+    use converge_ledger_proto::ledger::v1 as pb;
+    let mut raw =
+        converge_ledger_proto::ledger::v1::worldline_service_client::WorldlineServiceClient::connect(
+            s.url(),
+        )
+        .await
+        .unwrap();
+    let mut stream = raw
+        .replay_state(pb::ReplayStateRequest {
+            worldline_id: w.0.to_vec(),
+            seq: 0,
+            key_prefix: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        messages += 1;
+        if m.last {
+            assert_eq!(m.state_hash, state.state_hash.0.to_vec());
+        }
+    }
+    assert!(messages >= 3, "{messages} messages");
+    s.stop().await;
+}

@@ -63,6 +63,11 @@ impl State {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
+    /// The pairs in key byte order, taken out (no copy).
+    pub fn into_pairs(self) -> impl ExactSizeIterator<Item = (String, Vec<u8>)> {
+        self.pairs.into_iter()
+    }
+
     /// The state hash (module documentation).
     pub fn hash(&self) -> Digest {
         let mut h = StateHasher::new(self.pairs.len() as u64);

@@ -107,11 +107,45 @@ impl std::fmt::Debug for Worldlines {
 }
 
 /// Cached replays, least recently used evicted first once more than
-/// `entries_max` are held. Each holds at most `state_bytes_max` of state.
+/// `entries_max` are held or their memory passes `bytes_max` (each
+/// replay's state bytes and about 100 bytes per receipt it remembers; a
+/// replay in use is never evicted, so one worldline larger than the
+/// budget still works, alone).
 struct Cache {
-    entries: HashMap<WorldlineId, (Cached, u64)>,
+    /// Replay, last use, estimated bytes.
+    entries: HashMap<WorldlineId, (Cached, u64, u64)>,
     tick: u64,
     entries_max: usize,
+    bytes_max: u64,
+}
+
+impl Cache {
+    fn evict(&mut self) {
+        loop {
+            let total: u64 = self.entries.values().map(|(_, _, b)| *b).sum();
+            if self.entries.len() <= self.entries_max && total <= self.bytes_max {
+                return;
+            }
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, (c, _, _))| Arc::strong_count(c) == 1)
+                .min_by_key(|(_, (_, used, _))| *used)
+                .map(|(w, _)| *w);
+            match victim {
+                Some(w) => {
+                    self.entries.remove(&w);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Memory a replay holds, estimated: its state and about 100 bytes per
+/// receipt (what it remembers of commitments).
+fn replay_bytes(replay: &Replay) -> u64 {
+    replay.state().bytes() + 100 * replay.seq()
 }
 
 /// The status class of a worldline error, as a ledger error.
@@ -350,7 +384,8 @@ impl Worldlines {
             cache: Mutex::new(Cache {
                 entries: HashMap::new(),
                 tick: 0,
-                entries_max: 64,
+                entries_max: 1024,
+                bytes_max: 256 * 1024 * 1024,
             }),
         })
     }
@@ -369,25 +404,24 @@ impl Worldlines {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.tick += 1;
         let tick = cache.tick;
-        if let Some((c, used)) = cache.entries.get_mut(worldline) {
+        if let Some((c, used, _)) = cache.entries.get_mut(worldline) {
             *used = tick;
             return c.clone();
         }
-        if cache.entries.len() >= cache.entries_max {
-            // Evict the least recently used replay nobody holds.
-            if let Some(victim) = cache
-                .entries
-                .iter()
-                .filter(|(_, (c, _))| Arc::strong_count(c) == 1)
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(w, _)| *w)
-            {
-                cache.entries.remove(&victim);
-            }
-        }
         let c: Cached = Arc::default();
-        cache.entries.insert(*worldline, (c.clone(), tick));
+        cache.entries.insert(*worldline, (c.clone(), tick, 0));
+        cache.evict();
         c
+    }
+
+    /// Records what `worldline`'s replay holds now, evicting others if the
+    /// cache is over its budget.
+    fn note_bytes(&self, worldline: &WorldlineId, bytes: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, b)) = cache.entries.get_mut(worldline) {
+            *b = bytes;
+        }
+        cache.evict();
     }
 
     /// Brings `slot` up to the worldline's stored head; returns the head.
@@ -417,6 +451,7 @@ impl Worldlines {
             Ok(replay)
         })
         .await?;
+        self.note_bytes(worldline, replay_bytes(&replay));
         *slot = Some(replay);
         Ok(head)
     }
@@ -920,4 +955,44 @@ fn verify_blocking(
     verified.head = replay.head();
     verified.state_hash = replay.state_hash();
     verified
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(entries_max: usize, bytes_max: u64) -> Cache {
+        Cache {
+            entries: HashMap::new(),
+            tick: 0,
+            entries_max,
+            bytes_max,
+        }
+    }
+
+    #[test]
+    fn the_replay_cache_evicts_the_least_recently_used_replays_nobody_holds() {
+        let mut c = cache(2, 1000);
+        let ids: Vec<WorldlineId> = (0..4u8).map(|i| WorldlineId([i; 32])).collect();
+        let held: Cached = Arc::default();
+        c.entries.insert(ids[0], (held.clone(), 1, 10));
+        c.entries.insert(ids[1], (Arc::default(), 2, 10));
+        c.entries.insert(ids[2], (Arc::default(), 3, 10));
+        c.evict();
+        // Over the count: the oldest unheld one (1) goes, the held oldest stays.
+        assert!(c.entries.contains_key(&ids[0]) && !c.entries.contains_key(&ids[1]));
+        assert_eq!(c.entries.len(), 2);
+        // Over the bytes: unheld ones go until under, the held one stays
+        // even alone over the budget.
+        c.entries.insert(ids[3], (Arc::default(), 4, 600));
+        if let Some(e) = c.entries.get_mut(&ids[0]) {
+            e.2 = 2000;
+        }
+        c.evict();
+        assert_eq!(c.entries.len(), 1);
+        assert!(c.entries.contains_key(&ids[0]));
+        drop(held);
+        c.evict();
+        assert!(c.entries.is_empty());
+    }
 }

@@ -224,42 +224,42 @@ impl WorldlineService for WorldlineApi {
         let hash = state.hash();
         let (count, bytes) = (state.len() as u64, state.bytes());
         let at_hash = at.map_or_else(Vec::new, |a| a.receipt_hash.0.to_vec());
-        let mut chunks = Vec::new();
-        let mut pairs = Vec::new();
-        let mut size = 0;
-        for (k, v) in state.iter().filter(|(k, _)| k.starts_with(&r.key_prefix)) {
-            if !pairs.is_empty() && size + k.len() + v.len() > STATE_CHUNK_BYTES {
-                chunks.push(std::mem::take(&mut pairs));
-                size = 0;
-            }
-            size += k.len() + v.len() + 8;
-            pairs.push(pb::StatePair {
-                key: k.to_owned(),
-                value: v.to_vec(),
-            });
-        }
-        chunks.push(pairs);
-        drop(state);
-        let n = chunks.len();
-        let messages: Vec<Result<pb::ReplayStateChunk, Status>> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, pairs)| {
-                let last = i + 1 == n;
-                Ok(pb::ReplayStateChunk {
+        let prefix = r.key_prefix;
+        // A pull stream: one message is built when the transport asks for
+        // it, so the state (bounded by state_bytes_max) is held once, never
+        // also as messages.
+        let pairs = state
+            .into_pairs()
+            .filter(move |(k, _)| k.starts_with(&prefix))
+            .peekable();
+        let stream = futures_util::stream::unfold(Some(pairs), move |pairs| {
+            let at_hash = at_hash.clone();
+            async move {
+                let mut pairs = pairs?;
+                let mut chunk = Vec::new();
+                let mut size = 0;
+                while let Some((k, v)) = pairs.peek() {
+                    if !chunk.is_empty() && size + k.len() + v.len() > STATE_CHUNK_BYTES {
+                        break;
+                    }
+                    size += k.len() + v.len() + 8;
+                    let (key, value) = pairs.next()?;
+                    chunk.push(pb::StatePair { key, value });
+                }
+                let last = pairs.peek().is_none();
+                let message = pb::ReplayStateChunk {
                     seq,
-                    receipt_hash: at_hash.clone(),
-                    pairs,
+                    receipt_hash: at_hash,
+                    pairs: chunk,
                     state_hash: if last { hash.0.to_vec() } else { Vec::new() },
                     pair_count: if last { count } else { 0 },
                     state_bytes: if last { bytes } else { 0 },
                     last,
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures_util::stream::iter(
-            messages,
-        ))))
+                };
+                Some((Ok(message), (!last).then_some(pairs)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn verify_worldline(
