@@ -227,6 +227,14 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     http_listen: Option<SocketAddr>,
+    /// Memory for cached WorldLine replays (each worldline's state and
+    /// commitments, kept to check outcomes), in MiB.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_WORLDLINE_CACHE_MIB",
+        default_value_t = 256
+    )]
+    worldline_cache_mib: u64,
     /// Log lines on stderr as text or as JSON objects (one per line); the
     /// level comes from RUST_LOG (default: info).
     #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -293,6 +301,7 @@ fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
             args.request_idle_timeout_ms as usize,
         ),
         ("--postgres-pool-size", args.postgres_pool_size),
+        ("--worldline-cache-mib", args.worldline_cache_mib as usize),
     ] {
         if value == 0 {
             bail!("{flag} is 0; it must be at least 1");
@@ -601,6 +610,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         .into(),
         http_listener,
+        worldline_cache_bytes: args.worldline_cache_mib.saturating_mul(1024 * 1024),
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),

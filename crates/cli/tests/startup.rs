@@ -31,6 +31,10 @@ fn flag_values_that_make_no_sense_are_refused_naming_the_flag() {
             "--max-request-bytes is 1 bytes",
         ),
         (&["--cache-mib", "999999999"], "--cache-mib 999999999"),
+        (
+            &["--worldline-cache-mib", "0"],
+            "--worldline-cache-mib is 0",
+        ),
     ] {
         let mut all = vec!["--storage", "memory"];
         all.extend(args);

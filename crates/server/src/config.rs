@@ -125,6 +125,9 @@ pub struct ServerConfig {
     pub storage_name: String,
     /// Limits of WorldLine receipts and state (docs/design.md §18).
     pub worldline_limits: converge_ledger_worldline::WorldlineLimits,
+    /// Memory for cached worldline replays (state and commitments), in
+    /// bytes; least recently used ones are dropped past it.
+    pub worldline_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +153,7 @@ impl Default for ServerConfig {
             http_listener: None,
             storage_name: "unnamed".into(),
             worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
+            worldline_cache_bytes: 256 * 1024 * 1024,
         }
     }
 }

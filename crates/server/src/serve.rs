@@ -75,7 +75,8 @@ pub async fn run(
     .max_encoding_message_size(response_max);
     let worldlines = Arc::new(
         crate::Worldlines::new(ledger.clone(), config.worldline_limits.clone())
-            .map_err(ServeError::Storage)?,
+            .map_err(ServeError::Storage)?
+            .with_cache_bytes(config.worldline_cache_bytes),
     );
     let worldline = WorldlineServiceServer::new(crate::WorldlineApi {
         worldlines,

@@ -390,6 +390,16 @@ impl Worldlines {
         })
     }
 
+    /// The same, caching replays in at most `bytes` of memory (256 MiB by
+    /// default).
+    pub fn with_cache_bytes(self, bytes: u64) -> Worldlines {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bytes_max = bytes;
+        self
+    }
+
     /// The limits enforced.
     pub fn limits(&self) -> &WorldlineLimits {
         &self.limits
