@@ -853,3 +853,40 @@ async fn a_state_of_several_megabytes_streams_in_pieces_and_hashes_as_replayed()
     assert!(messages >= 3, "{messages} messages");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_checks_receipts_under_the_limits_it_is_given() {
+    let raised = WorldlineLimits {
+        identifier_bytes_max: 512,
+        ..WorldlineLimits::default()
+    };
+    let (s, default_client) = serve(Arc::new(MemoryStore::new()), raised.clone()).await;
+    let w = WorldlineId::derive(b"raised");
+    let mut c = commitment(1, "a", true);
+    c.class = "c".repeat(300);
+    // Past the default limits: refused here, before anything is sent.
+    let e = default_client.append_commitment(&w, &c).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::InvalidArgument(m) if m.contains("nothing was sent")),
+        "{e:?}"
+    );
+    assert_eq!(default_client.worldline_head(&w).await.unwrap(), None);
+    let raised_client = Client::connect_with(
+        &s.url(),
+        converge_ledger_client::ClientOptions {
+            worldline_limits: raised,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = raised_client.append_commitment(&w, &c).await.unwrap();
+    assert_eq!(
+        raised_client.read_receipts(&w, 1, 1).await.unwrap(),
+        vec![r]
+    );
+    // A client under the defaults cannot vouch for that receipt.
+    let e = default_client.read_receipts(&w, 1, 1).await.unwrap_err();
+    assert!(matches!(e, ClientError::Verification(_)), "{e:?}");
+    s.stop().await;
+}

@@ -26,6 +26,10 @@ pub struct ClientOptions {
     /// TLS settings for `https://` addresses (without them, `https://`
     /// trusts the public web PKI roots).
     pub tls: Option<TlsOptions>,
+    /// The limits WorldLine receipts are validated under, sent and
+    /// received: the server's (the defaults, unless its operator raised
+    /// them), or a receipt it accepted could fail the client's checks.
+    pub worldline_limits: converge_ledger_worldline::WorldlineLimits,
 }
 
 /// How the client checks the server, and proves itself, over TLS.
@@ -53,6 +57,7 @@ impl Default for ClientOptions {
             trusted_key: None,
             token: None,
             tls: None,
+            worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
         }
     }
 }

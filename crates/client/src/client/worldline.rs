@@ -47,21 +47,14 @@ pub struct WorldlineState {
 fn receipt_of(
     worldline: &WorldlineId,
     entry: Option<converge_ledger_proto::context::v1::Entry>,
+    limits: &WorldlineLimits,
 ) -> Result<Receipt, ClientError> {
     let entry = entry_from_proto(
         entry.ok_or_else(|| ClientError::Protocol("a response without its receipt".into()))?,
     )?;
-    // Limits of reading: generous, the server enforced its own on write.
-    Receipt::from_entry(worldline, &entry, &read_limits()).map_err(|e| {
+    Receipt::from_entry(worldline, &entry, limits).map_err(|e| {
         ClientError::Verification(format!("a receipt the server sent fails its checks: {e}"))
     })
-}
-
-/// The limits receipts are read under: the defaults, with the state and
-/// item limits as the server's defaults (a server with higher limits needs
-/// a client configured alike; see `ClientOptions`).
-fn read_limits() -> WorldlineLimits {
-    WorldlineLimits::default()
 }
 
 fn refused(e: converge_ledger_worldline::WorldlineError) -> ClientError {
@@ -85,8 +78,11 @@ impl Client {
         worldline: &WorldlineId,
         commitment: &Commitment,
     ) -> Result<Receipt, ClientError> {
-        let body = converge_ledger_worldline::commitment_payload(commitment, &read_limits())
-            .map_err(refused)?;
+        let body = converge_ledger_worldline::commitment_payload(
+            commitment,
+            &self.options().worldline_limits,
+        )
+        .map_err(refused)?;
         let request = ext::AppendCommitmentRequest {
             worldline_id: worldline.0.to_vec(),
             commitment: body,
@@ -96,7 +92,7 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.append_commitment(r).await?.into_inner();
-                let receipt = receipt_of(worldline, resp.receipt)?;
+                let receipt = receipt_of(worldline, resp.receipt, &self.options().worldline_limits)?;
                 if receipt.commitment() != Some(commitment) {
                     return Err(ClientError::Verification(format!(
                         "the server acknowledged receipt {} of worldline {worldline} with another body than the commitment sent",
@@ -117,7 +113,8 @@ impl Client {
         outcome: &Outcome,
     ) -> Result<Receipt, ClientError> {
         let body =
-            converge_ledger_worldline::outcome_payload(outcome, &read_limits()).map_err(refused)?;
+            converge_ledger_worldline::outcome_payload(outcome, &self.options().worldline_limits)
+                .map_err(refused)?;
         let request = ext::AppendOutcomeRequest {
             worldline_id: worldline.0.to_vec(),
             outcome: body,
@@ -127,7 +124,7 @@ impl Client {
             let r = self.request(request.clone());
             async move {
                 let resp = c.append_outcome(r).await?.into_inner();
-                let receipt = receipt_of(worldline, resp.receipt)?;
+                let receipt = receipt_of(worldline, resp.receipt, &self.options().worldline_limits)?;
                 if receipt.outcome() != Some(outcome) {
                     return Err(ClientError::Verification(format!(
                         "the server acknowledged receipt {} of worldline {worldline} with another body than the outcome sent",
@@ -239,7 +236,7 @@ impl Client {
                 break;
             }
             for e in resp.receipts {
-                let r = receipt_of(worldline, Some(e))?;
+                let r = receipt_of(worldline, Some(e), &self.options().worldline_limits)?;
                 if r.seq != next {
                     return Err(ClientError::Verification(format!(
                         "asked for receipt {next} of worldline {worldline}, got {}",
@@ -286,7 +283,7 @@ impl Client {
                 .try_into()
                 .map_err(|_| ClientError::Protocol("a worldline id of another length".into()))?,
         );
-        let r = receipt_of(&w, resp.receipt)?;
+        let r = receipt_of(&w, resp.receipt, &self.options().worldline_limits)?;
         if r.receipt_hash != *hash {
             return Err(ClientError::Verification(format!(
                 "asked for receipt {hash}, got {}",
