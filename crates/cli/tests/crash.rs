@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_ledger_client::{AppendOptions, Client, ClientOptions, Digest, GetOptions};
-use converge_ledger_core::Head;
+use converge_ledger_client::{AppendOptions, Client, ClientOptions, Digest};
 use support::Server;
 
 const CONTEXTS: usize = 4;
@@ -55,18 +54,8 @@ async fn verify(addr: &str, acked: &Acked) -> usize {
     let mut by_ctx: BTreeMap<String, Vec<converge_ledger_client::Entry>> = BTreeMap::new();
     for c in 0..CONTEXTS {
         let ctx = format!("ctx-{c}");
-        let mut all = Vec::new();
-        client
-            .read_all(&ctx, GetOptions::default(), |e| all.push(e))
-            .await
-            .unwrap();
         // The chain verifies from genesis and ends at the stored head.
-        let mut head = Head::empty(&ctx);
-        for e in &all {
-            head.check_next(&ctx, e)
-                .unwrap_or_else(|err| panic!("{ctx}: {err}"));
-            head.advance(e);
-        }
+        let (all, head) = support::read_chain(&client, &ctx, "after the crash").await;
         let h = client.head(&ctx).await.unwrap();
         assert_eq!(
             (h.sequence, h.hash, h.merkle_root),

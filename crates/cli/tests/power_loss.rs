@@ -22,8 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use converge_ledger_client::{AppendOptions, Client, ClientOptions, Digest, GetOptions};
-use converge_ledger_core::Head;
+use converge_ledger_client::{AppendOptions, Client, ClientOptions, Digest};
 use converge_ledger_faultfs::testing::test_mount;
 use converge_ledger_faultfs::{Options, PowerCut};
 use support::{Server, cli};
@@ -107,17 +106,7 @@ async fn check(addr: &str, acked: &Acked, strict: bool, at: &str) -> (u64, usize
     let mut stored = BTreeMap::new();
     for c in 0..CONTEXTS {
         let ctx = format!("ctx-{c}");
-        let mut all = Vec::new();
-        client
-            .read_all(&ctx, GetOptions::default(), |e| all.push(e))
-            .await
-            .unwrap();
-        let mut head = Head::empty(&ctx);
-        for e in &all {
-            head.check_next(&ctx, e)
-                .unwrap_or_else(|err| panic!("{at}: {ctx}: {err}"));
-            head.advance(e);
-        }
+        let (all, head) = support::read_chain(&client, &ctx, at).await;
         let h = client.verify_head(&ctx).await.unwrap();
         assert_eq!(
             (h.sequence, h.hash, h.merkle_root),

@@ -314,14 +314,17 @@ impl Tls {
             (SslMode::VerifyFull, Some(file)) => builder.with_root_certificates(roots(file)?),
             (SslMode::VerifyCa, Some(file)) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots: roots(file)?,
+                .with_custom_certificate_verifier(Arc::new(NameUnchecked {
+                    roots: Some(roots(file)?),
                     algorithms,
                 })),
             // `prefer` never checks, like libpq, even with a root file.
             _ => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked { algorithms })),
+                .with_custom_certificate_verifier(Arc::new(NameUnchecked {
+                    roots: None,
+                    algorithms,
+                })),
         };
         let mut config = match (&params.sslcert, &params.sslkey) {
             (None, None) => builder.with_no_client_auth(),
@@ -397,15 +400,18 @@ fn roots(file: &str) -> Result<Arc<RootCertStore>, StoreError> {
     Ok(Arc::new(roots))
 }
 
-/// `verify-ca`: the chain must lead to a trusted CA; the name is not looked
-/// at (the CA is trusted to have issued certificates only to its servers).
+/// A verifier that never looks at the server's name. With `roots`
+/// (`verify-ca`) the chain must lead to one of them (the CA is trusted to
+/// have issued certificates only to its servers); without (`prefer`,
+/// `require`) any certificate is accepted: encryption against a passive
+/// eavesdropper only. The handshake signatures are checked either way.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NameUnchecked {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -414,57 +420,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer` and `require`: any certificate is accepted (encryption against
-/// a passive eavesdropper only); the handshake signatures are still
-/// checked.
-#[derive(Debug)]
-struct Unchecked {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

@@ -271,12 +271,6 @@ impl Replay {
         self.commitments.get(hash).map(|k| (k.accepted, k.answered))
     }
 
-    /// Whether this replay started at genesis (so it has met every
-    /// commitment up to [`Replay::seq`]).
-    pub fn from_genesis(&self) -> bool {
-        self.start_seq == 0
-    }
-
     /// The worldline being replayed.
     pub fn worldline(&self) -> &WorldlineId {
         &self.worldline

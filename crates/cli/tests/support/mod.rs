@@ -134,3 +134,31 @@ pub fn cli(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Every entry of `context`, checked to form a chain from genesis; and the
+/// head that chain folds to. `at` names the moment in a failure.
+pub async fn read_chain(
+    client: &converge_ledger_client::Client,
+    context: &str,
+    at: &str,
+) -> (
+    Vec<converge_ledger_client::Entry>,
+    converge_ledger_core::Head,
+) {
+    let mut all = Vec::new();
+    client
+        .read_all(
+            context,
+            converge_ledger_client::GetOptions::default(),
+            |e| all.push(e),
+        )
+        .await
+        .unwrap();
+    let mut head = converge_ledger_core::Head::empty(context);
+    for e in &all {
+        head.check_next(context, e)
+            .unwrap_or_else(|err| panic!("{at}: {context}: {err}"));
+        head.advance(e);
+    }
+    (all, head)
+}

@@ -213,10 +213,6 @@ fn decode(s: &str) -> String {
     super::rpc::percent_decode(&s.replace('+', " "))
 }
 
-fn ledger_status(e: LedgerError) -> tonic::Status {
-    e.into()
-}
-
 fn info(state: &OpsState) -> Value {
     let l = state.ledger.limits();
     json!({
@@ -244,7 +240,7 @@ async fn contexts(
         .ledger
         .list_contexts(&after, limit, move |c| visible.allows(Right::Read, c))
         .await
-        .map_err(ledger_status)?;
+        .map_err(tonic::Status::from)?;
     let contexts: Vec<Value> = list
         .iter()
         .map(|(id, h)| {
@@ -273,7 +269,7 @@ fn readable<'q>(
         .ledger
         .limits()
         .check_context_id(context)
-        .map_err(|e| ledger_status(e.into()))?;
+        .map_err(|e| tonic::Status::from(LedgerError::from(e)))?;
     Ok(context)
 }
 
@@ -283,7 +279,7 @@ async fn head(state: &OpsState, caller: &crate::Caller, q: &Query) -> Result<Val
         .ledger
         .signed_head(context)
         .await
-        .map_err(ledger_status)?;
+        .map_err(tonic::Status::from)?;
     Ok(json!({
         "context": context,
         "sequence": head.sequence.to_string(),
@@ -313,12 +309,12 @@ async fn entries(
         .ledger
         .read_chunk(context, after, u64::MAX, None, limit, bytes_max)
         .await
-        .map_err(ledger_status)?;
+        .map_err(tonic::Status::from)?;
     let head = state
         .ledger
         .head(context)
         .await
-        .map_err(ledger_status)?
+        .map_err(tonic::Status::from)?
         .map_or(0, |h| h.sequence);
     Ok(json!({
         "context": context,
@@ -373,7 +369,7 @@ fn tail(
     let watch = state
         .ledger
         .watch(context.to_owned(), None, after)
-        .map_err(ledger_status)?;
+        .map_err(tonic::Status::from)?;
     let context = context.to_owned();
     let lines = watch.map(move |item| {
         let line = match item {

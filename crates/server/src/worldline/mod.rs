@@ -30,9 +30,8 @@ use converge_ledger_store::{BatchCommand, Scan, Store, WriteOutcome};
 use converge_ledger_worldline::{
     Commitment, CommitmentLookup, ErrorCode, Outcome, OutcomeStatus, Receipt, ReceiptRef, Replay,
     SNAPSHOT_KEY, SnapshotHeader, State, VerifiedSnapshot, WorldlineError, WorldlineId,
-    WorldlineLimits, check_outcome_for, check_state_hash, check_status, commitment_entry,
-    commitment_idempotency_key, outcome_entry, outcome_idempotency_key, read_snapshot,
-    snapshot_entries,
+    WorldlineLimits, check_state_hash, check_status, commitment_entry, commitment_idempotency_key,
+    outcome_entry, outcome_idempotency_key, read_snapshot, snapshot_entries,
 };
 
 pub use json::receipt_json;
@@ -160,13 +159,6 @@ pub(crate) fn to_ledger(e: WorldlineError) -> LedgerError {
         ErrorCode::DataLoss => LedgerError::DataLoss(message),
         _ => LedgerError::Unavailable(message),
     }
-}
-
-fn unknown_commitment(worldline: &WorldlineId, hash: &Digest) -> LedgerError {
-    LedgerError::NotFound(format!(
-        "worldline {worldline} has no commitment receipt with hash {hash}; an outcome names a \
-         commitment of its own worldline"
-    ))
 }
 
 /// A client's bytes that do not decode are its mistake, never data loss.
@@ -535,22 +527,6 @@ impl Worldlines {
         }
     }
 
-    /// The commitment an outcome answers: a commitment receipt of
-    /// `worldline` with that hash, else `NOT_FOUND`.
-    async fn commitment_for(
-        &self,
-        worldline: &WorldlineId,
-        hash: &Digest,
-    ) -> Result<Receipt, LedgerError> {
-        let store = self.ledger.store().clone();
-        let limits = self.limits.clone();
-        let h = *hash;
-        let found = blocking(move || receipt_by_hash(&*store, &h, &limits).map_err(to_ledger))
-            .await?
-            .filter(|r| r.worldline == *worldline && r.commitment().is_some());
-        found.ok_or_else(|| unknown_commitment(worldline, hash))
-    }
-
     /// Appends the outcome of a commitment: at most one per commitment,
     /// atomically (an identical retry returns the first receipt).
     pub async fn append_outcome(
@@ -565,27 +541,22 @@ impl Worldlines {
         let mut slot = cached.lock().await;
         for _ in 0..CONFLICT_RETRIES_MAX {
             let head = self.catch_up(worldline, &mut slot).await?;
+            let replay = slot.as_ref().ok_or_else(|| {
+                LedgerError::Internal("a caught-up worldline has no replay".into())
+            })?;
             // The cached replay started at genesis: it has met every
             // commitment of this worldline up to the head, and knows its
-            // decision. Otherwise, read the commitment by hash.
-            let known = slot
-                .as_ref()
-                .filter(|r| r.from_genesis())
-                .map(|r| r.commitment_status(&outcome.commitment));
-            match known {
-                Some(Some((accepted, _))) => {
-                    check_status(accepted, &outcome.status).map_err(to_ledger)?;
-                }
-                Some(None) => {
-                    return Err(unknown_commitment(worldline, &outcome.commitment));
-                }
-                None => {
-                    let commitment = self.commitment_for(worldline, &outcome.commitment).await?;
-                    check_outcome_for(worldline, &commitment, outcome).map_err(to_ledger)?;
-                }
-            }
-            let fits = match (&outcome.status, slot.as_ref()) {
-                (OutcomeStatus::Succeeded, Some(replay)) => replay
+            // decision.
+            let Some((accepted, _)) = replay.commitment_status(&outcome.commitment) else {
+                return Err(LedgerError::NotFound(format!(
+                    "worldline {worldline} has no commitment receipt with hash {}; an outcome \
+                     names a commitment of its own worldline",
+                    outcome.commitment
+                )));
+            };
+            check_status(accepted, &outcome.status).map_err(to_ledger)?;
+            let fits = match &outcome.status {
+                OutcomeStatus::Succeeded => replay
                     .state()
                     .check_updates(&outcome.state_updates, &self.limits),
                 _ => Ok(()),
