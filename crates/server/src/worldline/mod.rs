@@ -8,7 +8,8 @@
 //! - L4: an outcome's idempotency key names its commitment, so the store
 //!   admits one outcome per commitment inside its commit (under the head
 //!   row lock on PostgreSQL); an identical retry gets the first receipt.
-//!   The decision check reads the commitment by hash.
+//!   The commitment's existence and decision are read from the cached
+//!   replay below, which has met every commitment up to the head.
 //! - State limit and L5: checked against the worldline's state, which this
 //!   node keeps as a replay caught up from storage before each check; the
 //!   outcome is then appended only if the head is still the one the state
