@@ -2,6 +2,7 @@
 
 mod client_cmds;
 mod output;
+mod project;
 mod serve;
 mod target;
 mod token;

@@ -26,6 +26,13 @@ pub enum Storage {
     Postgres,
 }
 
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Wakeup {
     /// Commits are announced with NOTIFY and every node LISTENs: watchers
@@ -235,6 +242,10 @@ pub struct ServeArgs {
         default_value_t = 256
     )]
     worldline_cache_mib: u64,
+    /// Keep the WorldLine projections (state, audit, grants, provenance)
+    /// up to date: on or off.
+    #[arg(long, env = "CONVERGE_LEDGER_WORLDLINE_PROJECTIONS", value_enum, default_value_t = OnOff::On)]
+    worldline_projections: OnOff,
     /// Log lines on stderr as text or as JSON objects (one per line); the
     /// level comes from RUST_LOG (default: info).
     #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -611,6 +622,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .into(),
         http_listener,
         worldline_cache_bytes: args.worldline_cache_mib.saturating_mul(1024 * 1024),
+        worldline_projections: args.worldline_projections == OnOff::On,
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),

@@ -79,6 +79,8 @@ pub enum WorldlineArgs {
         #[arg(long, default_value_t = 0)]
         seq: u64,
     },
+    /// Query the server's projections: state, audit, grants, provenance.
+    Project(crate::project::ProjectArgs),
     /// Replay a whole worldline on the server, checking every rule and
     /// snapshot, and read every receipt back here, checking hashes and
     /// links; with --data-dir, every worldline (or WORLDLINE) of a stopped
@@ -493,6 +495,7 @@ pub async fn run(target: &Target, out: Output, a: WorldlineArgs) -> anyhow::Resu
                 json!({"worldline": w.to_hex(), "seq": at, "pairs": s.pairs.len(), "state_hash": s.state_hash.to_hex()}),
             );
         }
+        WorldlineArgs::Project(p) => crate::project::run(&client, out, p).await?,
         WorldlineArgs::Verify { worldline, .. } => {
             let w = worldline_id(&worldline.context(
                 "give the WORLDLINE to verify (or --data-dir DIR for every worldline of a stopped server)",

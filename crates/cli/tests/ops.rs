@@ -34,6 +34,17 @@ fn tool_available(ok: bool, what: &str) -> bool {
 }
 
 /// The HTTP address the server printed.
+/// Whether the headless browser is installed (a failure when it must be).
+fn browser_available() -> bool {
+    let has_browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists());
+    tool_available(
+        has_browser,
+        "Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
+    )
+}
+
 fn http_addr(server: &Server) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -313,13 +324,7 @@ impl Drop for Browser {
 
 #[test]
 fn the_web_view_shows_an_entry_appended_over_grpc_within_a_second() {
-    let has_browser = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
-        .iter()
-        .all(|p| std::path::Path::new(p).exists());
-    if !tool_available(
-        has_browser,
-        "Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
-    ) {
+    if !browser_available() {
         return;
     }
     let server = Server::start(None, &["--http-listen", "127.0.0.1:0"]);
@@ -411,4 +416,95 @@ fn the_web_view_shows_an_entry_appended_over_grpc_within_a_second() {
             std::path::Path::new(&path).display()
         );
     }
+}
+
+#[test]
+fn the_web_view_traces_a_worldline_state_key_to_its_commitment() {
+    if !browser_available() {
+        return;
+    }
+    let server = Server::start(None, &["--http-listen", "127.0.0.1:0"]);
+    let http = http_addr(&server);
+    let run = |args: &[&str]| -> Value {
+        let mut all = vec!["--json", "worldline"];
+        all.extend(args);
+        let (ok, out, err) = cli(&server.addr, &all, None);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let commit = run(&[
+        "commit",
+        "web-worldline",
+        "--id",
+        "0190a5b2-7c3e-7def-8a12-3456789abc01",
+        "--class",
+        "deploy",
+        "--intent",
+        "roll out v3",
+        "--evidence",
+        "cas://ticket-42=ee8250fb76e094b34b471f13a73dbbe51d1ae142e9df59d7c0d31ec20f0a0a8e",
+        "--proposer",
+        "agent-9",
+        "--accept",
+        "--policy-hash",
+        "8a3b5f3e1c7a2d8f9e0b4c6d5a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f",
+        "--policy-version",
+        "v31",
+        "--decider",
+        "kernel",
+    ]);
+    run(&[
+        "outcome",
+        "web-worldline",
+        "--commitment",
+        commit["receipt_hash"].as_str().unwrap(),
+        "--succeeded",
+        "--put",
+        "svc/api/version=3",
+        "--reporter",
+        "driver-7",
+    ]);
+    // The projection reflects both receipts before the page asks.
+    run(&["project", "state", "web-worldline", "--min-seq", "2"]);
+    let context = format!("wll/{}", commit["worldline"].as_str().unwrap());
+
+    let browser = Browser::start();
+    browser.go(&format!(
+        "http://{http}/#/context/{}",
+        context.replace('/', "%2F")
+    ));
+    browser.wait_for(
+        Duration::from_secs(10),
+        "the receipts and the trace form",
+        "return document.querySelectorAll('#entries tbody tr').length === 2 \
+         && document.querySelector('#state-key') !== null",
+    );
+    browser.eval(
+        "document.querySelector('#state-key').value = 'svc/api/version'; \
+         document.querySelector('#trace').click(); return true",
+    );
+    let traced = browser.wait_for(
+        Duration::from_secs(10),
+        "the lineage of svc/api/version",
+        "const t = document.querySelector('#provenance')?.textContent || ''; \
+         return t.includes('answering commitment') ? t : null",
+    );
+    let traced = traced.as_str().unwrap();
+    for part in [
+        "svc/api/version was written by outcome #2 (succeeded, reported by driver-7)",
+        "commitment #1 deploy",
+        "proposed by agent-9, accepted by kernel under policy v31",
+        "evidence: cas://ticket-42",
+    ] {
+        assert!(traced.contains(part), "{part:?} missing from {traced:?}");
+    }
+    browser.eval(
+        "document.querySelector('#state-key').value = 'never/set'; \
+         document.querySelector('#trace').click(); return true",
+    );
+    browser.wait_for(
+        Duration::from_secs(10),
+        "a key never written",
+        "return (document.querySelector('#provenance')?.textContent || '').includes('never written')",
+    );
 }

@@ -159,6 +159,76 @@ fn a_worldline_from_the_command_line() {
     let (ok, out, _) = cli(a, &["worldline", "verify", "agent-7"], None);
     assert!(ok && out.starts_with("OK: worldline"), "{out}");
 
+    // The projections, waiting for the head: the state key's lineage goes
+    // back to the commitment, its policy and evidence; the audit index
+    // finds the rejection; the grant is in force.
+    let proj = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--json", "worldline", "project"];
+        all.extend(args);
+        let (ok, out, err) = cli(a, &all, None);
+        assert!(ok, "{args:?} failed: {err}");
+        json_lines(&out)
+    };
+    let state = proj(&["state", "agent-7", "--min-seq", "4"]);
+    assert_eq!(state[0]["through_seq"], 4);
+    assert_eq!(state[0]["behind"], 0);
+    assert_eq!(state[1]["state_hash"], replayed["state_hash"]);
+    assert_eq!(state[2]["key"], "svc/api/version");
+    let lineage = proj(&[
+        "provenance",
+        "agent-7",
+        "--min-seq",
+        "4",
+        "--key",
+        "svc/api/version",
+    ]);
+    assert_eq!(lineage[1]["write"]["seq"], 2);
+    assert_eq!(
+        lineage[2]["commitment"]["receipt"]["receipt_hash"],
+        hash.as_str()
+    );
+    assert_eq!(lineage[2]["commitment"]["policy"]["version"], "v12");
+    assert_eq!(lineage[2]["evidence"][0]["uri"], "cas://e1");
+    let refused = proj(&[
+        "audit",
+        "agent-7",
+        "--min-seq",
+        "4",
+        "--decision",
+        "rejected",
+    ]);
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[1]["rejection_reason"], "too dangerous");
+    let grants = proj(&["grants", "agent-7", "--min-seq", "4"]);
+    assert_eq!(grants[1]["capability"], "repo.write");
+    assert_eq!(grants[1]["actor"], "agent-7");
+    let (ok, out, _) = cli(
+        a,
+        &[
+            "worldline",
+            "project",
+            "provenance",
+            "agent-7",
+            "--key",
+            "svc/api/version",
+        ],
+        None,
+    );
+    assert!(ok && out.contains("under policy v12"), "{out}");
+    let (ok, _, err) = cli(
+        a,
+        &[
+            "worldline",
+            "project",
+            "audit",
+            "agent-7",
+            "--decision",
+            "maybe",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("use accepted or rejected"), "{err}");
+
     // Offline, on the stopped server's data directory.
     let dir = tempfile::tempdir().unwrap();
     let server2 = Server::start(Some(dir.path()), &[]);

@@ -28,8 +28,12 @@ pub use client::{
     AppendOptions, BatchEntry, BatchOptions, BatchResult, BlockingWorldlines, Client,
     ClientOptions, ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo,
     LoadResult, ServerInfo, SnapshotBlob, TlsOptions, WorldlineState, WorldlineVerdict,
+    projection_query,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
+/// The messages of the wire contract and of the ledger's extension
+/// services (projection queries answer with these).
+pub use converge_ledger_proto as proto;
 /// The WorldLine model the worldline methods take and return.
 pub use converge_ledger_worldline as worldline;
 pub use error::ClientError;

@@ -11,6 +11,10 @@
 //! - [`LedgerContextStore`] implements converge-core's
 //!   [`ContextStore`](converge_core::traits::ContextStore), saving and
 //!   loading a `ContextState` per scope.
+//! - [`WorldlineTap`] turns the facts an engine promoted into a WorldLine:
+//!   a commitment (proposal, proposer, the engine's decision and policy)
+//!   and its outcome (the fact as state) per promotion, which the ledger
+//!   replays and projects.
 //! - [`LedgerExperienceStore`] implements converge-core's
 //!   [`ExperienceStore`](converge_core::experience_store::ExperienceStore),
 //!   with index contexts so that a query reads only what can match.
@@ -36,6 +40,7 @@ mod error;
 mod experience;
 mod naming;
 mod recorder;
+mod worldline;
 
 pub use codec::{context_key_name, encode_fact, parse_context_key};
 pub use context_store::{LedgerContextStore, SAVE_KEY, SaveReport};
@@ -44,3 +49,4 @@ pub use experience::{ExperienceStoreOptions, LedgerExperienceStore};
 pub use recorder::{
     EXPERIENCE_KEY, OnFull, RecordStats, Recorder, RecorderOptions, RestoredRun, restore_run,
 };
+pub use worldline::{ENGINE_DECIDER, ENGINE_POLICY_VERSION, RecordedPromotion, WorldlineTap};

@@ -8,7 +8,8 @@
 //!   ([`SCHEMA_VERSION`], table `schema_migrations`): `heads`, `entries`
 //!   (keyed by context and sequence; indexed by hash and by context, key,
 //!   sequence), `idempotency`, `merkle_nodes`, `snapshots` (head
-//!   checkpoints) and `meta` (the ledger's signing public key).
+//!   checkpoints), `meta` (the ledger's signing public key) and `derived`
+//!   (the WorldLine projections' records, rebuildable from entries).
 //! - **Sequencing across nodes**: one transaction per group commit locks the
 //!   head rows of the batch's contexts in context order (`SELECT … FOR
 //!   UPDATE`), stages the batch with the shared append rule

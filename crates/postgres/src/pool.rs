@@ -45,6 +45,19 @@ pub(crate) struct Statements {
     pub by_hash: Statement,
     pub nodes_get: Statement,
     pub contexts_page: Statement,
+    /// The derived space (projections): `$1` key.
+    pub derived_get: Statement,
+    /// `$1` start, `$2` end, `$3` limit; ascending and descending.
+    pub derived_forward: Statement,
+    pub derived_backward: Statement,
+    /// `$1` advisory lock ids, taken in ascending order.
+    pub derived_lock: Statement,
+    /// `$1` keys: those present, with their values.
+    pub derived_read: Statement,
+    /// `$1` keys to delete.
+    pub derived_delete: Statement,
+    /// `$1` keys, `$2` values to set.
+    pub derived_upsert: Statement,
 }
 
 impl Statements {
@@ -156,6 +169,44 @@ impl Statements {
                 .prepare(&format!(
                     r#"SELECT context, seq, head FROM "{s}".heads
                        WHERE seq > 0 AND ($1::text IS NULL OR context > $1) ORDER BY context LIMIT $2"#
+                ))
+                .await?,
+            derived_get: c
+                .prepare(&format!(r#"SELECT value FROM "{s}".derived WHERE key = $1"#))
+                .await?,
+            derived_forward: c
+                .prepare(&format!(
+                    r#"SELECT key, value FROM "{s}".derived
+                       WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"#
+                ))
+                .await?,
+            derived_backward: c
+                .prepare(&format!(
+                    r#"SELECT key, value FROM "{s}".derived
+                       WHERE key >= $1 AND key < $2 ORDER BY key DESC LIMIT $3"#
+                ))
+                .await?,
+            derived_lock: c
+                .prepare(
+                    "SELECT count(pg_advisory_xact_lock(l)) FROM \
+                     (SELECT l FROM unnest($1::int8[]) AS l ORDER BY l) AS s",
+                )
+                .await?,
+            derived_read: c
+                .prepare(&format!(
+                    r#"SELECT key, value FROM "{s}".derived WHERE key = ANY($1::bytea[])"#
+                ))
+                .await?,
+            derived_delete: c
+                .prepare(&format!(
+                    r#"DELETE FROM "{s}".derived WHERE key = ANY($1::bytea[])"#
+                ))
+                .await?,
+            derived_upsert: c
+                .prepare(&format!(
+                    r#"INSERT INTO "{s}".derived (key, value)
+                       SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                       ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"#
                 ))
                 .await?,
         })

@@ -11,7 +11,7 @@ use converge_ledger_store::StoreError;
 use crate::error::{describe, failed};
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 struct Migration {
     version: i32,
@@ -31,7 +31,26 @@ const MIGRATIONS: &[Migration] = &[
         description: "wll_receipts and wll_snapshots: the WorldLine seed's tables, as views over entries",
         sql: v2,
     },
+    Migration {
+        version: 3,
+        description: "derived: the key-value space of the WorldLine projections, rebuildable from entries",
+        sql: v3,
+    },
 ];
+
+/// Version 3: the derived key-value space (docs/design.md §18, "Projections
+/// served"): data computed from entries, written only by guarded writes
+/// under advisory locks, never part of the history (so not append-only).
+fn v3(s: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE "{s}".derived (
+    key   bytea PRIMARY KEY,
+    value bytea NOT NULL
+);
+"#
+    )
+}
 
 /// Version 2: the WorldLine profile's tables as the seed names them
 /// (docs/design.md §18), read-only views over `entries`, so what an

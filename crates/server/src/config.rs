@@ -128,6 +128,10 @@ pub struct ServerConfig {
     /// Memory for cached worldline replays (state and commitments), in
     /// bytes; least recently used ones are dropped past it.
     pub worldline_cache_bytes: u64,
+    /// Keep the WorldLine projections up to date (seed 4.6; their queries
+    /// answer `FAILED_PRECONDITION` when off). They cost CPU on the write
+    /// path's cores: BENCHMARKS.md measures it.
+    pub worldline_projections: bool,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +158,7 @@ impl Default for ServerConfig {
             storage_name: "unnamed".into(),
             worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
             worldline_cache_bytes: 256 * 1024 * 1024,
+            worldline_projections: true,
         }
     }
 }

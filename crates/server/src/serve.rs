@@ -73,13 +73,16 @@ pub async fn run(
     })
     .max_decoding_message_size(request_max)
     .max_encoding_message_size(response_max);
-    let worldlines = Arc::new(
-        crate::Worldlines::new(ledger.clone(), config.worldline_limits.clone())
-            .map_err(ServeError::Storage)?
-            .with_cache_bytes(config.worldline_cache_bytes),
-    );
+    let worldlines = crate::Worldlines::new(ledger.clone(), config.worldline_limits.clone())
+        .map_err(ServeError::Storage)?
+        .with_cache_bytes(config.worldline_cache_bytes);
+    let worldlines = Arc::new(if config.worldline_projections {
+        worldlines.with_projections()
+    } else {
+        worldlines
+    });
     let worldline = WorldlineServiceServer::new(crate::WorldlineApi {
-        worldlines,
+        worldlines: worldlines.clone(),
         auth: config.auth.clone(),
     })
     .max_decoding_message_size(request_max)
@@ -134,6 +137,7 @@ pub async fn run(
             budget: config.request_budget.clone(),
             storage: config.storage_name.clone(),
             health: health_rx,
+            worldlines: Some(worldlines.clone()),
         });
         tokio::spawn(crate::ops::serve_http(http, state, stopping_rx));
     }
@@ -175,6 +179,7 @@ pub async fn run(
             tokio::time::sleep(grace).await;
         } => Ok(()),
     };
+    worldlines.stop_projections().await;
     let stopped = ledger.shutdown().await;
     served.map_err(ServeError::Transport)?;
     stopped.map_err(ServeError::Storage)

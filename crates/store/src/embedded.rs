@@ -11,6 +11,8 @@ use std::time::Duration;
 use converge_ledger_core::{Digest, Entry, Head, record};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use crate::derived::{DerivedKv, DerivedWrite, Guard, Pair};
+
 use crate::journal::{self, Repaired, TailLimit};
 use crate::sequencer::{Backing, stage};
 use crate::store::{heads_after, visit_heads};
@@ -61,6 +63,8 @@ const KS_BY_KEY: &str = "by_key";
 const KS_IDEMPOTENCY: &str = "idempotency";
 const KS_META: &str = "meta";
 const KS_MERKLE: &str = "merkle";
+/// The derived space (projections): rebuildable, never hashed.
+const KS_DERIVED: &str = "derived";
 /// fjall replays every journal not yet flushed on open (after a crash *and*
 /// after a clean close), so the journal bound is the restart-time bound:
 /// 64 MiB (fjall's minimum) instead of the 512 MiB default keeps opening
@@ -86,6 +90,9 @@ pub struct EmbeddedStore {
     by_key: Keyspace,
     idempotency: Keyspace,
     merkle: Keyspace,
+    derived: Keyspace,
+    /// Serialises guarded writes to `derived`.
+    derived_lock: Mutex<()>,
     fsync: FsyncPolicy,
     /// Every context's id and committed head. Loaded at open (heads are
     /// stored, so no entry is replayed); changed only after a durable commit.
@@ -245,6 +252,8 @@ impl EmbeddedStore {
             by_key: ks(KS_BY_KEY)?,
             idempotency: ks(KS_IDEMPOTENCY)?,
             merkle: ks(KS_MERKLE)?,
+            derived: ks(KS_DERIVED)?,
+            derived_lock: Mutex::new(()),
             fsync: options.fsync,
             state: RwLock::new(State::default()),
             write_lock: Mutex::new(()),
@@ -657,6 +666,82 @@ impl Store for EmbeddedStore {
             disk_bytes: self.db.disk_space().ok(),
             pool: None,
         }
+    }
+
+    fn derived(&self) -> Option<&dyn DerivedKv> {
+        Some(self)
+    }
+}
+
+/// The derived space in its own keyspace, written with the store's fsync
+/// policy (a projection checkpoint is as durable as the entries it
+/// reflects), atomically: a fjall batch is all or nothing after a crash.
+impl DerivedKv for EmbeddedStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.derived.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = self.derived.range(start..end);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut push = |(k, v): (fjall::Slice, fjall::Slice)| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < limit
+        };
+        if reverse {
+            for item in range.rev() {
+                if !push(item.into_inner().map_err(io)?) {
+                    break;
+                }
+            }
+        } else {
+            for item in range {
+                if !push(item.into_inner().map_err(io)?) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_if(&self, guards: &[Guard], writes: &[DerivedWrite]) -> Result<bool, StoreError> {
+        let _writer = self.derived_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failed) = self.failed() {
+            return Err(failed);
+        }
+        for (key, expected) in guards {
+            let current = self.derived.get(key).map_err(io)?;
+            if current.as_deref() != expected.as_deref() {
+                return Ok(false);
+            }
+        }
+        let durability = match self.fsync {
+            FsyncPolicy::Always => Some(PersistMode::SyncAll),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(PersistMode::Buffer),
+        };
+        let mut batch = self.db.batch().durability(durability);
+        for (key, value) in writes {
+            match value {
+                Some(v) => batch.insert(&self.derived, key.as_slice(), v.as_slice()),
+                None => batch.remove(&self.derived, key.as_slice()),
+            }
+        }
+        batch.commit().map_err(|e| {
+            self.fail(self.engine_failure(
+                "committing a projection batch failed; the store refuses writes until restarted",
+                e,
+            ))
+        })?;
+        Ok(true)
     }
 }
 

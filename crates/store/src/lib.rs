@@ -9,6 +9,7 @@
 //! contexts.
 
 mod command;
+pub mod derived;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod error;

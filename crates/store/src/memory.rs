@@ -14,6 +14,7 @@ pub struct MemoryStore {
     state: RwLock<State>,
     /// Serialises writers so staging sees a stable committed state.
     write_lock: Mutex<()>,
+    derived: crate::derived::MemoryDerived,
 }
 
 #[derive(Default)]
@@ -191,5 +192,9 @@ impl Store for MemoryStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn derived(&self) -> Option<&dyn crate::derived::DerivedKv> {
+        Some(&self.derived)
     }
 }

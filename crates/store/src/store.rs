@@ -104,6 +104,13 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> crate::stats::StorageStats {
         crate::stats::StorageStats::default()
     }
+
+    /// The derived key-value space beside the entries (for projections),
+    /// if this backend keeps one. It is stored with the backend's own
+    /// durability and shared by every node of a shared backend.
+    fn derived(&self) -> Option<&dyn crate::derived::DerivedKv> {
+        None
+    }
 }
 
 /// Up to `n` heads of `contexts` with ids after `cursor`, copied (for

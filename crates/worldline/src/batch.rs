@@ -15,6 +15,9 @@ use crate::{Direction, KvPair, KvRead, WorldlineError};
 pub struct KvBatch {
     /// Key to new value; `None` deletes the key.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Bytes of keys and values in `writes`, kept as writes arrive (a
+    /// projector asks after every receipt).
+    bytes: usize,
 }
 
 impl KvBatch {
@@ -25,12 +28,14 @@ impl KvBatch {
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+        let added = key.len() + value.len();
+        self.replace(key, Some(value), added);
     }
 
     /// Deletes `key`.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+        let added = key.len();
+        self.replace(key, None, added);
     }
 
     /// Number of writes (one per key).
@@ -45,10 +50,15 @@ impl KvBatch {
 
     /// Bytes of keys and values written, for bounding a batch.
     pub fn bytes(&self) -> usize {
-        self.writes
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum()
+        self.bytes
+    }
+
+    fn replace(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, added: usize) {
+        let key_len = key.len();
+        if let Some(old) = self.writes.insert(key, value) {
+            self.bytes -= key_len + old.map_or(0, |v| v.len());
+        }
+        self.bytes += added;
     }
 
     /// The writes in key order: `(key, Some(value))` puts, `(key, None)`
@@ -201,6 +211,26 @@ impl KvRead for KvTxn<'_> {
 mod tests {
     use super::*;
     use crate::MemoryKv;
+
+    #[test]
+    fn the_running_byte_count_equals_a_recount_after_overwrites_and_deletes() {
+        let mut b = KvBatch::new();
+        let recount = |b: &KvBatch| -> usize {
+            b.writes()
+                .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                .sum()
+        };
+        b.put(b"ab".to_vec(), vec![1; 10]);
+        b.put(b"cd".to_vec(), vec![2; 3]);
+        assert_eq!((b.bytes(), recount(&b)), (17, 17));
+        b.put(b"ab".to_vec(), vec![3; 1]);
+        assert_eq!((b.bytes(), recount(&b)), (8, 8));
+        b.delete(b"cd".to_vec());
+        b.delete(b"zz".to_vec());
+        assert_eq!((b.bytes(), recount(&b)), (7, 7));
+        b.put(b"zz".to_vec(), vec![4; 5]);
+        assert_eq!((b.bytes(), recount(&b)), (12, 12));
+    }
 
     /// Random stores and batches (a tiny seeded generator): every range
     /// read through a batch equals the same read after applying it.

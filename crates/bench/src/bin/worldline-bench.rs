@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! cargo run --release -p converge-ledger-bench --bin worldline-bench -- \
-//!     [--clients 64] [--seconds 5] [--rounds 3] [--replay-receipts 200000] [--fsync always|never]
+//!     [--clients 64] [--seconds 5] [--rounds 3] [--replay-receipts 200000] [--fsync always|never] \
+//!     [--projections on|off]
 //! ```
 //!
 //! An in-process server on loopback over embedded storage in a temporary
@@ -41,6 +42,9 @@ struct Args {
     /// always or never.
     #[arg(long, default_value = "always")]
     fsync: String,
+    /// Keep the projections up to date while measuring: on or off.
+    #[arg(long, default_value = "on")]
+    projections: String,
 }
 
 fn commitment(n: u64) -> Commitment {
@@ -130,9 +134,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let served = ledger.clone();
+    let config = ServerConfig {
+        worldline_projections: args.projections != "off",
+        ..ServerConfig::default()
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        converge_ledger_server::run(listener, served, ServerConfig::default(), async {
+        converge_ledger_server::run(listener, served, config, async {
             let _ = stop_rx.await;
         })
         .await
@@ -176,10 +184,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let (a, p) = (median(appends), median(pairs));
     println!(
-        "{} clients, fsync {}: plain appends {a:.0}/s; commitment+outcome pairs {p:.0}/s \
-         ({:.0} receipts/s); a pair costs {:.2}x one append",
+        "{} clients, fsync {}, projections {}: plain appends {a:.0}/s; commitment+outcome pairs \
+         {p:.0}/s ({:.0} receipts/s); a pair costs {:.2}x one append",
         args.clients,
         args.fsync,
+        args.projections,
         2.0 * p,
         a / p
     );

@@ -26,7 +26,7 @@ use crate::{ClientError, Watch};
 
 pub(crate) use read::{EntryCheck, entry_from_proto};
 pub use types::*;
-pub use worldline::{BlockingWorldlines, WorldlineState, WorldlineVerdict};
+pub use worldline::{BlockingWorldlines, WorldlineState, WorldlineVerdict, projection_query};
 
 /// A connection to a ledger server. Cheap to clone; clones share the
 /// connection.

@@ -44,6 +44,16 @@ pub struct WorldlineState {
     pub state_hash: Digest,
 }
 
+/// The common part of a projection query: `worldline`, waiting for
+/// receipt `min_seq` (0: no wait), first page of the default size.
+pub fn projection_query(worldline: &WorldlineId, min_seq: u64) -> ext::ProjectionQuery {
+    ext::ProjectionQuery {
+        worldline_id: worldline.0.to_vec(),
+        min_seq,
+        ..Default::default()
+    }
+}
+
 fn receipt_of(
     worldline: &WorldlineId,
     entry: Option<converge_ledger_proto::context::v1::Entry>,
@@ -256,6 +266,93 @@ impl Client {
             }
         }
         Ok(out)
+    }
+
+    /// The server's `latest_state` projection: one key or the pairs under
+    /// a prefix at the projection's position (`response.position` says
+    /// which receipt that is and how far behind the head). With
+    /// `query.min_seq`, the server first waits until the projection
+    /// reflects that receipt: read your own writes with the seq of the
+    /// receipt you appended.
+    pub async fn projected_state(
+        &self,
+        request: ext::ProjectedStateRequest,
+    ) -> Result<ext::ProjectedStateResponse, ClientError> {
+        self.retry(|| {
+            let mut c = self.worldline_client();
+            let r = self.request(request.clone());
+            async move { Ok(c.projected_state(r).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// The value of state key `key` in `worldline` once the projection
+    /// reflects receipt `min_seq` (0: wherever it is), and the position.
+    pub async fn projected_value(
+        &self,
+        worldline: &WorldlineId,
+        key: &str,
+        min_seq: u64,
+    ) -> Result<(Option<Vec<u8>>, ext::ProjectionPosition), ClientError> {
+        let resp = self
+            .projected_state(ext::ProjectedStateRequest {
+                query: Some(projection_query(worldline, min_seq)),
+                select: Some(ext::projected_state_request::Select::Key(key.to_owned())),
+                with_state_hash: false,
+            })
+            .await?;
+        let position = resp.position.ok_or_else(|| {
+            ClientError::Protocol("a projection answer without its position".into())
+        })?;
+        let value = resp
+            .pairs
+            .into_iter()
+            .find(|p| p.key == key)
+            .map(|p| p.value);
+        Ok((value, position))
+    }
+
+    /// The server's `audit_index` projection: commitments by one filter and
+    /// a time range, paged.
+    pub async fn query_audit(
+        &self,
+        request: ext::QueryAuditRequest,
+    ) -> Result<ext::QueryAuditResponse, ClientError> {
+        self.retry(|| {
+            let mut c = self.worldline_client();
+            let r = self.request(request.clone());
+            async move { Ok(c.query_audit(r).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// The server's `capability_grants` projection: what was in force at a
+    /// seq or an instant, or the history of grants and revocations.
+    pub async fn query_grants(
+        &self,
+        request: ext::QueryGrantsRequest,
+    ) -> Result<ext::QueryGrantsResponse, ClientError> {
+        self.retry(|| {
+            let mut c = self.worldline_client();
+            let r = self.request(request.clone());
+            async move { Ok(c.query_grants(r).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// The server's `provenance_dag` projection: lineage of an outcome or
+    /// a state key, what depended on a commitment, the writes of a key,
+    /// the commitments citing evidence.
+    pub async fn query_provenance(
+        &self,
+        request: ext::QueryProvenanceRequest,
+    ) -> Result<ext::QueryProvenanceResponse, ClientError> {
+        self.retry(|| {
+            let mut c = self.worldline_client();
+            let r = self.request(request.clone());
+            async move { Ok(c.query_provenance(r).await?.into_inner()) }
+        })
+        .await
     }
 
     /// The receipt with this hash, in whichever worldline.

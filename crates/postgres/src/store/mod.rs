@@ -109,6 +109,9 @@ macro_rules! read {
     }};
 }
 
+// After `read!`, which it uses.
+mod derived;
+
 /// `host:port/db over TLS (sslmode=…: …)`.
 fn describe_transport(server: &str, mode: SslMode, tls: bool) -> String {
     match (mode, tls) {
@@ -506,6 +509,10 @@ impl Store for PostgresStore {
     /// configured).
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn derived(&self) -> Option<&dyn converge_ledger_store::derived::DerivedKv> {
+        Some(self)
     }
 
     fn stats(&self) -> converge_ledger_store::stats::StorageStats {

@@ -37,6 +37,18 @@ pub struct Ledger {
     signer: Arc<HeadSigner>,
     /// Flips to `true` when shutdown begins; watch streams end on it.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Told the contexts of every durable commit, and of every context
+    /// another node announced (see [`Ledger::tap_appended`]).
+    taps: Taps,
+}
+
+/// Callbacks told which contexts gained entries.
+type Taps = Arc<std::sync::RwLock<Vec<Arc<dyn Fn(&str) + Send + Sync>>>>;
+
+fn tell(taps: &Taps, context: &str) {
+    for tap in taps.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        tap(context);
+    }
 }
 
 impl Ledger {
@@ -57,11 +69,25 @@ impl Ledger {
     ) -> Arc<Ledger> {
         let hub = Hub::new(config.hub);
         let publish = hub.clone();
+        let taps: Taps = Arc::default();
+        let told = taps.clone();
         let writer = Writer::spawn(
             store.clone(),
             config.writer.clone(),
             clock.clone(),
-            Box::new(move |entries| publish.publish(entries)),
+            Box::new(move |entries| {
+                publish.publish(entries);
+                if told.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                    return;
+                }
+                let mut last: Option<&str> = None;
+                for (context, _) in entries {
+                    if last != Some(&**context) {
+                        tell(&told, context);
+                        last = Some(context);
+                    }
+                }
+            }),
         );
         Arc::new(Ledger {
             store,
@@ -78,7 +104,20 @@ impl Ledger {
             config,
             clock,
             stopping: tokio::sync::watch::channel(false).0,
+            taps,
         })
+    }
+
+    /// Calls `tap` with the context of every commit from now on, once per
+    /// context per group commit (after the entries are durable and
+    /// published to watchers), and with every context another node
+    /// announced through [`Ledger::notify_appended`]. Keep it cheap: it runs
+    /// on the commit path.
+    pub fn tap_appended(&self, tap: Arc<dyn Fn(&str) + Send + Sync>) {
+        self.taps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tap);
     }
 
     /// The limits requests are checked against.
@@ -94,6 +133,11 @@ impl Ledger {
     /// The key heads and snapshots are signed with.
     pub fn public_key(&self) -> PublicKey {
         self.signer.public_key()
+    }
+
+    /// The server clock, in nanoseconds since the Unix epoch.
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
     }
 
     /// The store underneath.

@@ -151,6 +151,7 @@ async fn route(state: &OpsState, req: hyper::Request<Incoming>) -> Response<Body
                 "/api/head" => head(state, &caller, &query).await,
                 "/api/entries" => entries(state, &caller, &query).await,
                 "/api/tail" => return tail(state, &caller, &query).unwrap_or_else(error),
+                "/api/provenance" => provenance(state, &caller, &query).await,
                 _ => Err(tonic::Status::not_found(format!(
                     "no API {path}; there are /api/info, /api/contexts, /api/head, /api/entries, /api/tail"
                 ))),
@@ -271,6 +272,95 @@ fn readable<'q>(
         .check_context_id(context)
         .map_err(|e| tonic::Status::from(LedgerError::from(e)))?;
     Ok(context)
+}
+
+/// `/api/provenance?context=wll/<hex>&key=K`: where a state key's value
+/// came from, by the `provenance_dag` projection: the outcome that last
+/// wrote it and the commitment it answered, each as the full receipt.
+async fn provenance(
+    state: &OpsState,
+    caller: &crate::Caller,
+    q: &Query,
+) -> Result<Value, tonic::Status> {
+    use converge_ledger_proto::ledger::v1 as pb;
+    let context = readable(state, caller, q)?;
+    let w = converge_ledger_worldline::WorldlineId::from_context_id(context).map_err(|e| {
+        tonic::Status::invalid_argument(format!("context {context:?}: {}", e.message()))
+    })?;
+    let key = q
+        .get("key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| tonic::Status::invalid_argument("the query needs key=STATE_KEY"))?;
+    let worldlines = state.worldlines.as_ref().ok_or_else(|| {
+        tonic::Status::failed_precondition("this server serves no WorldLine profile")
+    })?;
+    let query = crate::worldline::ProjectionQuery::parse(Some(pb::ProjectionQuery {
+        worldline_id: w.0.to_vec(),
+        ..Default::default()
+    }))?;
+    let r = worldlines
+        .query_provenance(
+            query,
+            pb::QueryProvenanceRequest {
+                target: Some(pb::query_provenance_request::Target::Key(key.to_owned())),
+                at_seq: q.number("seq", 0)?,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let position = r.position.unwrap_or_default();
+    let mut v = json!({
+        "context": context,
+        "key": key,
+        "projected_through": position.through_seq.to_string(),
+        "head": position.head_seq.to_string(),
+        "found": r.lineage.is_some(),
+    });
+    if let (Some(write), Some(lineage)) = (r.write, r.lineage) {
+        v["deleted"] = json!(write.deleted);
+        v["evidence"] = json!(
+            lineage
+                .evidence
+                .iter()
+                .map(|e| json!({"uri": e.uri, "digest": hex(&e.digest)}))
+                .collect::<Vec<_>>()
+        );
+        v["proofs"] = json!(
+            lineage
+                .proofs
+                .iter()
+                .map(|e| json!({"uri": e.uri, "digest": hex(&e.digest)}))
+                .collect::<Vec<_>>()
+        );
+        for (name, hash) in [
+            (
+                "outcome",
+                lineage
+                    .outcome
+                    .as_ref()
+                    .and_then(|o| o.receipt.as_ref())
+                    .map(|r| r.receipt_hash.clone()),
+            ),
+            (
+                "commitment",
+                lineage
+                    .commitment
+                    .as_ref()
+                    .and_then(|c| c.receipt.as_ref())
+                    .map(|r| r.receipt_hash.clone()),
+            ),
+        ] {
+            let Some(hash) = hash.and_then(|h| converge_ledger_core::Digest::from_slice(&h)) else {
+                continue;
+            };
+            match worldlines.get_by_hash(&hash).await {
+                Ok(Some(receipt)) => v[name] = crate::receipt_json(&receipt),
+                Ok(None) => v[name] = json!({"missing": hash.to_hex()}),
+                Err(e) => v[name] = json!({"error": tonic::Status::from(e).message()}),
+            }
+        }
+    }
+    Ok(v)
 }
 
 async fn head(state: &OpsState, caller: &crate::Caller, q: &Query) -> Result<Value, tonic::Status> {

@@ -35,6 +35,8 @@ pub struct OpsState {
     pub storage: String,
     /// Serving, or why not.
     pub health: tokio::sync::watch::Receiver<Health>,
+    /// The WorldLine profile, for the web view's provenance of a state key.
+    pub worldlines: Option<Arc<crate::Worldlines>>,
 }
 
 impl std::fmt::Debug for OpsState {

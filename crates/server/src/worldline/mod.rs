@@ -21,6 +21,9 @@
 //! through the group-commit writer like every append.
 
 mod json;
+mod projector;
+mod query;
+mod rpc_projections;
 mod service;
 
 use std::collections::HashMap;
@@ -36,6 +39,9 @@ use converge_ledger_worldline::{
 };
 
 pub use json::receipt_json;
+pub use projector::{FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Projector, ProjectorStats};
+pub use query::{Position, WAIT_DEFAULT, WAIT_MAX};
+pub(crate) use rpc_projections::Query as ProjectionQuery;
 pub use service::WorldlineApi;
 
 use crate::{Ledger, LedgerError};
@@ -96,6 +102,8 @@ pub struct Worldlines {
     ledger: Arc<Ledger>,
     limits: WorldlineLimits,
     cache: Mutex<Cache>,
+    /// Keeps the projections, once [`Worldlines::with_projections`] started it.
+    projector: Option<Arc<Projector>>,
 }
 
 impl std::fmt::Debug for Worldlines {
@@ -380,7 +388,40 @@ impl Worldlines {
                 entries_max: 1024,
                 bytes_max: 256 * 1024 * 1024,
             }),
+            projector: None,
         })
+    }
+
+    /// The same, keeping the projections (seed 4.6) up to date in the
+    /// store's derived space from now on: every receipt committed here or
+    /// announced by another node is folded in. A store without a derived
+    /// space serves no projections (their queries say so). Call
+    /// [`Worldlines::stop_projections`] before closing the store.
+    pub fn with_projections(mut self) -> Worldlines {
+        if let Some(p) = Projector::start(self.ledger.store().clone(), self.limits.clone()) {
+            let p = Arc::new(p);
+            let tap = Arc::downgrade(&p);
+            self.ledger.tap_appended(Arc::new(move |context: &str| {
+                if let Some(p) = tap.upgrade() {
+                    p.notify_context(context);
+                }
+            }));
+            self.projector = Some(p);
+        }
+        self
+    }
+
+    /// The projector, when projections are kept.
+    pub fn projector(&self) -> Option<&Arc<Projector>> {
+        self.projector.as_ref()
+    }
+
+    /// Stops keeping projections and waits for the fold in progress, so
+    /// the store is no longer written by them.
+    pub async fn stop_projections(&self) {
+        if let Some(p) = self.projector.clone() {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+        }
     }
 
     /// The same, caching replays in at most `bytes` of memory (256 MiB by

@@ -10,6 +10,7 @@ use converge_ledger_proto::ledger::v1::worldline_service_server::WorldlineServic
 use converge_ledger_worldline::{Commitment, Outcome, PAGE_ITEMS_MAX, ReceiptRef, WorldlineId};
 use tonic::{Request, Response, Status};
 
+use super::rpc_projections::Query;
 use super::{Worldlines, client_bytes};
 use crate::convert::entry_to_proto;
 use crate::{Authority, LedgerError, Right};
@@ -26,7 +27,7 @@ pub struct WorldlineApi {
     pub auth: Arc<Authority>,
 }
 
-fn worldline(bytes: &[u8]) -> Result<WorldlineId, Status> {
+pub(super) fn worldline(bytes: &[u8]) -> Result<WorldlineId, Status> {
     let id: [u8; 32] = bytes.try_into().map_err(|_| {
         Status::from(LedgerError::InvalidArgument(format!(
             "worldline_id is {} bytes; a worldline id is 32 bytes",
@@ -36,7 +37,7 @@ fn worldline(bytes: &[u8]) -> Result<WorldlineId, Status> {
     Ok(WorldlineId(id))
 }
 
-fn digest(field: &str, bytes: &[u8]) -> Result<Digest, Status> {
+pub(super) fn digest(field: &str, bytes: &[u8]) -> Result<Digest, Status> {
     Digest::from_slice(bytes).ok_or_else(|| {
         LedgerError::InvalidArgument(format!(
             "{field} is {} bytes; a hash is 32 bytes",
@@ -282,5 +283,49 @@ impl WorldlineService for WorldlineApi {
                 .failure
                 .map_or_else(String::new, |(_, e)| e.message().to_owned()),
         }))
+    }
+
+    async fn projected_state(
+        &self,
+        request: Request<pb::ProjectedStateRequest>,
+    ) -> Result<Response<pb::ProjectedStateResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let mut r = request.into_inner();
+        let q = Query::parse(r.query.take())?;
+        caller.require(Right::Read, &q.worldline.context_id())?;
+        Ok(Response::new(self.worldlines.projected_state(q, r).await?))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let mut r = request.into_inner();
+        let q = Query::parse(r.query.take())?;
+        caller.require(Right::Read, &q.worldline.context_id())?;
+        Ok(Response::new(self.worldlines.query_audit(q, r).await?))
+    }
+
+    async fn query_grants(
+        &self,
+        request: Request<pb::QueryGrantsRequest>,
+    ) -> Result<Response<pb::QueryGrantsResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let mut r = request.into_inner();
+        let q = Query::parse(r.query.take())?;
+        caller.require(Right::Read, &q.worldline.context_id())?;
+        Ok(Response::new(self.worldlines.query_grants(q, r).await?))
+    }
+
+    async fn query_provenance(
+        &self,
+        request: Request<pb::QueryProvenanceRequest>,
+    ) -> Result<Response<pb::QueryProvenanceResponse>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let mut r = request.into_inner();
+        let q = Query::parse(r.query.take())?;
+        caller.require(Right::Read, &q.worldline.context_id())?;
+        Ok(Response::new(self.worldlines.query_provenance(q, r).await?))
     }
 }

@@ -1,0 +1,354 @@
+//! The WorldLine projections' costs: rebuilding them from receipts, query
+//! latency at a million receipts, and how far they trail the head while
+//! receipts arrive.
+//!
+//! ```sh
+//! cargo build --release -p converge-ledger-bench --bin projection-bench
+//! ./target/release/projection-bench [--receipts 1000000] [--worldlines 4] \
+//!     [--queries 2000] [--rate 1000] [--seconds 10] [--fsync always|never]
+//! ```
+//!
+//! 1. Writes `--receipts` receipts (commitment + outcome pairs from 32
+//!    tasks; 100 proposers, 50 capabilities, 10,000 state keys) over
+//!    `--worldlines` worldlines of embedded storage, without projections.
+//! 2. Starts the projector and times the fold of every receipt (a
+//!    rebuild: what a new projection version or an empty derived space
+//!    costs).
+//! 3. Serves the ledger on loopback and times `--queries` queries of each
+//!    kind through the SDK, one at a time (p50, p99).
+//! 4. Appends pairs at `--rate` receipts/s to a fresh worldline for
+//!    `--seconds`; after each acknowledged outcome a query with `min_seq`
+//!    = its seq measures when the projection reflects it (the lag, plus
+//!    one query).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use converge_ledger_client::proto::ledger::v1 as pb;
+use converge_ledger_client::worldline::{
+    CapabilitySet, Commitment, CommitmentId, Decision, Outcome, OutcomeStatus, PolicyRef,
+    StateUpdate, WorldlineId, WorldlineLimits, projections,
+};
+use converge_ledger_client::{Client, Digest, projection_query};
+use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, Worldlines};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
+
+#[derive(Parser)]
+struct Args {
+    /// Receipts written before the queries.
+    #[arg(long, default_value_t = 1_000_000)]
+    receipts: u64,
+    /// Worldlines they are spread over.
+    #[arg(long, default_value_t = 4)]
+    worldlines: u64,
+    /// Queries of each kind timed.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// Receipts per second during the lag measurement.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of the lag measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// always or never.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// Rounds of the query measurement (the first runs right after the
+    /// rebuild, with compactions still running).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+fn commitment(n: u64) -> Commitment {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    id[8] = 0x80;
+    let cap = format!("cap-{}", n % 50);
+    let granted: CapabilitySet = [cap.clone()].into_iter().collect();
+    // Every tenth commitment revokes what the previous one of its actor
+    // held, so grants have history.
+    let revoked: CapabilitySet = if n % 10 == 9 {
+        [format!("cap-{}", (n + 49) % 50)].into_iter().collect()
+    } else {
+        CapabilitySet::new()
+    };
+    Commitment {
+        commitment_id: CommitmentId(id),
+        class: format!("class-{}", n % 8),
+        intent: "change".into(),
+        requested_capabilities: granted.clone(),
+        targets: vec!["svc/api".into()],
+        evidence: vec![converge_ledger_client::worldline::EvidenceRef {
+            uri: format!("cas://e/{n}"),
+            digest: Digest::of(&[&n.to_be_bytes()]),
+        }],
+        proposer: format!("agent-{}", n % 100),
+        decision: Decision::Accepted,
+        policy: PolicyRef {
+            hash: Digest::of(&[b"policy"]),
+            version: "v1".into(),
+        },
+        granted_capabilities: granted,
+        revoked_capabilities: revoked,
+        decider: "kernel".into(),
+    }
+}
+
+fn outcome(of: Digest, n: u64) -> Outcome {
+    Outcome {
+        commitment: of,
+        status: OutcomeStatus::Succeeded,
+        effects: vec![],
+        proofs: vec![],
+        state_updates: vec![StateUpdate::Put {
+            key: format!("k{}", n % 10_000),
+            value: vec![7; 64],
+        }],
+        reporter: "driver".into(),
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(what: &str, mut us: Vec<f64>) {
+    let p50 = percentile(&mut us, 0.5);
+    let p99 = percentile(&mut us, 0.99);
+    println!(
+        "{what}: p50 {:.2} ms, p99 {:.2} ms ({} queries)",
+        p50 / 1000.0,
+        p99 / 1000.0,
+        us.len()
+    );
+}
+
+/// Times `n` calls of `query`.
+async fn time<F, Fut>(n: usize, mut query: F) -> Vec<f64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        query(i).await;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.fsync = match args.fsync.as_str() {
+        "never" => FsyncPolicy::Never,
+        _ => FsyncPolicy::Always,
+    };
+    let store = Arc::new(EmbeddedStore::open(options)?);
+    let ledger = Ledger::new(store, LedgerConfig::default());
+
+    // 1. The history, without projections.
+    let worldlines = Arc::new(Worldlines::new(ledger.clone(), WorldlineLimits::default())?);
+    let ids: Vec<WorldlineId> = (0..args.worldlines)
+        .map(|i| WorldlineId::derive(format!("projection-bench-{i}").as_bytes()))
+        .collect();
+    let writers = 32u64;
+    let per = args.receipts / 2 / writers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..writers {
+        let (wl, w) = (worldlines.clone(), ids[(t % args.worldlines) as usize]);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..per {
+                let k = t * per + n;
+                let c = wl
+                    .append_commitment(&w, &commitment(k))
+                    .await
+                    .expect("commitment");
+                wl.append_outcome(&w, &outcome(c.receipt.receipt_hash, n))
+                    .await
+                    .expect("outcome");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let written = 2 * per * writers;
+    eprintln!(
+        "wrote {written} receipts in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. Rebuild.
+    let started = Instant::now();
+    let projecting =
+        Worldlines::new(ledger.clone(), WorldlineLimits::default())?.with_projections();
+    let projector = projecting
+        .projector()
+        .expect("embedded storage keeps projections")
+        .clone();
+    let mut heads = Vec::new();
+    for w in &ids {
+        heads.push(worldlines.head(w).await?.map_or(0, |h| h.seq));
+    }
+    loop {
+        let p = projector.clone();
+        let ids2 = ids.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            ids2.iter()
+                .map(|w| {
+                    projections()
+                        .iter()
+                        .map(|proj| p.checkpoint(*proj, w).unwrap().map_or(0, |c| c.through_seq))
+                        .min()
+                        .unwrap_or(0)
+                })
+                .collect::<Vec<u64>>()
+        })
+        .await?;
+        if done == heads {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuild of 4 projections over {written} receipts: {secs:.1} s, {:.0} receipts/s",
+        written as f64 / secs
+    );
+    projecting.stop_projections().await;
+    drop(projecting);
+
+    // 3. Queries through gRPC.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let served = ledger.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        converge_ledger_server::run(listener, served, ServerConfig::default(), async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let client = Client::connect(&url).await?;
+    let q = args.queries;
+    // State keys that exist (fewer than 10,000 in a small run).
+    let keys = per.min(10_000);
+    let pick = |i: usize| ids[i % ids.len()];
+    let mix = |i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+    let c = &client;
+    for round in 1..=args.rounds {
+        report(
+            &format!("round {round}: latest_state: one key"),
+            time(q, |i| async move {
+                let (v, _) = c
+                    .projected_value(&pick(i), &format!("k{}", mix(i) % keys), 0)
+                    .await
+                    .expect("state");
+                assert!(v.is_some());
+            })
+            .await,
+        );
+        report(
+            &format!("round {round}: audit_index: one proposer, a page of 100"),
+            time(q, |i| async move {
+                let r = c
+                    .query_audit(pb::QueryAuditRequest {
+                        query: Some(projection_query(&pick(i), 0)),
+                        filter: Some(pb::query_audit_request::Filter::Proposer(format!(
+                            "agent-{}",
+                            mix(i) % 100
+                        ))),
+                        latest_first: i % 2 == 0,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("audit");
+                assert!(!r.records.is_empty() && r.records.len() <= 100);
+            })
+            .await,
+        );
+        let (heads2, ids2) = (&heads, &ids);
+        report(
+            &format!("round {round}: capability_grants: one actor, in force at a random seq"),
+            time(q, |i| async move {
+                let w = i % ids2.len();
+                c.query_grants(pb::QueryGrantsRequest {
+                    query: Some(projection_query(&ids2[w], 0)),
+                    actor: format!("agent-{}", mix(i) % 100),
+                    at: Some(pb::query_grants_request::At::AtSeq(1 + mix(i) % heads2[w])),
+                    ..Default::default()
+                })
+                .await
+                .expect("grants");
+            })
+            .await,
+        );
+        report(
+            &format!("round {round}: provenance_dag: lineage of a state key"),
+            time(q, |i| async move {
+                let r = c
+                    .query_provenance(pb::QueryProvenanceRequest {
+                        query: Some(projection_query(&pick(i), 0)),
+                        target: Some(pb::query_provenance_request::Target::Key(format!(
+                            "k{}",
+                            mix(i) % keys
+                        ))),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("provenance");
+                assert!(r.lineage.is_some());
+            })
+            .await,
+        );
+    }
+
+    // 4. Lag at --rate receipts/s.
+    let w = WorldlineId::derive(b"projection-bench-lag");
+    let pairs = args.rate / 2 * args.seconds;
+    let interval = Duration::from_secs_f64(2.0 / args.rate as f64);
+    let mut lags = Vec::new();
+    let mut ticker = tokio::time::interval(interval);
+    let reader = Client::connect(&url).await?;
+    let mut pending = tokio::task::JoinSet::new();
+    for n in 0..pairs {
+        ticker.tick().await;
+        let cm = client
+            .append_commitment(&w, &commitment((1 << 62) | n))
+            .await?;
+        let o = client
+            .append_outcome(&w, &outcome(cm.receipt_hash, n))
+            .await?;
+        let acked = Instant::now();
+        let r = reader.clone();
+        pending.spawn(async move {
+            r.projected_value(&w, &format!("k{}", n % 10_000), o.seq)
+                .await
+                .expect("lag query");
+            acked.elapsed().as_secs_f64() * 1e6
+        });
+        while let Some(done) = pending.try_join_next() {
+            lags.push(done?);
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        lags.push(done?);
+    }
+    report(
+        &format!(
+            "lag at {} receipts/s (ack of an outcome until a query with its min_seq answers)",
+            args.rate
+        ),
+        lags,
+    );
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok(())
+}

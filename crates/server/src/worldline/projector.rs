@@ -1,0 +1,494 @@
+//! The projections served (seed 4.6): folded incrementally as receipts
+//! arrive, into the store's derived key-value space, each write guarded by
+//! the checkpoints it started from.
+//!
+//! One projector thread per node takes worldlines from a queue (a receipt
+//! appended here or announced by another node, a query that found a
+//! projection behind, the start-up sweep), reads the receipts after the
+//! lowest of the four checkpoints, folds up to [`FOLD_RECEIPTS_MAX`] of them
+//! (or [`FOLD_BYTES_MAX`] of writes) into one batch with every projection's
+//! checkpoint, and writes it if the checkpoints are still the ones it read.
+//! A node that lost that race (another node folded the same receipts)
+//! reads again and finds them folded. Nothing is recomputed from genesis
+//! unless the derived space is empty, and a restart resumes after the last
+//! receipt whose writes are stored.
+//!
+//! Queries read the derived space directly. A query that needs several
+//! reads is checked like a seqlock: the projection's checkpoint is read
+//! before and after, and the query is run again if a write moved it in
+//! between, so every answer is one consistent position.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use converge_ledger_core::Entry;
+use converge_ledger_store::derived::{DerivedKv, DerivedWrite, Guard};
+use converge_ledger_store::{Store, StoreError};
+use converge_ledger_worldline::{
+    Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, Receipt, WorldlineError,
+    WorldlineId, WorldlineLimits,
+};
+use converge_ledger_worldline::{
+    ProjectionCheckpoint, apply_receipt, checkpoint_key, projections, read_checkpoint,
+};
+
+use super::{READ_CHUNK, read_entries, store_error};
+
+/// Receipts folded into one write at most.
+pub const FOLD_RECEIPTS_MAX: usize = 1024;
+/// Bytes of projection writes in one batch, about (a batch is closed after
+/// the receipt that passes this).
+pub const FOLD_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How often a fold whose guard keeps failing is retried before the
+/// worldline goes back to the queue.
+const GUARD_RETRIES_MAX: usize = 16;
+/// How long a worldline whose storage was unavailable waits before it is
+/// folded again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The derived space, as the projections read it.
+pub struct Kv<'a>(pub &'a dyn DerivedKv);
+
+fn kv_error(e: StoreError) -> WorldlineError {
+    store_error(e)
+}
+
+impl KvRead for Kv<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
+        self.0.get(key).map_err(kv_error)
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KvPair>, WorldlineError> {
+        self.0
+            .range(start, end, direction == Direction::Backward, limit)
+            .map_err(kv_error)
+    }
+}
+
+/// Counters of the projector, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ProjectorStats {
+    /// Receipts folded (by this node).
+    pub receipts: AtomicU64,
+    /// Guarded writes that found a checkpoint moved (another node won).
+    pub conflicts: AtomicU64,
+    /// Batches written.
+    pub writes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<WorldlineId>,
+    queued: HashSet<WorldlineId>,
+    /// Worldlines waiting for storage to come back, and when to retry.
+    later: Vec<(Instant, WorldlineId)>,
+    /// Worldlines whose receipts cannot be folded, and why: a stored
+    /// receipt that does not decode or breaks a rule. Queries say so;
+    /// `worldline verify` names the receipt.
+    failed: HashMap<WorldlineId, String>,
+    stopping: bool,
+}
+
+/// How often every worldline is looked at again, for receipts this node
+/// was not told about (another node's, while the notifications were down).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+enum Next {
+    Fold(WorldlineId),
+    Sweep,
+}
+
+/// What the projector thread and the query side share.
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Bumped after every write (and every failure), so waiting queries
+    /// look again.
+    progress: tokio::sync::watch::Sender<u64>,
+    stats: ProjectorStats,
+    /// Set once the start-up sweep has queued every worldline.
+    swept: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, worldline: WorldlineId) {
+        let mut q = self.lock();
+        if q.stopping || q.failed.contains_key(&worldline) {
+            return;
+        }
+        if q.queued.insert(worldline) {
+            q.order.push_back(worldline);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The next worldline to fold, or a sweep once `sweep_at` has passed
+    /// with nothing queued; `None` once stopping.
+    fn next(&self, sweep_at: Instant) -> Option<Next> {
+        let mut q = self.lock();
+        loop {
+            if q.stopping {
+                return None;
+            }
+            let now = Instant::now();
+            let mut due = Vec::new();
+            q.later.retain(|(at, w)| {
+                if *at <= now {
+                    due.push(*w);
+                    false
+                } else {
+                    true
+                }
+            });
+            for w in due {
+                if q.queued.insert(w) {
+                    q.order.push_back(w);
+                }
+            }
+            if let Some(w) = q.order.pop_front() {
+                q.queued.remove(&w);
+                return Some(Next::Fold(w));
+            }
+            if now >= sweep_at {
+                return Some(Next::Sweep);
+            }
+            let wait = q
+                .later
+                .iter()
+                .map(|(at, _)| *at)
+                .chain([sweep_at])
+                .min()
+                .map_or(SWEEP_EVERY, |at| at.saturating_duration_since(now));
+            q = self
+                .wake
+                .wait_timeout(q, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Keeps the projections of every worldline up to date, and answers
+/// queries over them.
+pub struct Projector {
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Projector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("stats", &self.shared.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The projector thread's side.
+struct Folder {
+    store: Arc<dyn Store>,
+    limits: WorldlineLimits,
+    shared: Arc<Shared>,
+}
+
+impl Projector {
+    /// A projector over `store`'s derived space, or `None` if the store
+    /// keeps none. Its thread starts at once and first queues every
+    /// worldline, so projections catch up with receipts written while the
+    /// server was down (or before it had projections).
+    pub fn start(store: Arc<dyn Store>, limits: WorldlineLimits) -> Option<Projector> {
+        store.derived()?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            progress: tokio::sync::watch::channel(0).0,
+            stats: ProjectorStats::default(),
+            swept: AtomicBool::new(false),
+        });
+        let folder = Folder {
+            store: store.clone(),
+            limits,
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("worldline-projector".into())
+            .spawn(move || folder.run())
+            .expect("cannot start the projector thread");
+        Some(Projector {
+            store,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn kv(&self) -> &dyn DerivedKv {
+        self.store
+            .derived()
+            .expect("a projector exists only over a derived space")
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ProjectorStats {
+        &self.shared.stats
+    }
+
+    /// Queues `worldline` to be folded up to its head.
+    pub fn notify(&self, worldline: WorldlineId) {
+        self.shared.notify(worldline);
+    }
+
+    /// Queues the worldline whose receipts context is `context`, if it is
+    /// one (the tap the ledger calls for every appended context).
+    pub fn notify_context(&self, context: &str) {
+        if let Ok(w) = WorldlineId::from_context_id(context) {
+            self.shared.notify(w);
+        }
+    }
+
+    /// Stops the thread after the fold in progress and waits for it (so
+    /// the store is no longer used once this returns). Blocks: call it from
+    /// a blocking thread.
+    pub fn stop(&self) {
+        self.signal_stop();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    fn signal_stop(&self) {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Why `worldline` cannot be projected, if it cannot.
+    pub fn failure(&self, worldline: &WorldlineId) -> Option<String> {
+        self.shared.lock().failed.get(worldline).cloned()
+    }
+
+    /// A receiver that changes after every write.
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Whether every worldline stored at start-up has been queued.
+    pub fn swept(&self) -> bool {
+        self.shared.swept.load(Ordering::Acquire)
+    }
+    /// The checkpoint of `projection` for `worldline`.
+    pub fn checkpoint(
+        &self,
+        projection: &dyn Projection,
+        worldline: &WorldlineId,
+    ) -> Result<Option<ProjectionCheckpoint>, WorldlineError> {
+        read_checkpoint(&Kv(self.kv()), projection, worldline)
+    }
+
+    /// Runs `query` over the derived space at one consistent position of
+    /// `projection`: the checkpoint read before and after must agree, else
+    /// the query runs again (a write moved it). Returns the checkpoint and
+    /// the answer.
+    pub fn consistent<T>(
+        &self,
+        projection: &dyn Projection,
+        worldline: &WorldlineId,
+        query: impl Fn(&dyn KvRead) -> Result<T, WorldlineError>,
+    ) -> Result<(Option<ProjectionCheckpoint>, T), WorldlineError> {
+        let kv = Kv(self.kv());
+        for _ in 0..64 {
+            let before = read_checkpoint(&kv, projection, worldline)?;
+            let answer = query(&kv)?;
+            let after = read_checkpoint(&kv, projection, worldline)?;
+            if before == after {
+                return Ok((after, answer));
+            }
+        }
+        Err(WorldlineError::Unavailable {
+            message: format!(
+                "the {} projection of worldline {worldline} moved during 64 attempts to read it; retry",
+                projection.name()
+            ),
+        })
+    }
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        // Without waiting: a drop may run on an async worker.
+        self.signal_stop();
+    }
+}
+
+impl Folder {
+    fn run(self) {
+        self.sweep();
+        let mut sweep_at = Instant::now() + SWEEP_EVERY;
+        while let Some(next) = self.shared.next(sweep_at) {
+            let next = match next {
+                Next::Fold(w) => w,
+                Next::Sweep => {
+                    self.sweep();
+                    sweep_at = Instant::now() + SWEEP_EVERY;
+                    continue;
+                }
+            };
+            match self.fold(&next) {
+                // Also when nothing was left to fold (another node did it):
+                // a query waiting here looks again.
+                Ok(()) => self.shared.progress.send_modify(|n| *n += 1),
+                Err(e) if e.code() == ErrorCode::Unavailable => {
+                    tracing::warn!(worldline = %next, error = %e.message(), "projection paused; storage unavailable");
+                    self.shared
+                        .lock()
+                        .later
+                        .push((Instant::now() + RETRY_AFTER, next));
+                }
+                Err(e) => {
+                    tracing::error!(worldline = %next, error = %e.message(), "projection stopped");
+                    self.shared
+                        .lock()
+                        .failed
+                        .insert(next, e.message().to_owned());
+                    self.shared.progress.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+
+    /// Queues every stored worldline.
+    fn sweep(&self) {
+        let mut after = converge_ledger_worldline::NAMESPACE.to_owned();
+        loop {
+            if self.shared.lock().stopping {
+                return;
+            }
+            let mut page = Vec::new();
+            let listed = self.store.contexts(&after, &mut |c, _| {
+                page.push(c.to_owned());
+                page.len() < 1024 && c.starts_with(converge_ledger_worldline::NAMESPACE)
+            });
+            if let Err(e) = listed {
+                tracing::warn!(error = %e, "cannot list worldlines for the projections; retrying");
+                std::thread::sleep(RETRY_AFTER);
+                continue;
+            }
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            for c in &page {
+                if let Ok(w) = WorldlineId::from_context_id(c) {
+                    self.shared.notify(w);
+                }
+            }
+            if !last.starts_with(converge_ledger_worldline::NAMESPACE) || page.len() < 1024 {
+                break;
+            }
+            after = last;
+        }
+        self.shared.swept.store(true, Ordering::Release);
+    }
+
+    /// Folds `worldline` up to its head as it is now.
+    pub fn fold(&self, worldline: &WorldlineId) -> Result<(), WorldlineError> {
+        let context = worldline.context_id();
+        let kv = self
+            .store
+            .derived()
+            .expect("a projector exists only over a derived space");
+        let all = projections();
+        let mut conflicts = 0;
+        loop {
+            let head = self
+                .store
+                .head(&context)
+                .map_err(store_error)?
+                .map_or(0, |h| h.sequence);
+            let mut guards: Vec<Guard> = Vec::with_capacity(all.len());
+            let mut from = u64::MAX;
+            for p in all {
+                let key = checkpoint_key(p, worldline);
+                let value = kv.get(&key).map_err(kv_error)?;
+                let seq = match &value {
+                    None => 0,
+                    Some(v) => {
+                        ProjectionCheckpoint::decode(v)
+                            .map_err(|e| {
+                                e.in_stored(format_args!("{} checkpoint of {worldline}", p.name()))
+                            })?
+                            .through_seq
+                    }
+                };
+                from = from.min(seq);
+                guards.push((key, value));
+            }
+            if from >= head {
+                return Ok(());
+            }
+            let until = head.min(from + FOLD_RECEIPTS_MAX as u64);
+            let mut batch = KvBatch::new();
+            let mut folded = 0u64;
+            let mut at = from;
+            'read: while at < until {
+                let entries: Vec<Entry> = read_entries(
+                    &*self.store,
+                    &context,
+                    at,
+                    until,
+                    READ_CHUNK.min((until - at) as usize),
+                    None,
+                )?;
+                if entries.is_empty() {
+                    return Err(WorldlineError::corrupt(format!(
+                        "worldline {worldline} ends at receipt {at}, before its head {head}"
+                    )));
+                }
+                for e in &entries {
+                    let receipt = Receipt::from_entry(worldline, e, &self.limits)
+                        .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
+                    for p in all {
+                        apply_receipt(p, &receipt, &Kv(kv), &mut batch)?;
+                    }
+                    folded += 1;
+                    at = e.sequence;
+                    if batch.bytes() >= FOLD_BYTES_MAX {
+                        break 'read;
+                    }
+                }
+            }
+            let writes: Vec<DerivedWrite> = batch.into_writes().collect();
+            if kv.write_if(&guards, &writes).map_err(kv_error)? {
+                self.shared
+                    .stats
+                    .receipts
+                    .fetch_add(folded, Ordering::Relaxed);
+                self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+                self.shared.progress.send_modify(|n| *n += 1);
+                conflicts = 0;
+            } else {
+                self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                conflicts += 1;
+                if conflicts >= GUARD_RETRIES_MAX {
+                    // Another node keeps folding this worldline: leave it to
+                    // it, and look again later.
+                    self.shared
+                        .lock()
+                        .later
+                        .push((Instant::now() + RETRY_AFTER, *worldline));
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,950 @@
+//! The WorldLine projections served (seed 4.6) on memory, embedded and
+//! PostgreSQL storage, and through two PostgreSQL nodes: kept up to date as
+//! receipts arrive, answering state, audit, grant and provenance queries at
+//! a position they name, resuming from their durable checkpoint after a
+//! restart, and refusing bad queries with a clear status.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestServer;
+use converge_ledger_client::proto::ledger::v1 as pb;
+use converge_ledger_client::worldline::{
+    CapabilitySet, Commitment, CommitmentId, Decision, EvidenceRef, Outcome, OutcomeStatus,
+    PolicyRef, ProofRef, Receipt, StateUpdate, WorldlineId,
+};
+use converge_ledger_client::{Client, ClientError, Digest, projection_query};
+use converge_ledger_postgres::PostgresStore;
+use converge_ledger_postgres::testkit::TestSchema;
+use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, Worldlines};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, MemoryStore, Store};
+
+fn caps(names: &[&str]) -> CapabilitySet {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A decided commitment: `n` makes the id, the intent and the evidence.
+fn commitment(
+    n: u64,
+    proposer: &str,
+    decision: Decision,
+    grant: &[&str],
+    revoke: &[&str],
+) -> Commitment {
+    let mut id = [0u8; 16];
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    id[0] = 0x51;
+    Commitment {
+        commitment_id: CommitmentId(id),
+        class: if n.is_multiple_of(2) {
+            "deploy".into()
+        } else {
+            "config".into()
+        },
+        intent: format!("change {n}"),
+        requested_capabilities: caps(grant),
+        targets: vec![format!("svc/{n}")],
+        evidence: vec![EvidenceRef {
+            uri: format!("cas://evidence/{n}"),
+            digest: evidence_digest(n),
+        }],
+        proposer: proposer.into(),
+        decision,
+        policy: PolicyRef {
+            hash: Digest::of(&[b"policy"]),
+            version: "v7".into(),
+        },
+        granted_capabilities: caps(grant),
+        revoked_capabilities: caps(revoke),
+        decider: "kernel".into(),
+    }
+}
+
+fn evidence_digest(n: u64) -> Digest {
+    Digest::of(&[b"evidence", &n.to_be_bytes()])
+}
+
+fn outcome(of: &Receipt, status: OutcomeStatus, updates: Vec<StateUpdate>) -> Outcome {
+    Outcome {
+        commitment: of.receipt_hash,
+        proofs: match status {
+            OutcomeStatus::Succeeded => vec![ProofRef {
+                uri: format!("cas://proof/{}", of.seq),
+                digest: Digest::of(&[b"proof", &of.seq.to_be_bytes()]),
+            }],
+            _ => vec![],
+        },
+        status,
+        effects: vec![],
+        state_updates: updates,
+        reporter: "driver".into(),
+    }
+}
+
+fn put(key: &str, value: &str) -> StateUpdate {
+    StateUpdate::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn rejected() -> Decision {
+    Decision::Rejected {
+        reason: "policy says no".into(),
+    }
+}
+
+/// What the scenario wrote, for the assertions.
+struct Written {
+    c1: Receipt,
+    o1: Receipt,
+    c2: Receipt,
+    c3: Receipt,
+    o4: Receipt,
+    head: u64,
+}
+
+/// c1 (alice, granted repo.write) → succeeded: a=1, b=2; c2 (bob) rejected →
+/// rejection; c3 (alice, revokes repo.write) → failed; c4 (bob, granted
+/// net.egress) → succeeded: deletes b, a=3.
+async fn scenario(client: &Client, w: &WorldlineId) -> Written {
+    let c1 = client
+        .append_commitment(
+            w,
+            &commitment(1, "alice", Decision::Accepted, &["repo.write"], &[]),
+        )
+        .await
+        .unwrap();
+    let o1 = client
+        .append_outcome(
+            w,
+            &outcome(
+                &c1,
+                OutcomeStatus::Succeeded,
+                vec![put("a", "1"), put("b", "2")],
+            ),
+        )
+        .await
+        .unwrap();
+    let c2 = client
+        .append_commitment(w, &commitment(2, "bob", rejected(), &[], &[]))
+        .await
+        .unwrap();
+    client
+        .append_rejection_outcome(w, &c2.receipt_hash, "driver")
+        .await
+        .unwrap();
+    let c3 = client
+        .append_commitment(
+            w,
+            &commitment(3, "alice", Decision::Accepted, &[], &["repo.write"]),
+        )
+        .await
+        .unwrap();
+    client
+        .append_outcome(
+            w,
+            &outcome(
+                &c3,
+                OutcomeStatus::Failed {
+                    reason: "timed out".into(),
+                },
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    let c4 = client
+        .append_commitment(
+            w,
+            &commitment(4, "bob", Decision::Accepted, &["net.egress"], &[]),
+        )
+        .await
+        .unwrap();
+    let o4 = client
+        .append_outcome(
+            w,
+            &outcome(
+                &c4,
+                OutcomeStatus::Succeeded,
+                vec![StateUpdate::Delete { key: "b".into() }, put("a", "3")],
+            ),
+        )
+        .await
+        .unwrap();
+    let head = o4.seq;
+    Written {
+        c1,
+        o1,
+        c2,
+        c3,
+        o4,
+        head,
+    }
+}
+
+fn query(w: &WorldlineId, min_seq: u64) -> Option<pb::ProjectionQuery> {
+    Some(projection_query(w, min_seq))
+}
+
+fn position(p: &Option<pb::ProjectionPosition>) -> &pb::ProjectionPosition {
+    p.as_ref().expect("every answer names its position")
+}
+
+/// Every projection answers what the scenario implies, at the head.
+async fn check_answers(client: &Client, w: &WorldlineId, s: &Written) {
+    // latest_state: the pairs, and a hash equal to the replay's.
+    let state = client
+        .projected_state(pb::ProjectedStateRequest {
+            query: query(w, s.head),
+            select: None,
+            with_state_hash: true,
+        })
+        .await
+        .unwrap();
+    let p = position(&state.position);
+    assert_eq!((p.through_seq, p.head_seq, p.behind), (s.head, s.head, 0));
+    assert_eq!(p.through_hash, s.o4.receipt_hash.0.to_vec());
+    assert_eq!(p.projection, "latest_state");
+    let pairs: Vec<(String, Vec<u8>)> = state
+        .pairs
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
+    assert_eq!(pairs, vec![("a".to_owned(), b"3".to_vec())]);
+    assert_eq!((state.pair_count, state.state_bytes), (1, 2));
+    let replayed = client.worldline_state(w, 0).await.unwrap();
+    assert_eq!(
+        state.state_hash,
+        replayed.state_hash.0.to_vec(),
+        "projection and replay agree"
+    );
+    let (value, _) = client.projected_value(w, "b", s.head).await.unwrap();
+    assert_eq!(value, None, "b was deleted by c4's outcome");
+
+    // audit_index: by proposer, by decision, latest first, with outcomes.
+    let by_alice = client
+        .query_audit(pb::QueryAuditRequest {
+            query: query(w, s.head),
+            filter: Some(pb::query_audit_request::Filter::Proposer("alice".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = by_alice
+        .records
+        .iter()
+        .map(|r| r.receipt.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(seqs, vec![s.c1.seq, s.c3.seq]);
+    let first = &by_alice.records[0];
+    assert!(first.accepted);
+    assert_eq!(first.policy.as_ref().unwrap().version, "v7");
+    let o = first.outcome.as_ref().expect("c1's outcome was folded");
+    assert_eq!(o.status, pb::OutcomeKind::Succeeded as i32);
+    assert_eq!(o.receipt.as_ref().unwrap().seq, s.o1.seq);
+    let failed = by_alice.records[1].outcome.as_ref().unwrap();
+    assert_eq!(
+        (failed.status, failed.reason.as_str()),
+        (pb::OutcomeKind::Failed as i32, "timed out")
+    );
+    let refused = client
+        .query_audit(pb::QueryAuditRequest {
+            query: query(w, s.head),
+            filter: Some(pb::query_audit_request::Filter::Decision(
+                pb::DecisionFilter::Rejected as i32,
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.records.len(), 1);
+    assert_eq!(refused.records[0].rejection_reason, "policy says no");
+    assert_eq!(refused.records[0].receipt.as_ref().unwrap().seq, s.c2.seq);
+    let latest = client
+        .query_audit(pb::QueryAuditRequest {
+            query: query(w, s.head),
+            latest_first: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(latest.records.len(), 4);
+    assert_eq!(latest.records[0].proposer, "bob");
+    assert_eq!(
+        latest.records[0].commitment_id,
+        commitment(4, "bob", Decision::Accepted, &[], &[])
+            .commitment_id
+            .to_string()
+    );
+
+    // Paging: two pages of two, then nothing more.
+    let mut q = projection_query(w, s.head);
+    q.limit = 2;
+    let page1 = client
+        .query_audit(pb::QueryAuditRequest {
+            query: Some(q.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page1.records.len(), 2);
+    assert!(!page1.next_cursor.is_empty());
+    q.cursor = page1.next_cursor;
+    let page2 = client
+        .query_audit(pb::QueryAuditRequest {
+            query: Some(q),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page2
+        .records
+        .iter()
+        .map(|r| r.receipt.as_ref().unwrap().seq)
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    assert!(seqs[0] > page1.records[1].receipt.as_ref().unwrap().seq);
+
+    // capability_grants: in force after c1, revoked by c3, history.
+    let after_c1 = client
+        .query_grants(pb::QueryGrantsRequest {
+            query: query(w, s.head),
+            at: Some(pb::query_grants_request::At::AtSeq(s.c1.seq)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_c1.grants.len(), 1);
+    let g = &after_c1.grants[0];
+    assert_eq!(
+        (g.actor.as_str(), g.capability.as_str()),
+        ("alice", "repo.write")
+    );
+    assert_eq!(g.granted.as_ref().unwrap().seq, s.c1.seq);
+    assert_eq!(g.revoked.as_ref().map(|r| r.seq), Some(s.c3.seq));
+    let now = client
+        .query_grants(pb::QueryGrantsRequest {
+            query: query(w, s.head),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let in_force: Vec<(&str, &str)> = now
+        .grants
+        .iter()
+        .map(|g| (g.actor.as_str(), g.capability.as_str()))
+        .collect();
+    assert_eq!(in_force, vec![("bob", "net.egress")]);
+    assert_eq!(now.at_seq, s.head);
+    let history = client
+        .query_grants(pb::QueryGrantsRequest {
+            query: query(w, s.head),
+            actor: "alice".into(),
+            at: Some(pb::query_grants_request::At::History(true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let events: Vec<(u64, bool, bool)> = history
+        .events
+        .iter()
+        .map(|e| (e.receipt.as_ref().unwrap().seq, e.revoke, e.effective))
+        .collect();
+    assert_eq!(
+        events,
+        vec![(s.c1.seq, false, true), (s.c3.seq, true, true)]
+    );
+
+    // provenance_dag: from key a back to c4's decision, evidence and proof;
+    // at an earlier seq, to c1; forward from c1 to the keys it wrote.
+    let of_a = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(w, s.head),
+            target: Some(pb::query_provenance_request::Target::Key("a".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let write = of_a.write.expect("a was written");
+    assert_eq!(write.seq, s.o4.seq);
+    let l = of_a.lineage.expect("its lineage");
+    assert_eq!(l.commitment.as_ref().unwrap().proposer, "bob");
+    assert_eq!(l.evidence[0].digest, evidence_digest(4).0.to_vec());
+    assert_eq!(l.proofs.len(), 1);
+    let of_a_then = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(w, s.head),
+            target: Some(pb::query_provenance_request::Target::Key("a".into())),
+            at_seq: s.o1.seq,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let l = of_a_then.lineage.expect("a was written by o1 at that seq");
+    assert_eq!(l.commitment.unwrap().receipt.unwrap().seq, s.c1.seq);
+    let forward = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(w, s.head),
+            target: Some(pb::query_provenance_request::Target::DependentsOf(
+                s.c1.receipt_hash.0.to_vec(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(forward.outcome.unwrap().receipt.unwrap().seq, s.o1.seq);
+    let keys: Vec<&str> = forward.keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(keys, vec!["a", "b"]);
+    let history_b = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(w, s.head),
+            target: Some(pb::query_provenance_request::Target::KeyHistory("b".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let writes: Vec<(u64, bool)> = history_b
+        .writes
+        .iter()
+        .map(|k| (k.seq, k.deleted))
+        .collect();
+    assert_eq!(writes, vec![(s.o1.seq, false), (s.o4.seq, true)]);
+    let citing = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(w, s.head),
+            target: Some(pb::query_provenance_request::Target::Citing(
+                evidence_digest(3).0.to_vec(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        citing.commitments.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![s.c3.seq]
+    );
+}
+
+/// A backend under test.
+enum Backend {
+    Memory,
+    Embedded(tempfile::TempDir),
+    Postgres(TestSchema),
+}
+
+impl Backend {
+    fn all(test: &str) -> Vec<(&'static str, Backend)> {
+        let mut out = vec![
+            ("memory", Backend::Memory),
+            ("embedded", Backend::Embedded(tempfile::tempdir().unwrap())),
+        ];
+        if let Some(schema) = TestSchema::create(test) {
+            out.push(("postgres", Backend::Postgres(schema)));
+        }
+        out
+    }
+
+    /// A store (a new node, for PostgreSQL; the one store, for memory).
+    fn open(&self, memory: &Arc<MemoryStore>) -> Arc<dyn Store> {
+        match self {
+            Backend::Memory => memory.clone(),
+            Backend::Embedded(dir) => {
+                Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap())
+            }
+            Backend::Postgres(schema) => {
+                let options = schema.options();
+                Arc::new(tokio::task::block_in_place(|| {
+                    PostgresStore::open(options).unwrap()
+                }))
+            }
+        }
+    }
+}
+
+async fn serve(store: Arc<dyn Store>) -> (TestServer, Client) {
+    let server = TestServer::start_full(
+        store,
+        LedgerConfig::default(),
+        ServerConfig::default(),
+        "127.0.0.1:0",
+    )
+    .await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_answer_state_audit_grants_and_provenance_on_every_backend() {
+    for (name, backend) in Backend::all("projections_answer") {
+        let memory = Arc::new(MemoryStore::new());
+        let store = backend.open(&memory);
+        tokio::task::block_in_place(|| {
+            converge_ledger_store::derived::check_contract(
+                store
+                    .derived()
+                    .expect("every backend keeps a derived space"),
+                b"contract-check/",
+            )
+        });
+        let (server, client) = serve(store).await;
+        let w = WorldlineId::derive(name.as_bytes());
+        let s = scenario(&client, &w).await;
+        check_answers(&client, &w, &s).await;
+        server.stop().await;
+        eprintln!("{name}: ok");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_survive_a_restart_and_fold_only_the_receipts_after_their_checkpoint() {
+    for (name, backend) in Backend::all("projections_restart") {
+        if matches!(backend, Backend::Memory) {
+            continue; // nothing survives a restart in memory
+        }
+        let memory = Arc::new(MemoryStore::new());
+        let w = WorldlineId::derive(b"restart");
+        let first = {
+            let ledger = Ledger::new(backend.open(&memory), LedgerConfig::default());
+            let worldlines = Worldlines::new(ledger.clone(), Default::default())
+                .unwrap()
+                .with_projections();
+            let c = worldlines
+                .append_commitment(
+                    &w,
+                    &commitment(1, "alice", Decision::Accepted, &["repo.write"], &[]),
+                )
+                .await
+                .unwrap();
+            let o = worldlines
+                .append_outcome(
+                    &w,
+                    &outcome(&c.receipt, OutcomeStatus::Succeeded, vec![put("a", "1")]),
+                )
+                .await
+                .unwrap();
+            let p = worldlines.projector().unwrap().clone();
+            common::eventually(10, "the first node folds both receipts", || {
+                (p.stats()
+                    .receipts
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    >= 2)
+                    .then_some(())
+            })
+            .await;
+            worldlines.stop_projections().await;
+            ledger.shutdown().await.unwrap();
+            o.receipt
+        };
+        // The server restarts on the same storage: the projections are
+        // where they were; the start-up sweep folds nothing.
+        let ledger = Ledger::new(backend.open(&memory), LedgerConfig::default());
+        let worldlines = Worldlines::new(ledger.clone(), Default::default())
+            .unwrap()
+            .with_projections();
+        let p = worldlines.projector().unwrap().clone();
+        common::eventually(10, "the sweep ran", || p.swept().then_some(())).await;
+        let checkpoint = tokio::task::block_in_place(|| {
+            p.checkpoint(
+                &converge_ledger_client::worldline::latest_state::LatestState,
+                &w,
+            )
+        })
+        .unwrap()
+        .expect("a checkpoint survived the restart");
+        assert_eq!(
+            (checkpoint.through_seq, checkpoint.through_hash),
+            (first.seq, first.receipt_hash),
+            "{name}"
+        );
+        let c2 = worldlines
+            .append_commitment(&w, &commitment(2, "bob", Decision::Accepted, &[], &[]))
+            .await
+            .unwrap();
+        let (pos, pairs) = worldlines
+            .query_projection(
+                &w,
+                &converge_ledger_client::worldline::latest_state::LatestState,
+                c2.receipt.seq,
+                None,
+                move |kv| {
+                    converge_ledger_client::worldline::latest_state::pairs(kv, &w, "", None, 10)
+                        .map(|p| p.items)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(pos.through_seq, c2.receipt.seq);
+        assert_eq!(pairs, vec![("a".to_owned(), b"1".to_vec())], "{name}");
+        assert_eq!(
+            p.stats()
+                .receipts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "{name}: after the restart only the new receipt is folded"
+        );
+        worldlines.stop_projections().await;
+        ledger.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_nodes_keep_one_set_of_projections_that_both_answer_from() {
+    let Some(schema) = TestSchema::create("projections_two_nodes") else {
+        return;
+    };
+    let memory = Arc::new(MemoryStore::new());
+    let backend = Backend::Postgres(schema);
+    let (a, ca) = serve(backend.open(&memory)).await;
+    let (b, cb) = serve(backend.open(&memory)).await;
+    let w = WorldlineId::derive(b"two nodes");
+    // Writes alternate between the nodes; both fold, their guarded writes
+    // race on the same checkpoints.
+    let mut last = 0;
+    let mut heads = Vec::new();
+    for n in 0..20u64 {
+        let (writer, reader) = if n.is_multiple_of(2) {
+            (&ca, &cb)
+        } else {
+            (&cb, &ca)
+        };
+        let c = writer
+            .append_commitment(
+                &w,
+                &commitment(100 + n, "alice", Decision::Accepted, &[], &[]),
+            )
+            .await
+            .unwrap();
+        let o = writer
+            .append_outcome(
+                &w,
+                &outcome(
+                    &c,
+                    OutcomeStatus::Succeeded,
+                    vec![put(&format!("k{n}"), &n.to_string())],
+                ),
+            )
+            .await
+            .unwrap();
+        last = o.seq;
+        heads.push(o.seq);
+        // Read your own write through the other node.
+        let (v, pos) = reader
+            .projected_value(&w, &format!("k{n}"), last)
+            .await
+            .unwrap();
+        assert_eq!(v, Some(n.to_string().into_bytes()));
+        assert!(pos.through_seq >= last);
+    }
+    let sa = ca
+        .projected_state(pb::ProjectedStateRequest {
+            query: query(&w, last),
+            select: None,
+            with_state_hash: true,
+        })
+        .await
+        .unwrap();
+    let sb = cb
+        .projected_state(pb::ProjectedStateRequest {
+            query: query(&w, last),
+            select: None,
+            with_state_hash: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(sa.state_hash, sb.state_hash);
+    assert_eq!(sa.pair_count, 20);
+    assert_eq!(
+        sa.state_hash,
+        ca.worldline_state(&w, 0)
+            .await
+            .unwrap()
+            .state_hash
+            .0
+            .to_vec()
+    );
+    let audit = cb
+        .query_audit(pb::QueryAuditRequest {
+            query: query(&w, last),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.records.len(),
+        20,
+        "each commitment indexed once, whichever node folded it"
+    );
+    assert!(audit.records.iter().all(|r| r.outcome.is_some()));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_projection_queries_are_refused_with_their_status() {
+    let (server, client) = serve(Arc::new(MemoryStore::new())).await;
+    let w = WorldlineId::derive(b"bad queries");
+    let s = scenario(&client, &w).await;
+    let state = |q: pb::ProjectionQuery, select| pb::ProjectedStateRequest {
+        query: Some(q),
+        select,
+        with_state_hash: false,
+    };
+    let mut over = projection_query(&w, 0);
+    over.limit = 1001;
+    let e = client.projected_state(state(over, None)).await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "a page over 1000 items"
+    );
+    let mut forged = projection_query(&w, 0);
+    forged.cursor = vec![0; 5000];
+    let e = client
+        .projected_state(state(forged, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "a cursor over 4096 bytes"
+    );
+    let e = client
+        .projected_state(state(
+            projection_query(&w, 0),
+            Some(pb::projected_state_request::Select::Key("a\0b".into())),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "a key holding NUL"
+    );
+    let e = client
+        .projected_state(pb::ProjectedStateRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "no query"
+    );
+    let mut short = projection_query(&w, 0);
+    short.worldline_id = vec![1; 7];
+    let e = client
+        .projected_state(state(short, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "a 7-byte worldline id"
+    );
+    let e = client
+        .projected_state(state(projection_query(&w, s.head + 1), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::OutOfRange(_)),
+        "{}: {e:?}",
+        "min_seq past the head"
+    );
+    let e = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(&w, 0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "no target"
+    );
+    let e = client
+        .query_provenance(pb::QueryProvenanceRequest {
+            query: query(&w, 0),
+            target: Some(pb::query_provenance_request::Target::Outcome(vec![1, 2, 3])),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "a 3-byte hash"
+    );
+    let e = client
+        .query_audit(pb::QueryAuditRequest {
+            query: query(&w, 0),
+            filter: Some(pb::query_audit_request::Filter::Decision(9)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "an unknown decision filter"
+    );
+    let e = client
+        .query_audit(pb::QueryAuditRequest {
+            query: query(&w, 0),
+            from_ns: 10,
+            until_ns: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::InvalidArgument(_)),
+        "{}: {e:?}",
+        "an inverted time range"
+    );
+    // A worldline nobody wrote: empty answers at position 0, not errors.
+    let empty = WorldlineId::derive(b"never written");
+    let answer = client
+        .projected_state(state(projection_query(&empty, 0), None))
+        .await
+        .unwrap();
+    assert_eq!(position(&answer.position).through_seq, 0);
+    assert!(answer.pairs.is_empty());
+    // Nothing the refusals did changed the projections.
+    check_answers(&client, &w, &s).await;
+    server.stop().await;
+}
+
+/// Everything the projections store for `worldlines`, as one fold from
+/// genesis over the stored receipts would leave it.
+async fn folded_from_scratch(
+    worldlines: &Worldlines,
+    ids: &[WorldlineId],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use converge_ledger_client::worldline::{KvBatch, MemoryKv, apply_receipt, projections};
+    let mut kv = MemoryKv::new();
+    for w in ids {
+        let head = worldlines.head(w).await.unwrap().map_or(0, |h| h.seq);
+        let receipts = worldlines
+            .read_range(w, 1, head, usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(receipts.len() as u64, head);
+        for (r, _) in &receipts {
+            let mut batch = KvBatch::new();
+            for p in projections() {
+                apply_receipt(p, r, &kv, &mut batch).unwrap();
+            }
+            kv.apply(batch);
+        }
+    }
+    kv.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
+    // Two projectors over one store (as two nodes over one database), both
+    // told of every receipt while eight writers append grants,
+    // revocations and state updates: their guarded writes interleave with
+    // different batch boundaries, and the result must be one fold's.
+    let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
+    let a = Arc::new(
+        Worldlines::new(ledger.clone(), Default::default())
+            .unwrap()
+            .with_projections(),
+    );
+    let b = Worldlines::new(ledger.clone(), Default::default())
+        .unwrap()
+        .with_projections();
+    let ids = [
+        WorldlineId::derive(b"race-1"),
+        WorldlineId::derive(b"race-2"),
+    ];
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (wl, w) = (a.clone(), ids[(t % 2) as usize]);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..150u64 {
+                let k = t * 1000 + n;
+                let cap = format!("cap-{}", k % 5);
+                let (grant, revoke): (&[&str], &[&str]) = if n % 3 == 2 {
+                    (&[], &[cap.as_str()])
+                } else {
+                    (&[cap.as_str()], &[])
+                };
+                let c = wl
+                    .append_commitment(
+                        &w,
+                        &commitment(
+                            k,
+                            &format!("actor-{}", k % 3),
+                            Decision::Accepted,
+                            grant,
+                            revoke,
+                        ),
+                    )
+                    .await
+                    .unwrap();
+                wl.append_outcome(
+                    &w,
+                    &outcome(
+                        &c.receipt,
+                        OutcomeStatus::Succeeded,
+                        vec![put(&format!("k{}", k % 7), &k.to_string())],
+                    ),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for w in &ids {
+        let head = a.head(w).await.unwrap().unwrap().seq;
+        for wl in [&*a, &b] {
+            wl.query_projection(
+                w,
+                &converge_ledger_client::worldline::provenance_dag::ProvenanceDag,
+                head,
+                None,
+                |_| Ok(()),
+            )
+            .await
+            .unwrap();
+            for p in converge_ledger_client::worldline::projections() {
+                let cp = tokio::task::block_in_place(|| wl.projector().unwrap().checkpoint(p, w))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(cp.through_seq, head, "{} caught up", p.name());
+            }
+        }
+    }
+    let stats = |wl: &Worldlines| {
+        wl.projector()
+            .unwrap()
+            .stats()
+            .receipts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    eprintln!("folded by a: {}, by b: {}", stats(&a), stats(&b));
+    let expected = folded_from_scratch(&a, &ids).await;
+    let store = ledger.store().clone();
+    let stored = tokio::task::block_in_place(|| {
+        store
+            .derived()
+            .unwrap()
+            .range(&[], &[0xff; 64], false, usize::MAX)
+            .unwrap()
+    });
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "as many records as one fold writes"
+    );
+    assert!(stored == expected, "the records are exactly one fold's");
+    a.stop_projections().await;
+    b.stop_projections().await;
+}
