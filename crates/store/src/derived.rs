@@ -61,9 +61,8 @@ impl MemoryDerived {
     }
 }
 
-/// The pairs of `map` in `start..end`, in order, at most `limit`: the
-/// reference every backend's `range` must agree with.
-pub fn range_of(
+/// The pairs of `map` in `start..end`, in order, at most `limit`.
+fn range_of(
     map: &BTreeMap<Vec<u8>, Vec<u8>>,
     start: &[u8],
     end: &[u8],

@@ -108,8 +108,8 @@ impl Ledger {
         })
     }
 
-    /// Calls `tap` with the context of every commit from now on, once per
-    /// context per group commit (after the entries are durable and
+    /// Calls `tap` with the context of every commit from now on, at least
+    /// once per context per group commit (after the entries are durable and
     /// published to watchers), and with every context another node
     /// announced through [`Ledger::notify_appended`]. Keep it cheap: it runs
     /// on the commit path.

@@ -24,8 +24,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use converge_ledger_core::Entry;
+use converge_ledger_store::Store;
 use converge_ledger_store::derived::{DerivedKv, DerivedWrite, Guard};
-use converge_ledger_store::{Store, StoreError};
 use converge_ledger_worldline::{
     Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, Receipt, WorldlineError,
     WorldlineId, WorldlineLimits,
@@ -51,13 +51,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The derived space, as the projections read it.
 pub struct Kv<'a>(pub &'a dyn DerivedKv);
 
-fn kv_error(e: StoreError) -> WorldlineError {
-    store_error(e)
-}
-
 impl KvRead for Kv<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
-        self.0.get(key).map_err(kv_error)
+        self.0.get(key).map_err(store_error)
     }
 
     fn range(
@@ -69,7 +65,7 @@ impl KvRead for Kv<'_> {
     ) -> Result<Vec<KvPair>, WorldlineError> {
         self.0
             .range(start, end, direction == Direction::Backward, limit)
-            .map_err(kv_error)
+            .map_err(store_error)
     }
 }
 
@@ -419,7 +415,7 @@ impl Folder {
             let mut from = u64::MAX;
             for p in all {
                 let key = checkpoint_key(p, worldline);
-                let value = kv.get(&key).map_err(kv_error)?;
+                let value = kv.get(&key).map_err(store_error)?;
                 let seq = match &value {
                     None => 0,
                     Some(v) => {
@@ -468,7 +464,7 @@ impl Folder {
                 }
             }
             let writes: Vec<DerivedWrite> = batch.into_writes().collect();
-            if kv.write_if(&guards, &writes).map_err(kv_error)? {
+            if kv.write_if(&guards, &writes).map_err(store_error)? {
                 self.shared
                     .stats
                     .receipts
