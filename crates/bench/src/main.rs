@@ -9,6 +9,12 @@ mod report;
 mod scenarios;
 mod setup;
 
+/// The allocator the server binary uses, so that what is measured here is
+/// what runs there (unless built with `--features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 use scenarios::{inprocess, latency, read, restart, throughput, watch_lag};

@@ -1,5 +1,12 @@
 //! `converge-ledger`: run the ledger (`serve`) or talk to one.
 
+/// mimalloc: the server's buffers are allocated on one thread and freed on
+/// another (a request's task, the group-commit writer, a replay's reader),
+/// where glibc's allocator spends much of its time in locks and
+/// consolidation (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client_cmds;
 mod output;
 mod project;

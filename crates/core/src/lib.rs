@@ -18,7 +18,7 @@ pub mod record;
 mod signing;
 pub mod snapshot;
 
-pub use digest::{Digest, ParseDigestError};
+pub use digest::{Digest, DigestHasher, DigestMap, DigestState, ParseDigestError};
 pub use entry::{Entry, Metadata, NewEntry, genesis_hash};
 pub use head::{ChainError, Head, LoadedFrom};
 pub use limits::{LAMPORT_MAX, LimitError, Limits, is_format_char, unprintable_char};

@@ -116,8 +116,14 @@ const FORMAT_CHARACTERS: &[(u32, u32)] = &[
 /// Whether `c` is a Unicode format character (category Cf), which
 /// identifiers refuse: with them, two different ids look the same, or an
 /// id displays as another (bidirectional overrides).
+#[inline]
 pub fn is_format_char(c: char) -> bool {
     let c = c as u32;
+    // Below the table's first range (U+00AD): every ASCII character, the
+    // common case, answers without a search.
+    if c < FORMAT_CHARACTERS[0].0 {
+        return false;
+    }
     FORMAT_CHARACTERS
         .binary_search_by(|&(lo, hi)| {
             if hi < c {

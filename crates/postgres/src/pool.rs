@@ -52,6 +52,9 @@ pub(crate) struct Statements {
     pub derived_backward: Statement,
     /// `$1` advisory lock ids, taken in ascending order.
     pub derived_lock: Statement,
+    /// Commits the transaction without waiting for its WAL flush: a
+    /// projection is rebuilt from the receipts if the last ones are lost.
+    pub derived_async_commit: Statement,
     /// `$1` keys: those present, with their values.
     pub derived_read: Statement,
     /// `$1` keys to delete.
@@ -191,6 +194,9 @@ impl Statements {
                     "SELECT count(pg_advisory_xact_lock(l)) FROM \
                      (SELECT l FROM unnest($1::int8[]) AS l ORDER BY l) AS s",
                 )
+                .await?,
+            derived_async_commit: c
+                .prepare("SELECT set_config('synchronous_commit', 'off', true)")
                 .await?,
             derived_read: c
                 .prepare(&format!(

@@ -243,6 +243,94 @@ async fn metrics_count_calls_by_operation_and_status_and_pass_promtool() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn metrics_show_the_projector_folding_worldline_receipts_with_its_lag() {
+    use converge_ledger_client::Digest;
+    use converge_ledger_client::worldline::{
+        CapabilitySet, Commitment, CommitmentId, Decision, Outcome, OutcomeStatus, PolicyRef,
+        StateUpdate, WorldlineId,
+    };
+    let (s, http) = server(Arc::new(MemoryStore::new()), Authority::open()).await;
+    let client = Client::connect(&s.url()).await.unwrap();
+    let w = WorldlineId::derive(b"metrics");
+    let caps: CapabilitySet = ["repo.write".to_owned()].into_iter().collect();
+    let committed = client
+        .append_commitment(
+            &w,
+            &Commitment {
+                commitment_id: CommitmentId([0x42; 16]),
+                class: "deploy".into(),
+                intent: "roll out".into(),
+                requested_capabilities: caps.clone(),
+                targets: vec!["svc/api".into()],
+                evidence: vec![],
+                proposer: "agent".into(),
+                decision: Decision::Accepted,
+                policy: PolicyRef {
+                    hash: Digest::of(&[b"policy"]),
+                    version: "v1".into(),
+                },
+                granted_capabilities: caps,
+                revoked_capabilities: CapabilitySet::new(),
+                decider: "kernel".into(),
+            },
+        )
+        .await
+        .unwrap();
+    client
+        .append_outcome(
+            &w,
+            &Outcome {
+                commitment: committed.receipt_hash,
+                status: OutcomeStatus::Succeeded,
+                effects: vec![],
+                proofs: vec![],
+                state_updates: vec![StateUpdate::Put {
+                    key: "k".into(),
+                    value: b"v".to_vec(),
+                }],
+                reporter: "driver".into(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, metrics) = get(http, "/metrics", None).await;
+        assert_eq!(status, 200);
+        if sample(&metrics, "converge_ledger_projection_receipts_folded_total") == Some(2.0) {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two receipts not folded after 10 s:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let batches = sample(&metrics, "converge_ledger_projection_batches_total").unwrap();
+    assert!((1.0..=2.0).contains(&batches), "{batches} batches");
+    let folds = sample(&metrics, "converge_ledger_projection_lag_seconds_count").unwrap();
+    assert!((1.0..=2.0).contains(&folds), "{folds} folds with a lag");
+    assert_eq!(
+        sample(&metrics, "converge_ledger_projection_conflicts_total"),
+        Some(0.0)
+    );
+    for state in ["queued", "retrying", "failed"] {
+        let series = format!("converge_ledger_projection_worldlines{{state=\"{state}\"}}");
+        assert!(sample(&metrics, &series).is_some(), "{series} missing");
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "converge_ledger_projection_worldlines{state=\"failed\"}"
+        ),
+        Some(0.0)
+    );
+    promtool_check(&metrics);
+    s.stop().await;
+}
+
 /// `promtool check metrics` on the exposition: required with
 /// CONVERGE_LEDGER_REQUIRE_SERVICES=1, otherwise skipped when promtool is
 /// not installed (Debian: prometheus).

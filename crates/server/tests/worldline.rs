@@ -371,6 +371,87 @@ async fn rules_hold_and_refusals_change_nothing(name: &str, backend: &dyn Backen
     server.stop().await;
 }
 
+/// Verification and replay of a worldline longer than one read step (1024
+/// receipts), where the store is read ahead on a second thread: the verdict
+/// and the states equal those of receipt-by-receipt reading, and a receipt
+/// altered deep inside is named, with every receipt before it counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_worldline_verifies_and_replays_across_read_steps_and_names_an_altered_receipt() {
+    use converge_ledger_server::{Ledger, Worldlines};
+    use converge_ledger_store::FsyncPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.fsync = FsyncPolicy::Never;
+    let store = Arc::new(EmbeddedStore::open(options).unwrap());
+    let ledger = Ledger::new(store.clone(), LedgerConfig::default());
+    let worldlines = Worldlines::new(ledger.clone(), WorldlineLimits::default()).unwrap();
+    let w = WorldlineId::derive(b"long");
+    let mut states = Vec::new();
+    for n in 0..1500u64 {
+        let c = worldlines
+            .append_commitment(&w, &commitment(n, "agent", true))
+            .await
+            .unwrap();
+        let o = worldlines
+            .append_outcome(
+                &w,
+                &succeeded(
+                    &c.receipt,
+                    vec![put(&format!("k{}", n % 97), &n.to_string())],
+                ),
+            )
+            .await
+            .unwrap();
+        if o.receipt.seq == 2000 {
+            worldlines
+                .append_snapshot(&o.receipt.reference(), None)
+                .await
+                .unwrap();
+        }
+        // The state after each pair, computed by this test.
+        states.push((o.receipt.seq, n));
+    }
+    let verdict = worldlines.verify(&w).await.unwrap();
+    assert!(verdict.failure.is_none(), "{:?}", verdict.failure);
+    assert_eq!((verdict.receipts, verdict.snapshots), (3000, 1));
+    let (at_head, head) = worldlines.state_at(&w, 3000).await.unwrap();
+    assert_eq!(head.unwrap().seq, 3000);
+    assert_eq!(verdict.state_hash, at_head.hash());
+    // At 1800 (a replay from genesis over two read steps): key k{n % 97}
+    // holds the last n written to it by then.
+    let (at_1800, _) = worldlines.state_at(&w, 1800).await.unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for (seq, n) in &states {
+        if *seq <= 1800 {
+            expected.insert(format!("k{}", n % 97), n.to_string().into_bytes());
+        }
+    }
+    let got: std::collections::BTreeMap<String, Vec<u8>> = at_1800
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
+
+    // One byte of receipt 2500's stored record changed.
+    let context = w.context_id();
+    let mut raw = store.raw_entry(&context, 2500).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0x01;
+    store.raw_put_entry(&context, 2500, &raw);
+    let verdict = worldlines.verify(&w).await.unwrap();
+    let (seq, e) = verdict.failure.expect("the altered receipt is found");
+    assert_eq!(seq, 2500, "{e}");
+    assert_eq!(verdict.receipts, 2499);
+    assert_eq!(
+        e.code(),
+        converge_ledger_client::worldline::ErrorCode::DataLoss
+    );
+    // Replays through it refuse; before it they still answer.
+    assert!(worldlines.state_at(&w, 2600).await.is_err());
+    worldlines.state_at(&w, 2400).await.unwrap();
+    ledger.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worldline_rules_hold_and_refusals_change_nothing_on_every_backend() {
     for (name, backend) in backends("wll_rules") {

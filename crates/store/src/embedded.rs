@@ -673,9 +673,13 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// The derived space in its own keyspace, written with the store's fsync
-/// policy (a projection checkpoint is as durable as the entries it
-/// reflects), atomically: a fjall batch is all or nothing after a crash.
+/// The derived space in its own keyspace, written atomically (a fjall
+/// batch is all or nothing after a crash) and without an fsync of its own:
+/// the keyspaces share one journal, so the next group commit's fsync makes
+/// a projection batch durable with it, and a crash before that loses only
+/// the last batches, which reflect receipts written before them; the
+/// projector folds those receipts again. Projections so never add a disk
+/// flush beside the entries' own.
 impl DerivedKv for EmbeddedStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.derived.get(key).map_err(io)?.map(|v| v.to_vec()))
@@ -724,11 +728,7 @@ impl DerivedKv for EmbeddedStore {
                 return Ok(false);
             }
         }
-        let durability = match self.fsync {
-            FsyncPolicy::Always => Some(PersistMode::SyncAll),
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Some(PersistMode::Buffer),
-        };
-        let mut batch = self.db.batch().durability(durability);
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for (key, value) in writes {
             match value {
                 Some(v) => batch.insert(&self.derived, key.as_slice(), v.as_slice()),

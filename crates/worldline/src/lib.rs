@@ -68,9 +68,9 @@ pub use projection::{
     projection_key_prefix, projections, read_checkpoint, worldline_key_prefix,
 };
 pub use receipt::{
-    COMMITMENT_KEY, OUTCOME_KEY, Receipt, ReceiptBody, ReceiptKind, ReceiptRef, commitment_entry,
-    commitment_idempotency_key, commitment_payload, outcome_entry, outcome_idempotency_key,
-    outcome_payload,
+    COMMITMENT_KEY, OUTCOME_KEY, Receipt, ReceiptBody, ReceiptKind, ReceiptReader, ReceiptRef,
+    commitment_entry, commitment_idempotency_key, commitment_payload, outcome_entry,
+    outcome_idempotency_key, outcome_payload,
 };
 pub use replay::{CommitmentLookup, NoLookup, Replay};
 pub use rules::{check_decision, check_outcome_for, check_status};

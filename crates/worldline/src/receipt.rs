@@ -112,61 +112,7 @@ impl Receipt {
         entry: &Entry,
         limits: &WorldlineLimits,
     ) -> Result<Receipt, WorldlineError> {
-        let location = format!("receipt {} of worldline {worldline}", entry.sequence);
-        let context = worldline.context_id();
-        if entry.sequence == 0 {
-            return Err(WorldlineError::corrupt(format!(
-                "{location}: sequence 0; receipts start at 1"
-            )));
-        }
-        let computed = entry.compute_hash(&context);
-        if computed != entry.hash {
-            return Err(WorldlineError::corrupt(format!(
-                "{location}: its content hashes to {computed} but it claims {}",
-                entry.hash
-            )));
-        }
-        if !entry.metadata.is_empty() {
-            return Err(WorldlineError::corrupt(format!(
-                "{location}: has {} metadata pairs; receipts carry none",
-                entry.metadata.len()
-            )));
-        }
-        let body = match ReceiptKind::from_entry_key(&entry.key) {
-            Some(ReceiptKind::Commitment) => ReceiptBody::Commitment(
-                Commitment::decode(&entry.payload, limits).map_err(|e| e.in_stored(&location))?,
-            ),
-            Some(ReceiptKind::Outcome) => ReceiptBody::Outcome(
-                Outcome::decode(&entry.payload, limits).map_err(|e| e.in_stored(&location))?,
-            ),
-            None => {
-                return Err(WorldlineError::corrupt(format!(
-                    "{location}: has key {:?}; a receipt is {COMMITMENT_KEY:?} or {OUTCOME_KEY:?}",
-                    entry.key
-                )));
-            }
-        };
-        let prev_receipt_hash = if entry.sequence == 1 {
-            let genesis = genesis_hash(&context);
-            if entry.prev_hash != genesis {
-                return Err(WorldlineError::corrupt(format!(
-                    "{location}: links to {} instead of the worldline's genesis {genesis}",
-                    entry.prev_hash
-                )));
-            }
-            None
-        } else {
-            Some(entry.prev_hash)
-        };
-        Ok(Receipt {
-            worldline: *worldline,
-            seq: entry.sequence,
-            receipt_hash: entry.hash,
-            prev_receipt_hash,
-            timestamp_ns: entry.appended_at_ns,
-            lamport: entry.lamport,
-            body,
-        })
+        ReceiptReader::new(*worldline, limits).read(entry)
     }
 
     /// The entry this receipt is (the inverse of [`Receipt::from_entry`]).
@@ -293,6 +239,123 @@ pub fn commitment_idempotency_key(id: &CommitmentId) -> String {
 /// both be appended; an identical retry returns the first.
 pub fn outcome_idempotency_key(commitment: &Digest) -> String {
     format!("{OUTCOME_KEY}/{}", commitment.to_hex())
+}
+
+/// Reads one worldline's entries as receipts, with the checks of
+/// [`Receipt::from_entry`]; the worldline's context id and genesis hash are
+/// computed once, so a loop over many receipts (replay, verification,
+/// projections) pays only for the hash and the decoding of each.
+#[derive(Debug, Clone)]
+pub struct ReceiptReader<'a> {
+    worldline: WorldlineId,
+    context: String,
+    genesis: Digest,
+    limits: &'a WorldlineLimits,
+}
+
+/// Names a receipt in an error, formatted only when there is one.
+struct Location<'a>(u64, &'a WorldlineId);
+
+impl std::fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "receipt {} of worldline {}", self.0, self.1)
+    }
+}
+
+impl<'a> ReceiptReader<'a> {
+    /// A reader for `worldline`'s receipts under `limits`.
+    pub fn new(worldline: WorldlineId, limits: &'a WorldlineLimits) -> ReceiptReader<'a> {
+        let context = worldline.context_id();
+        let genesis = genesis_hash(&context);
+        ReceiptReader {
+            worldline,
+            context,
+            genesis,
+            limits,
+        }
+    }
+
+    /// The worldline read.
+    pub fn worldline(&self) -> &WorldlineId {
+        &self.worldline
+    }
+
+    /// Reads `entry` as a receipt (see [`Receipt::from_entry`]).
+    pub fn read(&self, entry: &Entry) -> Result<Receipt, WorldlineError> {
+        self.check(entry)?;
+        self.decode_checked(entry)
+    }
+
+    /// The entry-level half of [`ReceiptReader::read`]: the sequence, the
+    /// hash (one SHA-256 over the payload), the empty metadata, the key
+    /// naming a receipt kind and the first receipt's link to the genesis.
+    /// With [`ReceiptReader::decode_checked`], the two halves can run on
+    /// different threads.
+    pub fn check(&self, entry: &Entry) -> Result<(), WorldlineError> {
+        let location = Location(entry.sequence, &self.worldline);
+        if entry.sequence == 0 {
+            return Err(WorldlineError::corrupt(format!(
+                "{location}: sequence 0; receipts start at 1"
+            )));
+        }
+        let computed = entry.compute_hash(&self.context);
+        if computed != entry.hash {
+            return Err(WorldlineError::corrupt(format!(
+                "{location}: its content hashes to {computed} but it claims {}",
+                entry.hash
+            )));
+        }
+        if !entry.metadata.is_empty() {
+            return Err(WorldlineError::corrupt(format!(
+                "{location}: has {} metadata pairs; receipts carry none",
+                entry.metadata.len()
+            )));
+        }
+        if ReceiptKind::from_entry_key(&entry.key).is_none() {
+            return Err(WorldlineError::corrupt(format!(
+                "{location}: has key {:?}; a receipt is {COMMITMENT_KEY:?} or {OUTCOME_KEY:?}",
+                entry.key
+            )));
+        }
+        if entry.sequence == 1 && entry.prev_hash != self.genesis {
+            return Err(WorldlineError::corrupt(format!(
+                "{location}: links to {} instead of the worldline's genesis {}",
+                entry.prev_hash, self.genesis
+            )));
+        }
+        Ok(())
+    }
+
+    /// The body half of [`ReceiptReader::read`]: decodes and validates the
+    /// payload of an entry that passed [`ReceiptReader::check`]. Without
+    /// that check first, nothing says the entry is one the ledger wrote.
+    pub fn decode_checked(&self, entry: &Entry) -> Result<Receipt, WorldlineError> {
+        let location = Location(entry.sequence, &self.worldline);
+        let limits = self.limits;
+        let body = match ReceiptKind::from_entry_key(&entry.key) {
+            Some(ReceiptKind::Commitment) => ReceiptBody::Commitment(
+                Commitment::decode(&entry.payload, limits).map_err(|e| e.in_stored(&location))?,
+            ),
+            Some(ReceiptKind::Outcome) => ReceiptBody::Outcome(
+                Outcome::decode(&entry.payload, limits).map_err(|e| e.in_stored(&location))?,
+            ),
+            None => {
+                return Err(WorldlineError::corrupt(format!(
+                    "{location}: has key {:?}; a receipt is {COMMITMENT_KEY:?} or {OUTCOME_KEY:?}",
+                    entry.key
+                )));
+            }
+        };
+        Ok(Receipt {
+            worldline: self.worldline,
+            seq: entry.sequence,
+            receipt_hash: entry.hash,
+            prev_receipt_hash: (entry.sequence > 1).then_some(entry.prev_hash),
+            timestamp_ns: entry.appended_at_ns,
+            lamport: entry.lamport,
+            body,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! checkpoint, never an override: a replay from any snapshot reaches, at
 //! every later receipt, the state a replay from genesis reaches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use converge_ledger_core::Digest;
+use converge_ledger_core::{Digest, DigestMap};
 
 use crate::rules::check_status;
 use crate::{
@@ -88,7 +88,7 @@ pub struct Replay {
     start_seq: u64,
     /// Time and Lamport clock of the last receipt applied, once one was.
     last_clock: Option<(u64, u64)>,
-    commitments: HashMap<Digest, Known>,
+    commitments: DigestMap<Known>,
     commitment_ids: HashSet<CommitmentId>,
 }
 
@@ -128,7 +128,7 @@ impl Replay {
             head_hash,
             start_seq: seq,
             last_clock: None,
-            commitments: HashMap::new(),
+            commitments: DigestMap::default(),
             commitment_ids: HashSet::new(),
         }
     }

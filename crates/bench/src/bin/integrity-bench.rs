@@ -5,6 +5,12 @@
 //! cargo run --release -p converge-ledger-bench --bin integrity-bench -- [ENTRIES] [RUNS]
 //! ```
 
+/// The allocator the server binary uses, so that what is measured here is
+/// what runs there (unless built with `--features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Instant;
 

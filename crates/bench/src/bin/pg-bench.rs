@@ -32,6 +32,12 @@
 //!   watchers on node A and on node B measure the time from the append's
 //!   acknowledgement to delivery.
 
+/// The allocator the server binary uses, so that what is measured here is
+/// what runs there (unless built with `--features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -21,6 +21,12 @@
 //!    = its seq measures when the projection reflects it (the lag, plus
 //!    one query).
 
+/// The allocator the server binary uses, so that what is measured here is
+/// what runs there (unless built with `--features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

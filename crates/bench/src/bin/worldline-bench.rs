@@ -12,6 +12,12 @@
 //! alternate plain appends and pairs; medians are reported, and the ratio
 //! of a pair's cost to one plain append's.
 
+/// The allocator the server binary uses, so that what is measured here is
+/// what runs there (unless built with `--features system-allocator`).
+#[cfg(not(feature = "system-allocator"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

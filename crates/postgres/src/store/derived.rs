@@ -4,6 +4,13 @@
 //! guards under it and write only if they hold: two nodes folding the same
 //! worldline serialise on its checkpoint keys, and the second finds the
 //! checkpoint moved.
+//!
+//! A projection transaction commits asynchronously (`synchronous_commit`
+//! off for it alone): it does not wait for its WAL flush, so the folding
+//! never adds a disk flush beside the receipts' own. A crash can lose only
+//! the last projection transactions, never half of one (the WAL keeps them
+//! whole and in order, after the receipts they reflect), and the projector
+//! folds those receipts again.
 
 use converge_ledger_core::Digest;
 use converge_ledger_store::StoreError;
@@ -85,11 +92,12 @@ impl DerivedKv for PostgresStore {
         let phase_one = self.block_timed(async {
             tokio::join!(
                 c.client.execute(&c.st.begin, &[]),
+                c.client.execute(&c.st.derived_async_commit, &[]),
                 c.client.execute(&c.st.derived_lock, &lock_params),
                 c.client.query(&c.st.derived_read, &read_params),
             )
         });
-        let Ok((begin, lock, read)) = phase_one else {
+        let Ok((begin, async_commit, lock, read)) = phase_one else {
             pooled.mark_broken();
             return Err(timed_out(
                 server,
@@ -97,9 +105,9 @@ impl DerivedKv for PostgresStore {
                 self.pool.operation_timeout,
             ));
         };
-        let rows = match (begin, lock, read) {
-            (Ok(_), Ok(_), Ok(rows)) => rows,
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        let rows = match (begin, async_commit, lock, read) {
+            (Ok(_), Ok(_), Ok(_), Ok(rows)) => rows,
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
                 pooled.mark_broken();
                 return Err(failed(server, "locking projection checkpoints", &e));
             }

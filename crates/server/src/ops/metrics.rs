@@ -252,6 +252,54 @@ pub(crate) fn render(state: &OpsState) -> String {
             0.0
         },
     );
+    if let Some(p) = state.worldlines.as_ref().and_then(|w| w.projector()) {
+        let stats = p.stats();
+        e.single(
+            "converge_ledger_projection_receipts_folded_total",
+            "counter",
+            "WorldLine receipts this node folded into the projections.",
+            stats.receipts.load(Ordering::Relaxed) as f64,
+        );
+        e.single(
+            "converge_ledger_projection_batches_total",
+            "counter",
+            "Projection batches this node stored (each a guarded write of up to 1024 receipts).",
+            stats.writes.load(Ordering::Relaxed) as f64,
+        );
+        e.single(
+            "converge_ledger_projection_conflicts_total",
+            "counter",
+            "Projection batches not stored because another node had folded those receipts first.",
+            stats.conflicts.load(Ordering::Relaxed) as f64,
+        );
+        e.family(
+            "converge_ledger_projection_lag_seconds",
+            "histogram",
+            "Per fold: seconds from a worldline's receipts being committed (or announced by another node) to its projections stored up to them.",
+        );
+        e.histogram(
+            "converge_ledger_projection_lag_seconds",
+            "",
+            &stats.lag_seconds,
+        );
+        let q = p.queue();
+        e.family(
+            "converge_ledger_projection_worldlines",
+            "gauge",
+            "Worldlines the projector holds, by state: queued to be folded, retrying (storage unavailable), failed (a stored receipt breaks a rule; see worldline verify).",
+        );
+        for (state, n) in [
+            ("queued", q.queued),
+            ("retrying", q.retrying),
+            ("failed", q.failed),
+        ] {
+            e.sample(
+                "converge_ledger_projection_worldlines",
+                &format!("state=\"{state}\""),
+                n as f64,
+            );
+        }
+    }
     e.family(
         "converge_ledger_build_info",
         "gauge",

@@ -32,14 +32,15 @@ use std::sync::{Arc, Mutex};
 use converge_ledger_core::{Digest, Entry};
 use converge_ledger_store::{BatchCommand, Scan, Store, WriteOutcome};
 use converge_ledger_worldline::{
-    Commitment, CommitmentLookup, ErrorCode, Outcome, OutcomeStatus, Receipt, ReceiptRef, Replay,
-    SNAPSHOT_KEY, SnapshotHeader, State, VerifiedSnapshot, WorldlineError, WorldlineId,
-    WorldlineLimits, check_state_hash, check_status, commitment_entry, commitment_idempotency_key,
-    outcome_entry, outcome_idempotency_key, read_snapshot, snapshot_entries,
+    Commitment, CommitmentLookup, ErrorCode, Outcome, OutcomeStatus, Receipt, ReceiptReader,
+    ReceiptRef, Replay, SNAPSHOT_KEY, SnapshotHeader, State, VerifiedSnapshot, WorldlineError,
+    WorldlineId, WorldlineLimits, check_state_hash, check_status, commitment_entry,
+    commitment_idempotency_key, outcome_entry, outcome_idempotency_key, read_snapshot,
+    snapshot_entries,
 };
 
 pub use json::receipt_json;
-pub use projector::{FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Projector, ProjectorStats};
+pub use projector::{FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Projector, ProjectorQueue, ProjectorStats};
 pub use query::{Position, WAIT_DEFAULT, WAIT_MAX};
 pub(crate) use rpc_projections::Query as ProjectionQuery;
 pub use service::WorldlineApi;
@@ -52,6 +53,14 @@ const CONFLICT_RETRIES_MAX: usize = 64;
 
 /// Entries read per step of a catch-up or replay.
 const READ_CHUNK: usize = 1024;
+
+/// Payload bytes read per step at most (always at least one entry): with
+/// the chunks a pipelined replay holds in flight, a replay's buffers stay
+/// within a few times this, whatever the receipts' sizes.
+const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Chunks read ahead of a pipelined replay's fold.
+const READ_AHEAD: usize = 2;
 
 /// An appended (or retried) receipt.
 #[derive(Debug, Clone)]
@@ -248,13 +257,144 @@ fn read_entries(
     key: Option<&str>,
 ) -> Result<Vec<Entry>, WorldlineError> {
     let mut out = Vec::new();
+    let mut bytes = 0;
     store
         .scan(context, Scan { after, until, key }, &mut |e| {
+            bytes += e.payload.len();
             out.push(e);
-            out.len() < max
+            out.len() < max && bytes < READ_CHUNK_BYTES
         })
         .map_err(store_error)?;
     Ok(out)
+}
+
+/// One step of a replay: the entries after `at` (up to `until`), read and
+/// checked ([`ReceiptReader::check`]), and the error that stopped the step
+/// early with the sequence it concerns: an entry that does not check, or
+/// none where one must be.
+type Step = (Vec<Entry>, Option<(u64, WorldlineError)>);
+
+fn read_step(
+    store: &dyn Store,
+    reader: &ReceiptReader<'_>,
+    context: &str,
+    at: u64,
+    until: u64,
+) -> Step {
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let scanned = store.scan(
+        context,
+        Scan {
+            after: at,
+            until,
+            key: None,
+        },
+        &mut |e| {
+            bytes += e.payload.len();
+            entries.push(e);
+            entries.len() < READ_CHUNK && bytes < READ_CHUNK_BYTES
+        },
+    );
+    // The entries read before one the store could not read are good; the
+    // failure names the one after them.
+    let mut stopped = scanned.err().map(|e| {
+        (
+            entries.last().map_or(at, |e| e.sequence) + 1,
+            store_error(e),
+        )
+    });
+    if stopped.is_none() && entries.is_empty() {
+        let missing = WorldlineError::corrupt(format!(
+            "receipt {} of worldline {} is missing (the replay runs to {until})",
+            at + 1,
+            reader.worldline()
+        ));
+        stopped = Some((at + 1, missing));
+    }
+    let bad = entries
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| reader.check(e).err().map(|err| (i, e.sequence, err)));
+    if let Some((i, seq, err)) = bad {
+        entries.truncate(i);
+        stopped = Some((seq, err));
+    }
+    (entries, stopped)
+}
+
+/// Feeds the receipts `after+1 ..= until` of `reader`'s worldline, in
+/// order, to `apply`; stops at the first error, with the sequence it
+/// concerns. Long ranges are pipelined over two threads: a second thread
+/// reads the store and recomputes each hash up to [`READ_AHEAD`] steps
+/// ahead, while this one decodes each receipt and folds it; the two halves
+/// cost about the same.
+fn fold_receipts(
+    store: &dyn Store,
+    reader: &ReceiptReader<'_>,
+    after: u64,
+    until: u64,
+    mut apply: impl FnMut(&Receipt) -> Result<(), WorldlineError>,
+) -> Result<(), (u64, WorldlineError)> {
+    let context = reader.worldline().context_id();
+    let mut feed = |(entries, stopped): Step| -> Result<u64, (u64, WorldlineError)> {
+        let mut last = None;
+        for e in &entries {
+            reader
+                .decode_checked(e)
+                .and_then(|r| apply(&r))
+                .map_err(|err| (e.sequence, err))?;
+            last = Some(e.sequence);
+        }
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(last.expect("a step without an error holds an entry")),
+        }
+    };
+    let in_turn = |feed: &mut dyn FnMut(Step) -> Result<u64, (u64, WorldlineError)>| {
+        let mut at = after;
+        while at < until {
+            at = feed(read_step(store, reader, &context, at, until))?;
+        }
+        Ok(())
+    };
+    if until.saturating_sub(after) <= READ_CHUNK as u64 {
+        return in_turn(&mut feed);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(READ_AHEAD);
+        let context = &context;
+        let spawned = std::thread::Builder::new()
+            .name("worldline-read".to_owned())
+            .spawn_scoped(scope, move || {
+                let mut at = after;
+                while at < until {
+                    let step = read_step(store, reader, context, at, until);
+                    let next = match (&step.1, step.0.last()) {
+                        (None, Some(e)) => Some(e.sequence),
+                        _ => None,
+                    };
+                    // A closed channel: the fold stopped at an error.
+                    if tx.send(step).is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(n) => at = n,
+                        None => return,
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // No second thread to be had: read and fold in turn.
+            return in_turn(&mut feed);
+        }
+        // Ends when the reader is done; a reader that panicked ends it
+        // early, and the scope then re-raises the panic.
+        for step in rx {
+            feed(step)?;
+        }
+        Ok(())
+    })
 }
 
 /// Feeds receipts `replay.seq()+1 ..= until` from the store into `replay`.
@@ -265,22 +405,10 @@ fn advance(
     limits: &WorldlineLimits,
 ) -> Result<(), WorldlineError> {
     let worldline = *replay.worldline();
-    let context = worldline.context_id();
     let lookup = StoreLookup { store, limits };
-    while replay.seq() < until {
-        let entries = read_entries(store, &context, replay.seq(), until, READ_CHUNK, None)?;
-        if entries.is_empty() {
-            return Err(WorldlineError::corrupt(format!(
-                "worldline {worldline} ends at receipt {}, before {until}",
-                replay.seq()
-            )));
-        }
-        for e in &entries {
-            let receipt = Receipt::from_entry(&worldline, e, limits)?;
-            replay.apply(&receipt, &lookup)?;
-        }
-    }
-    Ok(())
+    let reader = ReceiptReader::new(worldline, limits);
+    let after = replay.seq();
+    fold_receipts(store, &reader, after, until, |r| replay.apply(r, &lookup)).map_err(|(_, e)| e)
 }
 
 /// The snapshot headers of a worldline: (anchor seq, header seq), in
@@ -930,38 +1058,21 @@ fn verify_blocking(
             }
         }
     };
-    let context = worldline.context_id();
-    while replay.seq() < head && verified.failure.is_none() {
-        let entries = match read_entries(store, &context, replay.seq(), head, READ_CHUNK, None) {
-            Ok(e) if !e.is_empty() => e,
-            Ok(_) => {
-                verified.failure = Some((
-                    replay.seq() + 1,
-                    WorldlineError::corrupt(format!(
-                        "receipt {} is missing (the head is {head})",
-                        replay.seq() + 1
-                    )),
-                ));
-                break;
-            }
-            Err(e) => {
-                verified.failure = Some((replay.seq() + 1, e));
-                break;
-            }
-        };
-        for e in &entries {
-            let applied = Receipt::from_entry(worldline, e, limits)
-                .and_then(|r| replay.apply(&r, &converge_ledger_worldline::NoLookup));
-            if let Err(err) = applied {
-                verified.failure = Some((e.sequence, err));
-                break;
-            }
-            verified.receipts += 1;
-            check_snapshots(&replay, &mut next, &mut verified);
-            if verified.failure.is_some() {
-                break;
-            }
+    let reader = ReceiptReader::new(*worldline, limits);
+    let folded = fold_receipts(store, &reader, 0, head, |r| {
+        replay.apply(r, &converge_ledger_worldline::NoLookup)?;
+        verified.receipts += 1;
+        check_snapshots(&replay, &mut next, &mut verified);
+        match &verified.failure {
+            // Stops the fold; the failure names the snapshot, not this receipt.
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(()),
         }
+    });
+    if let Err(failure) = folded
+        && verified.failure.is_none()
+    {
+        verified.failure = Some(failure);
     }
     if verified.failure.is_none()
         && let Some((header, header_seq)) = by_anchor.get(next)

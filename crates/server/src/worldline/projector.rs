@@ -18,7 +18,7 @@
 //! before and after, and the query is run again if a write moved it in
 //! between, so every answer is one consistent position.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use converge_ledger_core::Entry;
 use converge_ledger_store::Store;
 use converge_ledger_store::derived::{DerivedKv, DerivedWrite, Guard};
+use converge_ledger_store::stats::{Histogram, SECONDS_BOUNDS};
 use converge_ledger_worldline::{
-    Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, Receipt, WorldlineError,
+    Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, ReceiptReader, WorldlineError,
     WorldlineId, WorldlineLimits,
 };
 use converge_ledger_worldline::{
@@ -70,7 +71,7 @@ impl KvRead for Kv<'_> {
 }
 
 /// Counters of the projector, for metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProjectorStats {
     /// Receipts folded (by this node).
     pub receipts: AtomicU64,
@@ -78,12 +79,40 @@ pub struct ProjectorStats {
     pub conflicts: AtomicU64,
     /// Batches written.
     pub writes: AtomicU64,
+    /// Per fold that found receipts to fold: seconds from the worldline
+    /// being queued (its receipts committed, announced or swept) to its
+    /// projections stored up to the head the fold saw.
+    pub lag_seconds: Histogram,
+}
+
+impl Default for ProjectorStats {
+    fn default() -> Self {
+        ProjectorStats {
+            receipts: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            lag_seconds: Histogram::new(SECONDS_BOUNDS),
+        }
+    }
+}
+
+/// How many worldlines the projector has in each state, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectorQueue {
+    /// Queued to be folded.
+    pub queued: usize,
+    /// Waiting to be retried (storage was unavailable, or another node
+    /// kept folding them).
+    pub retrying: usize,
+    /// Stopped: a stored receipt does not decode or breaks a rule.
+    pub failed: usize,
 }
 
 #[derive(Default)]
 struct Queue {
     order: VecDeque<WorldlineId>,
-    queued: HashSet<WorldlineId>,
+    /// The worldlines in `order`, with when each was queued.
+    queued: HashMap<WorldlineId, Instant>,
     /// Worldlines waiting for storage to come back, and when to retry.
     later: Vec<(Instant, WorldlineId)>,
     /// Worldlines whose receipts cannot be folded, and why: a stored
@@ -98,7 +127,8 @@ struct Queue {
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 enum Next {
-    Fold(WorldlineId),
+    /// A worldline to fold, and since when it waits.
+    Fold(WorldlineId, Instant),
     Sweep,
 }
 
@@ -124,7 +154,8 @@ impl Shared {
         if q.stopping || q.failed.contains_key(&worldline) {
             return;
         }
-        if q.queued.insert(worldline) {
+        if let std::collections::hash_map::Entry::Vacant(v) = q.queued.entry(worldline) {
+            v.insert(Instant::now());
             q.order.push_back(worldline);
             self.wake.notify_one();
         }
@@ -149,13 +180,14 @@ impl Shared {
                 }
             });
             for w in due {
-                if q.queued.insert(w) {
+                if let std::collections::hash_map::Entry::Vacant(v) = q.queued.entry(w) {
+                    v.insert(now);
                     q.order.push_back(w);
                 }
             }
             if let Some(w) = q.order.pop_front() {
-                q.queued.remove(&w);
-                return Some(Next::Fold(w));
+                let since = q.queued.remove(&w).unwrap_or(now);
+                return Some(Next::Fold(w, since));
             }
             if now >= sweep_at {
                 return Some(Next::Sweep);
@@ -238,6 +270,16 @@ impl Projector {
     /// Counters.
     pub fn stats(&self) -> &ProjectorStats {
         &self.shared.stats
+    }
+
+    /// How many worldlines are queued, retrying and failed.
+    pub fn queue(&self) -> ProjectorQueue {
+        let q = self.shared.lock();
+        ProjectorQueue {
+            queued: q.order.len(),
+            retrying: q.later.len(),
+            failed: q.failed.len(),
+        }
     }
 
     /// Queues `worldline` to be folded up to its head.
@@ -332,8 +374,8 @@ impl Folder {
         self.sweep();
         let mut sweep_at = Instant::now() + SWEEP_EVERY;
         while let Some(next) = self.shared.next(sweep_at) {
-            let next = match next {
-                Next::Fold(w) => w,
+            let (next, since) = match next {
+                Next::Fold(w, since) => (w, since),
                 Next::Sweep => {
                     self.sweep();
                     sweep_at = Instant::now() + SWEEP_EVERY;
@@ -343,7 +385,15 @@ impl Folder {
             match self.fold(&next) {
                 // Also when nothing was left to fold (another node did it):
                 // a query waiting here looks again.
-                Ok(()) => self.shared.progress.send_modify(|n| *n += 1),
+                Ok(folded) => {
+                    if folded > 0 {
+                        self.shared
+                            .stats
+                            .lag_seconds
+                            .observe_duration(since.elapsed());
+                    }
+                    self.shared.progress.send_modify(|n| *n += 1);
+                }
                 Err(e) if e.code() == ErrorCode::Unavailable => {
                     tracing::warn!(worldline = %next, error = %e.message(), "projection paused; storage unavailable");
                     self.shared
@@ -396,15 +446,18 @@ impl Folder {
         self.shared.swept.store(true, Ordering::Release);
     }
 
-    /// Folds `worldline` up to its head as it is now.
-    pub fn fold(&self, worldline: &WorldlineId) -> Result<(), WorldlineError> {
+    /// Folds `worldline` up to its head as it is now; returns how many
+    /// receipts this node folded.
+    pub fn fold(&self, worldline: &WorldlineId) -> Result<u64, WorldlineError> {
         let context = worldline.context_id();
+        let reader = ReceiptReader::new(*worldline, &self.limits);
         let kv = self
             .store
             .derived()
             .expect("a projector exists only over a derived space");
         let all = projections();
         let mut conflicts = 0;
+        let mut total = 0;
         loop {
             let head = self
                 .store
@@ -430,7 +483,7 @@ impl Folder {
                 guards.push((key, value));
             }
             if from >= head {
-                return Ok(());
+                return Ok(total);
             }
             let until = head.min(from + FOLD_RECEIPTS_MAX as u64);
             let mut batch = KvBatch::new();
@@ -451,7 +504,8 @@ impl Folder {
                     )));
                 }
                 for e in &entries {
-                    let receipt = Receipt::from_entry(worldline, e, &self.limits)
+                    let receipt = reader
+                        .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
                     for p in all {
                         apply_receipt(p, &receipt, &Kv(kv), &mut batch)?;
@@ -472,6 +526,7 @@ impl Folder {
                 self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
+                total += folded;
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 conflicts += 1;
@@ -482,7 +537,7 @@ impl Folder {
                         .lock()
                         .later
                         .push((Instant::now() + RETRY_AFTER, *worldline));
-                    return Ok(());
+                    return Ok(total);
                 }
             }
         }
