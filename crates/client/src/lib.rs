@@ -27,8 +27,8 @@ mod watch;
 pub use client::{
     AppendOptions, BatchEntry, BatchOptions, BatchResult, BlockingWorldlines, Client,
     ClientOptions, ConsistencyProofInfo, GetOptions, GetResult, HeadInfo, InclusionProofInfo,
-    LoadResult, ServerInfo, SnapshotBlob, TlsOptions, WorldlineState, WorldlineVerdict,
-    projection_query,
+    LoadResult, ServerInfo, SnapshotBlob, TlsOptions, WorldlineInfo, WorldlineState,
+    WorldlineVerdict, projection_query,
 };
 pub use converge_ledger_core::{Digest, Entry, Metadata, PublicKey};
 /// The messages of the wire contract and of the ledger's extension

@@ -48,3 +48,24 @@ impl From<crate::Loaded> for pb::LoadResponse {
         }
     }
 }
+
+/// What ServerInfo says of the WorldLine profile: its limits, and whether
+/// the projections are kept.
+pub(crate) fn worldline_info(
+    limits: &converge_ledger_worldline::WorldlineLimits,
+    projections: bool,
+) -> converge_ledger_proto::ledger::v1::WorldlineInfo {
+    let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    converge_ledger_proto::ledger::v1::WorldlineInfo {
+        projections,
+        identifier_bytes_max: u32_of(limits.identifier_bytes_max),
+        text_bytes_max: u32_of(limits.text_bytes_max),
+        uri_bytes_max: u32_of(limits.uri_bytes_max),
+        list_items_max: u32_of(limits.list_items_max),
+        state_updates_max: u32_of(limits.state_updates_max),
+        state_key_bytes_max: u32_of(limits.state_key_bytes_max),
+        state_value_bytes_max: limits.state_value_bytes_max as u64,
+        state_bytes_max: limits.state_bytes_max,
+        snapshot_chunk_bytes_max: limits.snapshot_chunk_bytes_max as u64,
+    }
+}

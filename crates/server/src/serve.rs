@@ -66,13 +66,6 @@ pub async fn run(
     })
     .max_decoding_message_size(request_max)
     .max_encoding_message_size(response_max);
-    let extension = LedgerServiceServer::new(LedgerApi {
-        ledger: ledger.clone(),
-        auth: config.auth.clone(),
-        request_bytes_max: request_max,
-    })
-    .max_decoding_message_size(request_max)
-    .max_encoding_message_size(response_max);
     let worldlines = crate::Worldlines::new(ledger.clone(), config.worldline_limits.clone())
         .map_err(ServeError::Storage)?
         .with_cache_bytes(config.worldline_cache_bytes);
@@ -81,6 +74,17 @@ pub async fn run(
     } else {
         worldlines
     });
+    let extension = LedgerServiceServer::new(LedgerApi {
+        ledger: ledger.clone(),
+        auth: config.auth.clone(),
+        request_bytes_max: request_max,
+        worldline: crate::convert::worldline_info(
+            &config.worldline_limits,
+            worldlines.projector().is_some(),
+        ),
+    })
+    .max_decoding_message_size(request_max)
+    .max_encoding_message_size(response_max);
     let worldline = WorldlineServiceServer::new(crate::WorldlineApi {
         worldlines: worldlines.clone(),
         auth: config.auth.clone(),

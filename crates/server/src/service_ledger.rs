@@ -23,6 +23,8 @@ pub(crate) struct LedgerApi {
     pub(crate) auth: Arc<Authority>,
     /// The largest request message the server decodes.
     pub(crate) request_bytes_max: usize,
+    /// What ServerInfo says of the WorldLine profile.
+    pub(crate) worldline: pb::WorldlineInfo,
 }
 
 /// Bytes of entries per streamed Read message.
@@ -291,6 +293,7 @@ impl LedgerService for LedgerApi {
                 .unwrap_or(u32::MAX),
             load_stream_bytes_max: self.ledger.load_stream_bytes_max() as u64,
             request_bytes_max: self.request_bytes_max as u64,
+            worldline: Some(self.worldline),
         }))
     }
 

@@ -371,6 +371,37 @@ async fn rules_hold_and_refusals_change_nothing(name: &str, backend: &dyn Backen
     server.stop().await;
 }
 
+/// ServerInfo says how the WorldLine profile is served: the limits receipts
+/// are validated under (a client can adopt them) and whether projections
+/// are kept.
+#[tokio::test]
+async fn server_info_announces_the_worldline_limits_and_whether_projections_are_kept() {
+    let limits = WorldlineLimits {
+        state_value_bytes_max: 4096,
+        state_bytes_max: 1 << 20,
+        list_items_max: 17,
+        ..WorldlineLimits::default()
+    };
+    for projections in [true, false] {
+        let server = TestServer::start_full(
+            Arc::new(MemoryStore::new()),
+            LedgerConfig::default(),
+            ServerConfig {
+                worldline_limits: limits.clone(),
+                worldline_projections: projections,
+                ..ServerConfig::default()
+            },
+            "127.0.0.1:0",
+        )
+        .await;
+        let client = Client::connect(&server.url()).await.unwrap();
+        let info = client.server_info().await.unwrap().worldline.unwrap();
+        assert_eq!(info.projections, projections);
+        assert_eq!(info.limits, limits);
+        server.stop().await;
+    }
+}
+
 /// Verification and replay of a worldline longer than one read step (1024
 /// receipts), where the store is read ahead on a second thread: the verdict
 /// and the states equal those of receipt-by-receipt reading, and a receipt

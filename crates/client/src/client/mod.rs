@@ -234,6 +234,22 @@ impl Client {
             batch_entries_max: info.batch_entries_max,
             load_stream_bytes_max: info.load_stream_bytes_max,
             request_bytes_max: info.request_bytes_max,
+            worldline: info.worldline.map(|w| WorldlineInfo {
+                projections: w.projections,
+                limits: converge_ledger_worldline::WorldlineLimits {
+                    identifier_bytes_max: w.identifier_bytes_max as usize,
+                    text_bytes_max: w.text_bytes_max as usize,
+                    uri_bytes_max: w.uri_bytes_max as usize,
+                    list_items_max: w.list_items_max as usize,
+                    state_updates_max: w.state_updates_max as usize,
+                    state_key_bytes_max: w.state_key_bytes_max as usize,
+                    state_value_bytes_max: usize::try_from(w.state_value_bytes_max)
+                        .unwrap_or(usize::MAX),
+                    state_bytes_max: w.state_bytes_max,
+                    snapshot_chunk_bytes_max: usize::try_from(w.snapshot_chunk_bytes_max)
+                        .unwrap_or(usize::MAX),
+                },
+            }),
         })
     }
 

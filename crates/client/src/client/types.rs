@@ -124,6 +124,20 @@ pub struct ServerInfo {
     pub load_stream_bytes_max: u64,
     /// The largest request message the server accepts (0: not reported).
     pub request_bytes_max: u64,
+    /// How the server serves the WorldLine profile; `None` from a server
+    /// that does not say (older, or without the profile).
+    pub worldline: Option<WorldlineInfo>,
+}
+
+/// How a server serves the WorldLine profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldlineInfo {
+    /// Whether the projections are kept up to date and queryable.
+    pub projections: bool,
+    /// The limits the server validates receipts under: set them as
+    /// [`ClientOptions::worldline_limits`] to check what is read under the
+    /// same ones.
+    pub limits: converge_ledger_worldline::WorldlineLimits,
 }
 
 /// Which entries [`Client::get`] returns.
