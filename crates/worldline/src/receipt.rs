@@ -280,6 +280,11 @@ impl<'a> ReceiptReader<'a> {
         &self.worldline
     }
 
+    /// The ledger context holding its receipts.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
     /// Reads `entry` as a receipt (see [`Receipt::from_entry`]).
     pub fn read(&self, entry: &Entry) -> Result<Receipt, WorldlineError> {
         self.check(entry)?;
@@ -287,8 +292,8 @@ impl<'a> ReceiptReader<'a> {
     }
 
     /// The entry-level half of [`ReceiptReader::read`]: the sequence, the
-    /// hash (one SHA-256 over the payload), the empty metadata, the key
-    /// naming a receipt kind and the first receipt's link to the genesis.
+    /// hash (one SHA-256 over the payload), the empty metadata and the
+    /// first receipt's link to the genesis.
     /// With [`ReceiptReader::decode_checked`], the two halves can run on
     /// different threads.
     pub fn check(&self, entry: &Entry) -> Result<(), WorldlineError> {
@@ -311,12 +316,6 @@ impl<'a> ReceiptReader<'a> {
                 entry.metadata.len()
             )));
         }
-        if ReceiptKind::from_entry_key(&entry.key).is_none() {
-            return Err(WorldlineError::corrupt(format!(
-                "{location}: has key {:?}; a receipt is {COMMITMENT_KEY:?} or {OUTCOME_KEY:?}",
-                entry.key
-            )));
-        }
         if entry.sequence == 1 && entry.prev_hash != self.genesis {
             return Err(WorldlineError::corrupt(format!(
                 "{location}: links to {} instead of the worldline's genesis {}",
@@ -326,8 +325,9 @@ impl<'a> ReceiptReader<'a> {
         Ok(())
     }
 
-    /// The body half of [`ReceiptReader::read`]: decodes and validates the
-    /// payload of an entry that passed [`ReceiptReader::check`]. Without
+    /// The body half of [`ReceiptReader::read`]: the key naming a receipt
+    /// kind, and the payload decoded and validated as that kind, of an
+    /// entry that passed [`ReceiptReader::check`]. Without
     /// that check first, nothing says the entry is one the ledger wrote.
     pub fn decode_checked(&self, entry: &Entry) -> Result<Receipt, WorldlineError> {
         let location = Location(entry.sequence, &self.worldline);

@@ -247,7 +247,28 @@ fn receipt_by_hash(
     Receipt::from_entry(&worldline, &entry, limits).map(Some)
 }
 
-/// Entries `after+1..` of `context`, at most `max`.
+/// Entries `after+1..` of `context`, at most `max` and about
+/// [`READ_CHUNK_BYTES`] of payload (always at least one), and the error
+/// that ended the scan early, if one did: the entries before it are good.
+fn scan_entries(
+    store: &dyn Store,
+    context: &str,
+    after: u64,
+    until: u64,
+    max: usize,
+    key: Option<&str>,
+) -> (Vec<Entry>, Result<(), converge_ledger_store::StoreError>) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let scanned = store.scan(context, Scan { after, until, key }, &mut |e| {
+        bytes += e.payload.len();
+        out.push(e);
+        out.len() < max && bytes < READ_CHUNK_BYTES
+    });
+    (out, scanned)
+}
+
+/// [`scan_entries`], failing on a store error.
 fn read_entries(
     store: &dyn Store,
     context: &str,
@@ -256,15 +277,8 @@ fn read_entries(
     max: usize,
     key: Option<&str>,
 ) -> Result<Vec<Entry>, WorldlineError> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    store
-        .scan(context, Scan { after, until, key }, &mut |e| {
-            bytes += e.payload.len();
-            out.push(e);
-            out.len() < max && bytes < READ_CHUNK_BYTES
-        })
-        .map_err(store_error)?;
+    let (out, scanned) = scan_entries(store, context, after, until, max, key);
+    scanned.map_err(store_error)?;
     Ok(out)
 }
 
@@ -274,28 +288,8 @@ fn read_entries(
 /// none where one must be.
 type Step = (Vec<Entry>, Option<(u64, WorldlineError)>);
 
-fn read_step(
-    store: &dyn Store,
-    reader: &ReceiptReader<'_>,
-    context: &str,
-    at: u64,
-    until: u64,
-) -> Step {
-    let mut entries = Vec::new();
-    let mut bytes = 0;
-    let scanned = store.scan(
-        context,
-        Scan {
-            after: at,
-            until,
-            key: None,
-        },
-        &mut |e| {
-            bytes += e.payload.len();
-            entries.push(e);
-            entries.len() < READ_CHUNK && bytes < READ_CHUNK_BYTES
-        },
-    );
+fn read_step(store: &dyn Store, reader: &ReceiptReader<'_>, at: u64, until: u64) -> Step {
+    let (mut entries, scanned) = scan_entries(store, reader.context(), at, until, READ_CHUNK, None);
     // The entries read before one the store could not read are good; the
     // failure names the one after them.
     let mut stopped = scanned.err().map(|e| {
@@ -336,7 +330,6 @@ fn fold_receipts(
     until: u64,
     mut apply: impl FnMut(&Receipt) -> Result<(), WorldlineError>,
 ) -> Result<(), (u64, WorldlineError)> {
-    let context = reader.worldline().context_id();
     let mut feed = |(entries, stopped): Step| -> Result<u64, (u64, WorldlineError)> {
         let mut last = None;
         for e in &entries {
@@ -354,7 +347,7 @@ fn fold_receipts(
     let in_turn = |feed: &mut dyn FnMut(Step) -> Result<u64, (u64, WorldlineError)>| {
         let mut at = after;
         while at < until {
-            at = feed(read_step(store, reader, &context, at, until))?;
+            at = feed(read_step(store, reader, at, until))?;
         }
         Ok(())
     };
@@ -363,13 +356,12 @@ fn fold_receipts(
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(READ_AHEAD);
-        let context = &context;
         let spawned = std::thread::Builder::new()
             .name("worldline-read".to_owned())
             .spawn_scoped(scope, move || {
                 let mut at = after;
                 while at < until {
-                    let step = read_step(store, reader, context, at, until);
+                    let step = read_step(store, reader, at, until);
                     let next = match (&step.1, step.0.last()) {
                         (None, Some(e)) => Some(e.sequence),
                         _ => None,

@@ -449,8 +449,8 @@ impl Folder {
     /// Folds `worldline` up to its head as it is now; returns how many
     /// receipts this node folded.
     pub fn fold(&self, worldline: &WorldlineId) -> Result<u64, WorldlineError> {
-        let context = worldline.context_id();
         let reader = ReceiptReader::new(*worldline, &self.limits);
+        let context = reader.context();
         let kv = self
             .store
             .derived()
@@ -461,7 +461,7 @@ impl Folder {
         loop {
             let head = self
                 .store
-                .head(&context)
+                .head(context)
                 .map_err(store_error)?
                 .map_or(0, |h| h.sequence);
             let mut guards: Vec<Guard> = Vec::with_capacity(all.len());
@@ -492,7 +492,7 @@ impl Folder {
             'read: while at < until {
                 let entries: Vec<Entry> = read_entries(
                     &*self.store,
-                    &context,
+                    context,
                     at,
                     until,
                     READ_CHUNK.min((until - at) as usize),
