@@ -21,6 +21,22 @@ pub fn entry_to_proto(e: &Entry) -> pb::Entry {
     }
 }
 
+/// [`entry_to_proto`] for an entry the caller is done with: its key,
+/// payload and metadata move into the message instead of being copied.
+pub fn entry_into_proto(e: Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id(),
+        sequence: e.sequence,
+        appended_at_ns: e.appended_at_ns,
+        lamport: e.lamport,
+        hash: e.hash.0.to_vec(),
+        prev_hash: e.prev_hash.0.to_vec(),
+        key: e.key,
+        payload: e.payload,
+        metadata: e.metadata.into_iter().collect(),
+    }
+}
+
 /// What the server says about a snapshot it sends.
 pub(crate) fn snapshot_metadata(
     head: &Head,

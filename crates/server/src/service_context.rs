@@ -11,7 +11,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authority, Caller, Right};
-use crate::convert::snapshot_metadata;
+use crate::convert::{entry_into_proto, snapshot_metadata};
 use crate::ledger::metadata_from_wire;
 use crate::{Ledger, LedgerError, entry_to_proto};
 
@@ -69,7 +69,6 @@ impl ContextService for ContextApi {
         let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         caller.require(Right::Read, &r.context_id)?;
-        let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let max_bytes = self.ledger.config().effective_response_bytes_max();
         let max_entries = if r.limit == 0 {
             usize::MAX
@@ -77,18 +76,11 @@ impl ContextService for ContextApi {
             r.limit as usize
         };
         let key = (!r.key.is_empty()).then_some(r.key.as_str());
-        let (entries, truncated) = self
+        let (latest, entries, truncated) = self
             .ledger
-            .read_chunk(
-                &r.context_id,
-                r.after_sequence,
-                latest,
-                key,
-                max_entries,
-                max_bytes,
-            )
+            .read_page(&r.context_id, r.after_sequence, key, max_entries, max_bytes)
             .await?;
-        let entries: Vec<pb::Entry> = entries.iter().map(entry_to_proto).collect();
+        let entries: Vec<pb::Entry> = entries.into_iter().map(entry_into_proto).collect();
         let response = pb::GetResponse {
             entries,
             latest_sequence: latest,

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authority, Right};
+use crate::convert::entry_into_proto;
 use crate::convert::snapshot_metadata;
 use crate::ledger::metadata_from_wire;
 use crate::service_context::accept_unknown_signer;
@@ -77,7 +78,7 @@ impl Reading {
         self.after = last;
         self.remaining -= entries.len() as u64;
         Ok(Some(pb::ReadResponse {
-            entries: entries.iter().map(entry_to_proto).collect(),
+            entries: entries.into_iter().map(entry_into_proto).collect(),
             latest_sequence: self.latest,
         }))
     }

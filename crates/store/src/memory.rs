@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-use converge_ledger_core::{Digest, Entry, Head};
+use converge_ledger_core::{Digest, DigestMap, Entry, Head};
 
 use crate::sequencer::{Backing, stage};
 use crate::store::{heads_after, visit_heads};
@@ -20,7 +20,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     contexts: BTreeMap<Arc<str>, Context>,
-    by_hash: HashMap<Digest, (Arc<str>, u64)>,
+    /// Keyed by SHA-256 digests: a cheap keyed hasher, not SipHash.
+    by_hash: DigestMap<(Arc<str>, u64)>,
 }
 
 struct Context {
@@ -67,6 +68,10 @@ impl Backing for MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn write(&self, now_ns: u64, commands: Vec<WriteCommand>) -> Result<Committed, StoreError> {
         let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let staged = stage(self, now_ns, commands)?;

@@ -91,6 +91,17 @@ pub trait Store: Send + Sync + 'static {
     /// policy (used at shutdown and by the interval policy).
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Whether calls may block the calling thread on I/O (a disk, a
+    /// database). A store that answers `false` (memory) is called directly
+    /// on the async runtime's threads: reads run on the request's thread,
+    /// and group commit runs on the thread of the request that finds no
+    /// commit in flight (see [`crate::Writer`]). Answer `false` only when
+    /// every call takes microseconds and never waits on anything but the
+    /// store's own short critical sections.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     /// The failure that makes this store refuse every write until it is
     /// reopened (a failed fsync, a full disk), if any: health checks report
     /// it and shutdown exits with it. `None` while the store is healthy, and

@@ -1,14 +1,25 @@
 //! Group commit: many concurrent requests, one storage batch, one fsync.
 //!
-//! Requests queue on a bounded channel. A dedicated thread takes whatever is
-//! queued (up to the batch limits), hands it to [`Store::write`] as one batch
-//! and, once it is durable, publishes the new entries and answers every
-//! request. While one batch is being fsynced the next one accumulates, so the
-//! batch size adapts to the load: one request alone pays one fsync, a
-//! thousand concurrent requests share one.
+//! Requests queue, bounded in commands and in bytes. A committer takes
+//! whatever is queued (up to the batch limits), hands it to [`Store::write`]
+//! as one batch and, once it is durable, publishes the new entries and
+//! answers every request. While one batch is being written the next one
+//! accumulates, so the batch size adapts to the load: one request alone pays
+//! one fsync, a thousand concurrent requests share one.
+//!
+//! Who commits depends on the store ([`Store::may_block`]):
+//! - a store whose writes may block on I/O (disk, database) gets a dedicated
+//!   thread, so an fsync never stalls the async runtime;
+//! - a store that never blocks (memory) is committed by the requests
+//!   themselves: the request that finds no commit in flight commits the
+//!   queue on its own thread and answers the others (leader/follower). One
+//!   request alone crosses no thread; under load, a commit that finds more
+//!   queued behind it hands the rest to a task of its own, so no request's
+//!   answer waits for other requests' commits.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use converge_ledger_core::Entry;
@@ -94,8 +105,8 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {}
 
 /// Called with every batch of newly durable entries, in commit order, before
-/// any request of the batch is answered.
-pub type OnCommit = Box<dyn Fn(&[(Arc<str>, Arc<Entry>)]) + Send + 'static>;
+/// any request of the batch is answered. Calls never overlap.
+pub type OnCommit = Box<dyn Fn(&[(Arc<str>, Arc<Entry>)]) + Send + Sync + 'static>;
 
 enum Msg {
     Job(Job),
@@ -107,54 +118,92 @@ struct Job {
     command: WriteCommand,
     bytes: usize,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
-    _permit: OwnedSemaphorePermit,
+    /// Its bytes of the queue, and (committed in requests) its queue slot.
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
-/// Handle to the group-commit thread. Dropping every handle (or calling
-/// [`Writer::shutdown`]) lets the thread drain the queue, sync the store and
-/// exit.
+/// Handle to the group committer. Dropping every handle (or calling
+/// [`Writer::shutdown`]) lets it drain the queue, sync the store and stop.
 pub struct Writer {
-    tx: mpsc::Sender<Msg>,
     bytes: Arc<Semaphore>,
     /// Queue byte limit, in the semaphore's unit (bytes).
     bytes_max: usize,
-    /// Fires when the thread has drained, synced and exited, with the
-    /// result of the final sync.
-    done: std::sync::Mutex<Option<oneshot::Receiver<Result<(), StoreError>>>>,
     stats: Arc<WriterStats>,
     queue_commands_max: usize,
+    committer: Committer,
+}
+
+enum Committer {
+    /// A dedicated thread commits (stores that may block).
+    Thread {
+        tx: mpsc::Sender<Msg>,
+        /// Fires when the thread has drained, synced and exited, with the
+        /// result of the final sync.
+        done: Mutex<Option<oneshot::Receiver<Result<(), StoreError>>>>,
+    },
+    /// The requests commit (stores that never block).
+    Requests(Arc<Combiner>),
+}
+
+/// What the committer needs, shared by whoever commits.
+struct Commit {
+    store: Arc<dyn Store>,
+    config: WriterConfig,
+    clock: Arc<dyn Clock>,
+    on_commit: OnCommit,
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
-    /// Starts the writer thread over `store`.
+    /// Starts the group committer over `store`: a thread of its own when
+    /// the store may block, the requests themselves when it never does.
     pub fn spawn(
         store: Arc<dyn Store>,
         config: WriterConfig,
         clock: Arc<dyn Clock>,
         on_commit: OnCommit,
     ) -> Writer {
-        let (tx, rx) = mpsc::channel(config.queue_commands_max.max(1));
         let bytes_max = config
             .queue_bytes_max
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-        let (done_tx, done) = oneshot::channel();
         let stats = Arc::new(WriterStats::default());
         let queue_commands_max = config.queue_commands_max.max(1);
-        let recorder = stats.clone();
-        std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || {
-                let synced = run(store, config, clock, on_commit, rx, &recorder);
-                let _ = done_tx.send(synced);
-            })
-            .expect("spawning the writer thread");
+        let inline = !store.may_block();
+        let commit = Commit {
+            store,
+            config,
+            clock,
+            on_commit,
+            stats: stats.clone(),
+        };
+        let committer = if inline {
+            Committer::Requests(Arc::new(Combiner {
+                slots: Arc::new(Semaphore::new(queue_commands_max)),
+                state: Mutex::new(Queue::default()),
+                idle: tokio::sync::Notify::new(),
+                commit,
+            }))
+        } else {
+            let (tx, rx) = mpsc::channel(queue_commands_max);
+            let (done_tx, done) = oneshot::channel();
+            std::thread::Builder::new()
+                .name("ledger-writer".into())
+                .spawn(move || {
+                    let synced = run(commit, rx);
+                    let _ = done_tx.send(synced);
+                })
+                .expect("spawning the writer thread");
+            Committer::Thread {
+                tx,
+                done: Mutex::new(Some(done)),
+            }
+        };
         Writer {
-            tx,
             bytes: Arc::new(Semaphore::new(bytes_max)),
             bytes_max,
-            done: std::sync::Mutex::new(Some(done)),
             stats,
             queue_commands_max,
+            committer,
         }
     }
 
@@ -163,9 +212,19 @@ impl Writer {
         &self.stats
     }
 
+    /// Whether requests commit on their own threads (the store never
+    /// blocks) rather than through the writer thread.
+    pub fn commits_in_requests(&self) -> bool {
+        matches!(self.committer, Committer::Requests(_))
+    }
+
     /// Commands and bytes waiting in the queue now (and being committed).
     pub fn queued(&self) -> (usize, usize) {
-        let commands = self.queue_commands_max - self.tx.capacity().min(self.queue_commands_max);
+        let free = match &self.committer {
+            Committer::Thread { tx, .. } => tx.capacity(),
+            Committer::Requests(c) => c.slots.available_permits(),
+        };
+        let commands = self.queue_commands_max - free.min(self.queue_commands_max);
         let bytes = self.bytes_max - self.bytes.available_permits().min(self.bytes_max);
         (commands, bytes)
     }
@@ -188,44 +247,110 @@ impl Writer {
             .await
             .map_err(|_| WriteError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Job(Job {
-                command,
-                bytes,
-                reply,
-                _permit: permit,
-            }))
-            .await
-            .map_err(|_| WriteError::Closed)?;
+        match &self.committer {
+            Committer::Thread { tx, .. } => {
+                tx.send(Msg::Job(Job {
+                    command,
+                    bytes,
+                    reply,
+                    _permits: (permit, None),
+                }))
+                .await
+                .map_err(|_| WriteError::Closed)?;
+            }
+            Committer::Requests(combiner) => {
+                let slot = combiner
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| WriteError::Closed)?;
+                let job = Job {
+                    command,
+                    bytes,
+                    reply,
+                    _permits: (permit, Some(slot)),
+                };
+                if combiner.enqueue(job)? {
+                    combiner.lead();
+                }
+            }
+        }
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
     /// Stops accepting writes, lets everything already queued commit, syncs
-    /// the store and waits for the writer thread to exit. An error says the
+    /// the store and waits for the committer to stop. An error says the
     /// final sync failed: writes acknowledged under a relaxed fsync policy
     /// may not be on disk. Only the first call reports it.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.bytes.close();
-        let _ = self.tx.send(Msg::Stop).await;
-        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match done {
-            Some(done) => done.await.unwrap_or(Err(StoreError::Internal(
-                "the writer thread ended without reporting its final sync".into(),
-            ))),
-            None => Ok(()),
+        match &self.committer {
+            Committer::Thread { tx, done } => {
+                let _ = tx.send(Msg::Stop).await;
+                let done = done.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match done {
+                    Some(done) => done.await.unwrap_or(Err(StoreError::Internal(
+                        "the writer thread ended without reporting its final sync".into(),
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            Committer::Requests(combiner) => combiner.shutdown().await,
         }
     }
 }
 
-fn run(
-    store: Arc<dyn Store>,
-    config: WriterConfig,
-    clock: Arc<dyn Clock>,
-    on_commit: OnCommit,
-    mut rx: mpsc::Receiver<Msg>,
-    stats: &WriterStats,
-) -> Result<(), StoreError> {
-    let mut jobs: Vec<Job> = Vec::with_capacity(config.batch_commands_max);
+impl Commit {
+    /// Writes `jobs` as one batch and answers each of them.
+    fn batch(&self, jobs: &mut Vec<Job>) {
+        let (commands, replies): (Vec<_>, Vec<_>) = jobs
+            .drain(..)
+            .map(|j| (j.command, (j.reply, j._permits)))
+            .unzip();
+        let stats = &self.stats;
+        stats.batch_commands.observe(commands.len() as f64);
+        let started = std::time::Instant::now();
+        let written = self.store.write(self.clock.now_ns(), commands);
+        stats.commit_seconds.observe_duration(started.elapsed());
+        match written {
+            Ok(committed) => {
+                stats
+                    .entries
+                    .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
+                let payload: usize = committed.entries.iter().map(|(_, e)| e.payload.len()).sum();
+                stats
+                    .payload_bytes
+                    .fetch_add(payload as u64, Ordering::Relaxed);
+                if !committed.entries.is_empty() {
+                    (self.on_commit)(&committed.entries);
+                }
+                // Each request leaves the queue's accounting before it is
+                // answered: an answered request is never counted as queued.
+                for ((reply, permits), outcome) in replies.into_iter().zip(committed.outcomes) {
+                    drop(permits);
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                for (reply, permits) in replies {
+                    drop(permits);
+                    let _ = reply.send(Err(WriteError::Store(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Whether a batch holding `commands` commands and `bytes` bytes has
+    /// room for more.
+    fn has_room(&self, commands: usize, bytes: usize) -> bool {
+        commands < self.config.batch_commands_max && bytes < self.config.batch_bytes_max
+    }
+}
+
+fn run(commit: Commit, mut rx: mpsc::Receiver<Msg>) -> Result<(), StoreError> {
+    let mut jobs: Vec<Job> = Vec::with_capacity(commit.config.batch_commands_max);
     let mut stopping = false;
     while !stopping {
         let first = match rx.blocking_recv() {
@@ -234,7 +359,7 @@ fn run(
         };
         let mut bytes = first.bytes;
         jobs.push(first);
-        while jobs.len() < config.batch_commands_max && bytes < config.batch_bytes_max {
+        while commit.has_room(jobs.len(), bytes) {
             match rx.try_recv() {
                 Ok(Msg::Job(job)) => {
                     bytes += job.bytes;
@@ -247,39 +372,407 @@ fn run(
                 Err(_) => break,
             }
         }
-        let (commands, replies): (Vec<_>, Vec<_>) = jobs
-            .drain(..)
-            .map(|j| (j.command, (j.reply, j._permit)))
-            .unzip();
-        stats.batch_commands.observe(commands.len() as f64);
-        let started = std::time::Instant::now();
-        let written = store.write(clock.now_ns(), commands);
-        stats.commit_seconds.observe_duration(started.elapsed());
-        match written {
-            Ok(committed) => {
-                stats
-                    .entries
-                    .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
-                let payload: usize = committed.entries.iter().map(|(_, e)| e.payload.len()).sum();
-                stats
-                    .payload_bytes
-                    .fetch_add(payload as u64, Ordering::Relaxed);
-                if !committed.entries.is_empty() {
-                    on_commit(&committed.entries);
-                }
-                for ((reply, _permit), outcome) in replies.into_iter().zip(committed.outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                for (reply, _permit) in replies {
-                    let _ = reply.send(Err(WriteError::Store(e.clone())));
-                }
-            }
-        }
+        commit.batch(&mut jobs);
     }
     // Refuse whatever arrives after the stop, then make everything durable.
     rx.close();
-    store.sync()
+    commit.store.sync()
+}
+
+/// Group commit by the requests themselves (leader/follower), for stores
+/// that never block.
+struct Combiner {
+    /// Queue slots (`queue_commands_max`).
+    slots: Arc<Semaphore>,
+    state: Mutex<Queue>,
+    /// Told whenever committing stops with the queue empty.
+    idle: tokio::sync::Notify,
+    commit: Commit,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Someone is committing: it will take what is queued.
+    committing: bool,
+    /// Shut down: nothing more is accepted.
+    closed: bool,
+}
+
+impl Combiner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `job`; `true` when the caller must commit (no one else is).
+    fn enqueue(&self, job: Job) -> Result<bool, WriteError> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(WriteError::Closed);
+        }
+        q.jobs.push_back(job);
+        Ok(!std::mem::replace(&mut q.committing, true))
+    }
+
+    /// Commits one batch as the leader; if more was queued meanwhile, hands
+    /// the leadership to a task that commits the rest, so the caller's own
+    /// answer is not held back by other requests' commits.
+    fn lead(self: &Arc<Self>) {
+        if !self.commit_one() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let next = self.clone();
+                runtime.spawn(async move {
+                    while next.commit_one() {
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            // Outside a Tokio runtime there is no task to hand over to:
+            // commit the rest here.
+            Err(_) => while self.commit_one() {},
+        }
+    }
+
+    /// Commits one batch of what is queued (the caller is the leader).
+    /// Returns `true` when more is queued and the caller is still the
+    /// leader, `false` when the queue is empty and leadership is released.
+    fn commit_one(&self) -> bool {
+        let mut jobs = Vec::new();
+        {
+            let mut q = self.lock();
+            let mut bytes = 0;
+            while self.commit.has_room(jobs.len(), bytes) {
+                let Some(job) = q.jobs.pop_front() else { break };
+                bytes += job.bytes;
+                jobs.push(job);
+            }
+        }
+        if !jobs.is_empty() {
+            let unwinding = Release(self);
+            self.commit.batch(&mut jobs);
+            std::mem::forget(unwinding);
+        }
+        // Checking for more and releasing happen under one lock: a request
+        // queued after this sees no leader and leads itself.
+        let mut q = self.lock();
+        if q.jobs.is_empty() {
+            q.committing = false;
+            drop(q);
+            self.idle.notify_one();
+            false
+        } else {
+            true
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        self.slots.close();
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let lead = {
+                let mut q = self.lock();
+                q.closed = true;
+                if q.committing {
+                    false
+                } else if q.jobs.is_empty() {
+                    break;
+                } else {
+                    q.committing = true;
+                    true
+                }
+            };
+            if lead {
+                while self.commit_one() {}
+            } else {
+                idle.await;
+            }
+        }
+        self.commit.store.sync()
+    }
+}
+
+impl Drop for Combiner {
+    /// The last handle is gone and the queue is empty (a leader holds a
+    /// handle while it commits): make everything durable, as the writer
+    /// thread does when its channel closes.
+    fn drop(&mut self) {
+        let _ = self.commit.store.sync();
+    }
+}
+
+/// Dropped only when a commit panics: releases the leadership, answers
+/// every queued request `Closed` and takes nothing more, as the writer
+/// thread's end would.
+struct Release<'a>(&'a Combiner);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let orphaned = {
+            let mut q = self.0.lock();
+            q.committing = false;
+            q.closed = true;
+            std::mem::take(&mut q.jobs)
+        };
+        drop(orphaned);
+        self.0.idle.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use converge_ledger_core::NewEntry;
+
+    use super::*;
+    use crate::testkit::Probe;
+    use crate::{AppendCommand, MemoryStore};
+
+    /// A store that never blocks (memory: requests commit), or one that
+    /// may (embedded, without fsync: the writer thread commits). The
+    /// directory lives as long as the store is used.
+    fn store(may_block: bool) -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+        if !may_block {
+            return (Arc::new(MemoryStore::new()), None);
+        }
+        #[cfg(feature = "embedded")]
+        {
+            use crate::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = EmbeddedOptions::new(dir.path().join("db"));
+            options.fsync = FsyncPolicy::Never;
+            (Arc::new(EmbeddedStore::open(options).unwrap()), Some(dir))
+        }
+        #[cfg(not(feature = "embedded"))]
+        unreachable!("the writer-thread tests need the embedded store")
+    }
+
+    fn append(context: &str, i: usize) -> WriteCommand {
+        WriteCommand::Append(AppendCommand {
+            context: context.to_owned(),
+            entry: NewEntry {
+                key: "k".into(),
+                payload: i.to_be_bytes().to_vec(),
+                metadata: Default::default(),
+                lamport: 0,
+            },
+            idempotency_key: None,
+        })
+    }
+
+    fn writer(
+        store: Arc<dyn Store>,
+        config: WriterConfig,
+        commits: Arc<AtomicUsize>,
+    ) -> Arc<Writer> {
+        Arc::new(Writer::spawn(
+            store,
+            config,
+            Arc::new(SystemClock),
+            Box::new(move |entries| {
+                commits.fetch_add(entries.len(), Ordering::SeqCst);
+            }),
+        ))
+    }
+
+    /// A request left unanswered shows as a timeout, not a hung test.
+    async fn within_10s(f: impl std::future::Future<Output = ()>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .expect("a request was left waiting: no committer took it");
+    }
+
+    /// 400 tasks over 4 contexts, 5 appends each, with a small queue and
+    /// small batches: every append answered with its own entry, each
+    /// context gapless, every entry published once.
+    async fn concurrent_appends_are_all_answered_gapless(may_block: bool) {
+        let (store, _dir) = store(may_block);
+        let published = Arc::new(AtomicUsize::new(0));
+        let config = WriterConfig {
+            queue_commands_max: 16,
+            batch_commands_max: 7,
+            ..WriterConfig::default()
+        };
+        let w = writer(store.clone(), config, published.clone());
+        assert_eq!(w.commits_in_requests(), !may_block);
+        let mut tasks = Vec::new();
+        for t in 0..400usize {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                let context = format!("c{}", t % 4);
+                let mut got = Vec::new();
+                for i in 0..5 {
+                    let n = t * 5 + i;
+                    match w.submit(append(&context, n)).await {
+                        Ok(WriteOutcome::Appended(e)) => {
+                            assert_eq!(
+                                e.payload,
+                                n.to_be_bytes().to_vec(),
+                                "answered another's entry"
+                            );
+                            got.push(e.sequence);
+                        }
+                        other => panic!("append {n}: {other:?}"),
+                    }
+                }
+                (context, got)
+            }));
+        }
+        let mut by_context: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for t in tasks {
+            let (c, seqs) = t.await.unwrap();
+            by_context.entry(c).or_default().extend(seqs);
+        }
+        for (c, mut seqs) in by_context {
+            seqs.sort_unstable();
+            assert_eq!(seqs, (1..=500).collect::<Vec<u64>>(), "context {c}");
+            assert_eq!(store.head(&c).unwrap().unwrap().sequence, 500);
+        }
+        assert_eq!(published.load(Ordering::SeqCst), 2000);
+        assert_eq!(w.stats().entries.load(Ordering::SeqCst), 2000);
+        assert_eq!(w.queued(), (0, 0));
+        w.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_committing_themselves_answer_every_concurrent_append_gapless() {
+        within_10s(concurrent_appends_are_all_answered_gapless(false)).await;
+    }
+
+    #[cfg(feature = "embedded")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_answers_every_concurrent_append_gapless() {
+        within_10s(concurrent_appends_are_all_answered_gapless(true)).await;
+    }
+
+    /// 300 tasks submit once each, at the same instant, into batches of 7:
+    /// the requests queued behind a commit are committed by whoever leads
+    /// next, with no further request to carry them.
+    async fn a_burst_is_committed_without_later_requests(may_block: bool) {
+        let (store, _dir) = store(may_block);
+        let config = WriterConfig {
+            batch_commands_max: 7,
+            ..WriterConfig::default()
+        };
+        let w = writer(store.clone(), config, Arc::default());
+        let start = Arc::new(tokio::sync::Barrier::new(300));
+        let mut tasks = Vec::new();
+        for i in 0..300usize {
+            let (w, start) = (w.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                w.submit(append("c", i)).await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Ok(WriteOutcome::Appended(_))));
+        }
+        assert_eq!(store.head("c").unwrap().unwrap().sequence, 300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_committing_themselves_leave_no_burst_request_behind() {
+        within_10s(a_burst_is_committed_without_later_requests(false)).await;
+    }
+
+    #[cfg(feature = "embedded")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_leaves_no_burst_request_behind() {
+        within_10s(a_burst_is_committed_without_later_requests(true)).await;
+    }
+
+    /// Appends in flight when shutdown begins all commit; a submit after it
+    /// is refused and writes nothing.
+    async fn shutdown_commits_what_is_queued_and_refuses_the_rest(may_block: bool) {
+        let (store, _dir) = store(may_block);
+        let w = writer(store.clone(), WriterConfig::default(), Arc::default());
+        let mut tasks = Vec::new();
+        for i in 0..200usize {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move { w.submit(append("c", i)).await }));
+        }
+        tokio::task::yield_now().await;
+        w.shutdown().await.unwrap();
+        let mut appended = 0u64;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(WriteOutcome::Appended(_)) => appended += 1,
+                Err(WriteError::Closed) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let head = store.head("c").unwrap().map_or(0, |h| h.sequence);
+        assert_eq!(
+            head, appended,
+            "every acknowledged append is stored, nothing else"
+        );
+        assert!(matches!(
+            w.submit(append("c", 999)).await,
+            Err(WriteError::Closed)
+        ));
+        assert_eq!(store.head("c").unwrap().map_or(0, |h| h.sequence), head);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_committing_themselves_drain_the_queue_at_shutdown() {
+        within_10s(shutdown_commits_what_is_queued_and_refuses_the_rest(false)).await;
+    }
+
+    #[cfg(feature = "embedded")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_drains_the_queue_at_shutdown() {
+        within_10s(shutdown_commits_what_is_queued_and_refuses_the_rest(true)).await;
+    }
+
+    /// A commit that panics leaves no request waiting forever: its own and
+    /// every queued request are answered `Closed`, later ones too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_commit_in_a_request_answers_every_waiting_request_closed() {
+        let writes = AtomicUsize::new(0);
+        let store: Arc<dyn Store> =
+            Arc::new(Probe::failing(Arc::new(MemoryStore::new()), move || {
+                let n = writes.fetch_add(1, Ordering::SeqCst) + 1;
+                assert_ne!(n, 3, "write {n} fails by design");
+                None
+            }));
+        let w = writer(store.clone(), WriterConfig::default(), Arc::default());
+        for i in 0..2 {
+            assert!(matches!(
+                w.submit(append("c", i)).await,
+                Ok(WriteOutcome::Appended(_))
+            ));
+        }
+        let mut tasks = Vec::new();
+        for i in 0..50usize {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move { w.submit(append("c", i)).await }));
+        }
+        let outcomes = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(t.await);
+            }
+            v
+        })
+        .await
+        .expect("no request may wait forever after a commit panicked");
+        for o in outcomes {
+            match o {
+                // The leader's task panicked with its commit.
+                Err(join) => assert!(join.is_panic()),
+                Ok(Err(WriteError::Closed)) => {}
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            w.submit(append("c", 7)).await,
+            Err(WriteError::Closed)
+        ));
+        assert_eq!(store.head("c").unwrap().unwrap().sequence, 2);
+    }
 }

@@ -485,6 +485,27 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(args))
 }
 
+/// Median latency of a 4 KiB write followed by `fdatasync`, in `dir`
+/// (beside the `always` ledger's data): the price of one durable commit on
+/// this disk.
+fn fsync_p50_us(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut took = Vec::with_capacity(200);
+    for i in 0..200u64 {
+        f.seek(SeekFrom::Start(i * 4096))?;
+        let started = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        took.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(median(took))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let ledger_bin = args.ledger_bin.clone().unwrap_or_else(|| {
@@ -567,7 +588,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     let mut reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut fsyncs = Vec::new();
     for round in 0..args.rounds {
+        let f = fsync_p50_us(dir.path())?;
+        eprintln!("round {round}: 4 KiB write + fdatasync beside the data, p50 {f:.0} us");
+        fsyncs.push(f);
         for &clients in &args.clients {
             for t in &targets {
                 let tag = format!("{round}-{clients}");
@@ -644,6 +669,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         if !ratios.is_empty() {
             println!("{:<10} {}", "", ratios.join(", "));
+        }
+    }
+    let fsync = median(fsyncs);
+    json.insert("fsync_p50_us".into(), fsync.into());
+    if let Some(t) = samples.get(&(1, "trivial")) {
+        let trivial = median(t.iter().map(|x| x.1).collect());
+        println!(
+            "\nsequential p50 against the floor (4 KiB write + fdatasync p50 here: {fsync:.0} us):"
+        );
+        for (ledger, allowance, rule) in [
+            ("memory", 30.0, "trivial + 30 us"),
+            ("always", fsync + 50.0, "trivial + one fsync + 50 us"),
+        ] {
+            if let Some(l) = samples.get(&(1, ledger)) {
+                let p50 = median(l.iter().map(|x| x.1).collect());
+                let bound = trivial + allowance;
+                println!(
+                    "{ledger:<10} p50 {p50:.0} us, target <= {rule} = {bound:.0} us: {}",
+                    if p50 <= bound { "met" } else { "missed" }
+                );
+            }
         }
     }
     if !reads.is_empty() {

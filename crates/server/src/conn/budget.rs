@@ -151,7 +151,8 @@ where
             framing: Framing::default(),
             waiting: None,
             pending_frame: None,
-            idle: Box::pin(tokio::time::sleep(self.budget.idle)),
+            idle: None,
+            progressed: false,
         });
         let future = self.inner.call(http::Request::from_parts(parts, body));
         Box::pin(async move {
@@ -253,7 +254,32 @@ struct BudgetedBody {
     /// The budget being waited for, for `pending_frame`.
     waiting: Option<Acquire>,
     pending_frame: Option<Frame<Bytes>>,
-    idle: Pin<Box<Sleep>>,
+    /// The idle timer, armed only when the body first has to wait (a
+    /// request that arrives whole never touches the timer wheel).
+    idle: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last armed.
+    progressed: bool,
+}
+
+impl BudgetedBody {
+    /// Polls the idle timer, arming it (or re-arming it after progress)
+    /// `idle` from now; ready when the body sent nothing for that long.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle = self.budget.idle;
+        let timer = match &mut self.idle {
+            Some(timer) => {
+                if std::mem::take(&mut self.progressed) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                timer
+            }
+            None => {
+                self.progressed = false;
+                self.idle.insert(Box::pin(tokio::time::sleep(idle)))
+            }
+        };
+        timer.as_mut().poll(cx)
+    }
 }
 
 fn refuse(status: Status) -> Poll<Option<Result<Frame<Bytes>, tonic::codegen::StdError>>> {
@@ -279,9 +305,7 @@ impl HttpBody for BudgetedBody {
                             .unwrap_or_else(|p| p.into_inner())
                             .push(permit);
                         let frame = this.pending_frame.take();
-                        this.idle
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + this.budget.idle);
+                        this.progressed = true;
                         return Poll::Ready(frame.map(Ok));
                     }
                     Ok(Err(_)) => {
@@ -301,7 +325,7 @@ impl HttpBody for BudgetedBody {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(other) => return Poll::Ready(other.map(|r| r.map_err(Into::into))),
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    if this.poll_idle(cx).is_ready() {
                         return refuse(Status::deadline_exceeded(format!(
                             "the request sent nothing for {} s; its stream was dropped",
                             this.budget.idle.as_secs()
@@ -327,9 +351,7 @@ impl HttpBody for BudgetedBody {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(permit);
-                    this.idle
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.budget.idle);
+                    this.progressed = true;
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Err(_) => {

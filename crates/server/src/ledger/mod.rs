@@ -214,6 +214,22 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Runs a store call whose work is bounded (a head, a page of entries,
+    /// a proof): directly on stores that never block, on the blocking pool
+    /// otherwise. Unbounded work (snapshots, replays) uses [`blocking`].
+    async fn quick<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        if self.store.may_block() {
+            blocking(f).await
+        } else {
+            f()
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<T, LedgerError> {

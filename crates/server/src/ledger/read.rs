@@ -4,7 +4,7 @@
 use converge_ledger_core::{Digest, Entry, Head, SignedHead};
 use converge_ledger_store::{Scan, proofs};
 
-use super::{Ledger, blocking};
+use super::Ledger;
 use crate::LedgerError;
 
 /// An inclusion proof and what it proves.
@@ -43,7 +43,8 @@ impl Ledger {
         self.config.limits.check_context_id(context)?;
         let store = self.store.clone();
         let context = context.to_owned();
-        blocking(move || store.head(&context).map_err(LedgerError::from)).await
+        self.quick(move || store.head(&context).map_err(LedgerError::from))
+            .await
     }
 
     /// Validates a read of `context` filtered by `key` (empty: all keys) and
@@ -70,29 +71,48 @@ impl Ledger {
         let store = self.store.clone();
         let context = context.to_owned();
         let key = key.map(str::to_owned);
-        blocking(move || {
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            let mut truncated = false;
-            store.scan(
+        self.quick(move || {
+            scan_chunk(
+                store.as_ref(),
                 &context,
-                Scan {
-                    after,
-                    until,
-                    key: key.as_deref(),
-                },
-                &mut |e| {
-                    let size = e.approximate_size();
-                    if out.len() >= max_entries || (!out.is_empty() && bytes + size > max_bytes) {
-                        truncated = true;
-                        return false;
-                    }
-                    bytes += size;
-                    out.push(e);
-                    true
-                },
+                after,
+                until,
+                key.as_deref(),
+                max_entries,
+                max_bytes,
+            )
+        })
+        .await
+    }
+
+    /// One page of a read: the head sequence of `context` (0: no entries)
+    /// and, up to it, what [`Ledger::read_chunk`] returns after `after`,
+    /// in one call to the store (one hand-off to the blocking pool).
+    pub async fn read_page(
+        &self,
+        context: &str,
+        after: u64,
+        key: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<(u64, Vec<Entry>, bool), LedgerError> {
+        self.config.limits.check_key_filter(key.unwrap_or(""))?;
+        self.config.limits.check_context_id(context)?;
+        let store = self.store.clone();
+        let context = context.to_owned();
+        let key = key.map(str::to_owned);
+        self.quick(move || {
+            let latest = store.head(&context)?.map_or(0, |h| h.sequence);
+            let (entries, truncated) = scan_chunk(
+                store.as_ref(),
+                &context,
+                after,
+                latest,
+                key.as_deref(),
+                max_entries,
+                max_bytes,
             )?;
-            Ok((out, truncated))
+            Ok((latest, entries, truncated))
         })
         .await
     }
@@ -129,7 +149,7 @@ impl Ledger {
         }
         let store = self.store.clone();
         let context = context.to_owned();
-        blocking(move || {
+        self.quick(move || {
             let entry = store.entry(&context, sequence)?.ok_or_else(|| {
                 LedgerError::DataLoss(format!(
                     "entry {sequence} of {context:?} is missing below the head"
@@ -170,7 +190,7 @@ impl Ledger {
         }
         let store = self.store.clone();
         let context = context.to_owned();
-        blocking(move || {
+        self.quick(move || {
             let proof = proofs::consistency_proof(store.as_ref(), &context, old_size, new)?;
             let old_root = proofs::root_at(store.as_ref(), &context, old_size)?;
             let new_root = proofs::root_at(store.as_ref(), &context, new)?;
@@ -197,7 +217,7 @@ impl Ledger {
     ) -> Result<Vec<(String, Head)>, LedgerError> {
         let store = self.store.clone();
         let after = after.to_owned();
-        blocking(move || {
+        self.quick(move || {
             let mut out = Vec::new();
             store.contexts(&after, &mut |c, h| {
                 if visible(c) {
@@ -213,7 +233,7 @@ impl Ledger {
     /// The entry with this hash and its context.
     pub async fn get_by_hash(&self, hash: Digest) -> Result<Option<(String, Entry)>, LedgerError> {
         let store = self.store.clone();
-        blocking(move || {
+        self.quick(move || {
             let Some((context, sequence)) = store.find_by_hash(&hash)? else {
                 return Ok(None);
             };
@@ -226,4 +246,30 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// The scan behind [`Ledger::read_chunk`].
+fn scan_chunk(
+    store: &dyn converge_ledger_store::Store,
+    context: &str,
+    after: u64,
+    until: u64,
+    key: Option<&str>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Entry>, bool), LedgerError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    store.scan(context, Scan { after, until, key }, &mut |e| {
+        let size = e.approximate_size();
+        if out.len() >= max_entries || (!out.is_empty() && bytes + size > max_bytes) {
+            truncated = true;
+            return false;
+        }
+        bytes += size;
+        out.push(e);
+        true
+    })?;
+    Ok((out, truncated))
 }

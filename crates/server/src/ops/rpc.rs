@@ -167,13 +167,15 @@ impl Call {
         self.metrics
             .histogram(&self.path, code)
             .observe_duration(self.started.elapsed());
+        if code == 0 {
+            return;
+        }
         let context = self.noted.lock().unwrap_or_else(|p| p.into_inner()).take();
         let context = context.as_deref().unwrap_or("-");
         let operation = self.path.trim_start_matches('/');
         let status = code_name(code);
         let message = percent_decode(message);
         match code {
-            0 => {}
             // The client went away: not an error of the server's.
             1 => tracing::debug!(operation, context, status, "call cancelled by the client"),
             2 | 13 | 15 => {

@@ -121,6 +121,9 @@ impl Store for Probe {
     fn sync(&self) -> Result<(), StoreError> {
         self.inner.sync()
     }
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
     fn failure(&self) -> Option<StoreError> {
         let latched = self
             .latched
