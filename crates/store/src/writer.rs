@@ -281,8 +281,10 @@ impl Writer {
 
     /// Stops accepting writes, lets everything already queued commit, syncs
     /// the store and waits for the committer to stop. An error says the
-    /// final sync failed: writes acknowledged under a relaxed fsync policy
-    /// may not be on disk. Only the first call reports it.
+    /// final sync failed (writes acknowledged under a relaxed fsync policy
+    /// may not be on disk) or the committer died. With the writer thread
+    /// only the first call reports it; requests committing report it on
+    /// every call.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.bytes.close();
         match &self.committer {
@@ -397,6 +399,9 @@ struct Queue {
     committing: bool,
     /// Shut down: nothing more is accepted.
     closed: bool,
+    /// A commit panicked or its committer was dropped: the queue was
+    /// refused.
+    abandoned: bool,
 }
 
 impl Combiner {
@@ -423,11 +428,15 @@ impl Combiner {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let next = self.clone();
+                // The lease gives the leadership back if the task is dropped
+                // before the queue is empty (a runtime shutting down drops
+                // tasks, even unstarted ones).
+                let lease = Lease(self.clone());
                 runtime.spawn(async move {
-                    while next.commit_one() {
+                    while lease.0.commit_one() {
                         tokio::task::yield_now().await;
                     }
+                    std::mem::forget(lease);
                 });
             }
             // Outside a Tokio runtime there is no task to hand over to:
@@ -439,6 +448,8 @@ impl Combiner {
     /// Commits one batch of what is queued (the caller is the leader).
     /// Returns `true` when more is queued and the caller is still the
     /// leader, `false` when the queue is empty and leadership is released.
+    /// A commit that panics is caught: its requests and every queued one
+    /// are answered `Closed`, the queue closes, and shutdown reports it.
     fn commit_one(&self) -> bool {
         let mut jobs = Vec::new();
         {
@@ -451,9 +462,16 @@ impl Combiner {
             }
         }
         if !jobs.is_empty() {
-            let unwinding = Release(self);
-            self.commit.batch(&mut jobs);
-            std::mem::forget(unwinding);
+            let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.commit.batch(&mut jobs)
+            }));
+            if committed.is_err() {
+                // Whatever the batch had not answered is answered `Closed`
+                // by dropping its reply senders.
+                drop(jobs);
+                self.abandon();
+                return false;
+            }
         }
         // Checking for more and releasing happen under one lock: a request
         // queued after this sees no leader and leads itself.
@@ -461,11 +479,25 @@ impl Combiner {
         if q.jobs.is_empty() {
             q.committing = false;
             drop(q);
-            self.idle.notify_one();
+            self.idle.notify_waiters();
             false
         } else {
             true
         }
+    }
+
+    /// Gives the leadership up for good: every queued request is answered
+    /// `Closed`, nothing more is accepted, and shutdown reports it.
+    fn abandon(&self) {
+        let orphaned = {
+            let mut q = self.lock();
+            q.committing = false;
+            q.closed = true;
+            q.abandoned = true;
+            std::mem::take(&mut q.jobs)
+        };
+        drop(orphaned);
+        self.idle.notify_waiters();
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {
@@ -474,23 +506,21 @@ impl Combiner {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            let lead = {
+            {
                 let mut q = self.lock();
                 q.closed = true;
-                if q.committing {
-                    false
-                } else if q.jobs.is_empty() {
-                    break;
-                } else {
-                    q.committing = true;
-                    true
+                if q.abandoned {
+                    return Err(StoreError::Internal(
+                        "a group commit panicked; the writes queued with it were refused".into(),
+                    ));
                 }
-            };
-            if lead {
-                while self.commit_one() {}
-            } else {
-                idle.await;
+                // Not committing means nothing is queued: whoever queues
+                // while no one commits becomes the leader at once.
+                if !q.committing {
+                    break;
+                }
             }
+            idle.await;
         }
         self.commit.store.sync()
     }
@@ -505,21 +535,14 @@ impl Drop for Combiner {
     }
 }
 
-/// Dropped only when a commit panics: releases the leadership, answers
-/// every queued request `Closed` and takes nothing more, as the writer
-/// thread's end would.
-struct Release<'a>(&'a Combiner);
+/// The leadership held by a spawned committing task; dropped before the
+/// task finished (its runtime shut down), it abandons the queue rather than
+/// leave requests waiting for a committer that will never run.
+struct Lease(Arc<Combiner>);
 
-impl Drop for Release<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        let orphaned = {
-            let mut q = self.0.lock();
-            q.committing = false;
-            q.closed = true;
-            std::mem::take(&mut q.jobs)
-        };
-        drop(orphaned);
-        self.0.idle.notify_one();
+        self.0.abandon();
     }
 }
 
@@ -686,36 +709,64 @@ mod tests {
         within_10s(a_burst_is_committed_without_later_requests(true)).await;
     }
 
-    /// Appends in flight when shutdown begins all commit; a submit after it
-    /// is refused and writes nothing.
+    /// A commit is held in flight (its store write waits for a signal)
+    /// while 50 more appends queue behind it and two shutdowns begin: both
+    /// shutdowns wait, every queued append commits, and a submit after the
+    /// shutdown is refused and writes nothing.
     async fn shutdown_commits_what_is_queued_and_refuses_the_rest(may_block: bool) {
-        let (store, _dir) = store(may_block);
+        let (inner, _dir) = store(may_block);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(Some(held));
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let entered_tx = Mutex::new(entered_tx);
+        let store: Arc<dyn Store> = Arc::new(Probe::failing(inner, move || {
+            // The first write waits until the test lets it go.
+            if let Some(held) = held.lock().unwrap().take() {
+                let _ = entered_tx.lock().unwrap().send(());
+                let _ = held.recv();
+            }
+            None
+        }));
         let w = writer(store.clone(), WriterConfig::default(), Arc::default());
-        let mut tasks = Vec::new();
-        for i in 0..200usize {
+        let first = {
+            let w = w.clone();
+            tokio::spawn(async move { w.submit(append("c", 0)).await })
+        };
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        let mut tasks = vec![first];
+        for i in 1..=50usize {
             let w = w.clone();
             tasks.push(tokio::spawn(async move { w.submit(append("c", i)).await }));
         }
-        tokio::task::yield_now().await;
-        w.shutdown().await.unwrap();
-        let mut appended = 0u64;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(WriteOutcome::Appended(_)) => appended += 1,
-                Err(WriteError::Closed) => {}
-                other => panic!("{other:?}"),
-            }
+        // Let them queue, and both shutdowns begin, while the commit waits.
+        while w.queued().0 < 50 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let head = store.head("c").unwrap().map_or(0, |h| h.sequence);
-        assert_eq!(
-            head, appended,
-            "every acknowledged append is stored, nothing else"
-        );
+        let shutdowns: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                tokio::spawn(async move { w.shutdown().await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        release.send(()).unwrap();
+        for s in shutdowns {
+            s.await.unwrap().unwrap();
+        }
+        for t in tasks {
+            assert!(
+                matches!(t.await.unwrap(), Ok(WriteOutcome::Appended(_))),
+                "an append queued before the shutdown was not committed"
+            );
+        }
+        assert_eq!(store.head("c").unwrap().unwrap().sequence, 51);
         assert!(matches!(
             w.submit(append("c", 999)).await,
             Err(WriteError::Closed)
         ));
-        assert_eq!(store.head("c").unwrap().map_or(0, |h| h.sequence), head);
+        assert_eq!(store.head("c").unwrap().unwrap().sequence, 51);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -732,7 +783,7 @@ mod tests {
     /// A commit that panics leaves no request waiting forever: its own and
     /// every queued request are answered `Closed`, later ones too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_commit_in_a_request_answers_every_waiting_request_closed() {
+    async fn a_panicking_commit_answers_every_waiting_request_closed_and_shutdown_reports_it() {
         let writes = AtomicUsize::new(0);
         let store: Arc<dyn Store> =
             Arc::new(Probe::failing(Arc::new(MemoryStore::new()), move || {
@@ -762,17 +813,17 @@ mod tests {
         .await
         .expect("no request may wait forever after a commit panicked");
         for o in outcomes {
-            match o {
-                // The leader's task panicked with its commit.
-                Err(join) => assert!(join.is_panic()),
-                Ok(Err(WriteError::Closed)) => {}
-                Ok(other) => panic!("{other:?}"),
-            }
+            // The panic is caught: the leader's own request is answered too.
+            assert!(matches!(o.unwrap(), Err(WriteError::Closed)));
         }
         assert!(matches!(
             w.submit(append("c", 7)).await,
             Err(WriteError::Closed)
         ));
         assert_eq!(store.head("c").unwrap().unwrap().sequence, 2);
+        assert!(
+            w.shutdown().await.is_err(),
+            "shutdown must report that a commit died"
+        );
     }
 }

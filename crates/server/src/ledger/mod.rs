@@ -215,9 +215,12 @@ impl Ledger {
 }
 
 impl Ledger {
-    /// Runs a store call whose work is bounded (a head, a page of entries,
-    /// a proof): directly on stores that never block, on the blocking pool
-    /// otherwise. Unbounded work (snapshots, replays) uses [`blocking`].
+    /// Runs a store call whose work is bounded (a head, a page of entries
+    /// read in order, a proof): directly on stores that never block, on the
+    /// blocking pool otherwise. Work that grows with the data (snapshots,
+    /// replays, reads filtered by key, which may pass over any number of
+    /// other entries) uses [`blocking`]. A panic in the call is answered
+    /// as the blocking pool's would be.
     async fn quick<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
@@ -225,7 +228,26 @@ impl Ledger {
         if self.store.may_block() {
             blocking(f).await
         } else {
-            f()
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+                Err(LedgerError::Internal(
+                    "a storage call failed: it panicked".into(),
+                ))
+            })
+        }
+    }
+
+    /// [`Ledger::quick`] for reads filtered by `key`: those go to the
+    /// blocking pool, since the memory store finds the matching entries by
+    /// passing over the others.
+    async fn read_call<T: Send + 'static>(
+        &self,
+        key: Option<&str>,
+        f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        if key.is_some() {
+            blocking(f).await
+        } else {
+            self.quick(f).await
         }
     }
 }

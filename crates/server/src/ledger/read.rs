@@ -70,14 +70,14 @@ impl Ledger {
     ) -> Result<(Vec<Entry>, bool), LedgerError> {
         let store = self.store.clone();
         let context = context.to_owned();
-        let key = key.map(str::to_owned);
-        self.quick(move || {
+        let filter = key.map(str::to_owned);
+        self.read_call(key, move || {
             scan_chunk(
                 store.as_ref(),
                 &context,
                 after,
                 until,
-                key.as_deref(),
+                filter.as_deref(),
                 max_entries,
                 max_bytes,
             )
@@ -100,15 +100,15 @@ impl Ledger {
         self.config.limits.check_context_id(context)?;
         let store = self.store.clone();
         let context = context.to_owned();
-        let key = key.map(str::to_owned);
-        self.quick(move || {
+        let filter = key.map(str::to_owned);
+        self.read_call(key, move || {
             let latest = store.head(&context)?.map_or(0, |h| h.sequence);
             let (entries, truncated) = scan_chunk(
                 store.as_ref(),
                 &context,
                 after,
                 latest,
-                key.as_deref(),
+                filter.as_deref(),
                 max_entries,
                 max_bytes,
             )?;
