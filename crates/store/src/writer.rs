@@ -478,8 +478,13 @@ impl Combiner {
         let mut q = self.lock();
         if q.jobs.is_empty() {
             q.committing = false;
+            // Only a shutdown waits for this, and it marks the queue closed
+            // (under this lock) before it waits.
+            let waited = q.closed;
             drop(q);
-            self.idle.notify_waiters();
+            if waited {
+                self.idle.notify_waiters();
+            }
             false
         } else {
             true
