@@ -68,19 +68,11 @@ impl Ledger {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Entry>, bool), LedgerError> {
+        let page = Page::new(context, after, Some(until), key, max_entries, max_bytes);
         let store = self.store.clone();
-        let context = context.to_owned();
-        let filter = key.map(str::to_owned);
         self.read_call(key, move || {
-            scan_chunk(
-                store.as_ref(),
-                &context,
-                after,
-                until,
-                filter.as_deref(),
-                max_entries,
-                max_bytes,
-            )
+            let (_, entries, truncated) = page.read(store.as_ref())?;
+            Ok((entries, truncated))
         })
         .await
     }
@@ -98,23 +90,9 @@ impl Ledger {
     ) -> Result<(u64, Vec<Entry>, bool), LedgerError> {
         self.config.limits.check_key_filter(key.unwrap_or(""))?;
         self.config.limits.check_context_id(context)?;
+        let page = Page::new(context, after, None, key, max_entries, max_bytes);
         let store = self.store.clone();
-        let context = context.to_owned();
-        let filter = key.map(str::to_owned);
-        self.read_call(key, move || {
-            let latest = store.head(&context)?.map_or(0, |h| h.sequence);
-            let (entries, truncated) = scan_chunk(
-                store.as_ref(),
-                &context,
-                after,
-                latest,
-                filter.as_deref(),
-                max_entries,
-                max_bytes,
-            )?;
-            Ok((latest, entries, truncated))
-        })
-        .await
+        self.read_call(key, move || page.read(store.as_ref())).await
     }
 
     /// The committed head of `context` (empty head when unknown), signed.
@@ -248,28 +226,65 @@ impl Ledger {
     }
 }
 
-/// The scan behind [`Ledger::read_chunk`].
-fn scan_chunk(
-    store: &dyn converge_ledger_store::Store,
-    context: &str,
+/// What [`Ledger::read_chunk`] and [`Ledger::read_page`] read, owned so
+/// it can move to the blocking pool.
+struct Page {
+    context: String,
     after: u64,
-    until: u64,
-    key: Option<&str>,
+    /// Up to this sequence; `None`: the head, read in the same call.
+    until: Option<u64>,
+    key: Option<String>,
     max_entries: usize,
     max_bytes: usize,
-) -> Result<(Vec<Entry>, bool), LedgerError> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    let mut truncated = false;
-    store.scan(context, Scan { after, until, key }, &mut |e| {
-        let size = e.approximate_size();
-        if out.len() >= max_entries || (!out.is_empty() && bytes + size > max_bytes) {
-            truncated = true;
-            return false;
+}
+
+impl Page {
+    fn new(
+        context: &str,
+        after: u64,
+        until: Option<u64>,
+        key: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Page {
+        Page {
+            context: context.to_owned(),
+            after,
+            until,
+            key: key.map(str::to_owned),
+            max_entries,
+            max_bytes,
         }
-        bytes += size;
-        out.push(e);
-        true
-    })?;
-    Ok((out, truncated))
+    }
+
+    /// The sequence the read ends at, the entries, and whether a limit
+    /// stopped it early.
+    fn read(
+        &self,
+        store: &dyn converge_ledger_store::Store,
+    ) -> Result<(u64, Vec<Entry>, bool), LedgerError> {
+        let until = match self.until {
+            Some(until) => until,
+            None => store.head(&self.context)?.map_or(0, |h| h.sequence),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated = false;
+        let scan = Scan {
+            after: self.after,
+            until,
+            key: self.key.as_deref(),
+        };
+        store.scan(&self.context, scan, &mut |e| {
+            let size = e.approximate_size();
+            if out.len() >= self.max_entries || (!out.is_empty() && bytes + size > self.max_bytes) {
+                truncated = true;
+                return false;
+            }
+            bytes += size;
+            out.push(e);
+            true
+        })?;
+        Ok((until, out, truncated))
+    }
 }
