@@ -101,6 +101,28 @@ pub struct ServeArgs {
     /// Most concurrent watches.
     #[arg(long, env = "CONVERGE_LEDGER_MAX_WATCHERS", default_value_t = 4096)]
     max_watchers: usize,
+    /// Most appends one AppendStream holds unacknowledged; past it the
+    /// server reads no more of that stream until acknowledgements go out.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_STREAM_INFLIGHT_APPENDS",
+        default_value_t = 4096
+    )]
+    max_stream_inflight_appends: usize,
+    /// Most bytes of appends one AppendStream holds unacknowledged.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_STREAM_INFLIGHT_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    max_stream_inflight_bytes: usize,
+    /// Most appends one AppendStream message may carry.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_STREAM_MESSAGE_APPENDS",
+        default_value_t = 4096
+    )]
+    max_stream_message_appends: usize,
     /// PostgreSQL connection string for --storage postgres, as a URL
     /// (postgresql://user:password@host:5432/dbname) or key=value pairs.
     #[arg(long, env = "CONVERGE_LEDGER_POSTGRES_URL", hide_env_values = true)]
@@ -300,6 +322,18 @@ fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
         ("--max-batch-entries", args.max_batch_entries),
         ("--max-connections", args.max_connections),
         ("--max-watchers", args.max_watchers),
+        (
+            "--max-stream-inflight-appends",
+            args.max_stream_inflight_appends,
+        ),
+        (
+            "--max-stream-inflight-bytes",
+            args.max_stream_inflight_bytes,
+        ),
+        (
+            "--max-stream-message-appends",
+            args.max_stream_message_appends,
+        ),
         ("--max-pending-connections", args.max_pending_connections),
         (
             "--max-inflight-request-bytes",
@@ -592,6 +626,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.batch_entries_max = args.max_batch_entries;
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
+    config.append_stream_inflight_max = args.max_stream_inflight_appends;
+    config.append_stream_inflight_bytes_max = args.max_stream_inflight_bytes;
+    config.append_stream_message_appends_max = args.max_stream_message_appends;
     config.accept_unknown_signers = args.accept_unknown_signers;
     let auth = Arc::new(match &args.auth_file {
         Some(path) => Authority::configured(AuthConfig::load(path)?),

@@ -29,8 +29,8 @@ pub struct LedgerConfig {
     /// a watcher whose client stopped reading holds at most, besides the
     /// transport's buffers.
     pub watch_chunk_bytes: usize,
-    /// Most concurrent Read, SnapshotStream and LoadStream streams, over all
-    /// connections (watches have their own limit).
+    /// Most concurrent Read, SnapshotStream, LoadStream and AppendStream
+    /// streams, over all connections (watches have their own limit).
     pub streams_max: usize,
     /// Most snapshot bytes streamed loads (LoadStream) hold at once, over
     /// all streams; a load that would exceed it is refused.
@@ -46,6 +46,14 @@ pub struct LedgerConfig {
     /// How far in the future of the server clock a loaded entry's time may
     /// be.
     pub clock_skew_max: Duration,
+    /// Most appends one AppendStream request message may carry.
+    pub append_stream_message_appends_max: usize,
+    /// Most appends one AppendStream holds unacknowledged: past it, the
+    /// server reads no further message until acknowledgements are sent.
+    pub append_stream_inflight_max: usize,
+    /// Most bytes of appends one AppendStream holds unacknowledged (one
+    /// message may go over it when nothing else is in flight).
+    pub append_stream_inflight_bytes_max: usize,
 }
 
 impl Default for LedgerConfig {
@@ -63,6 +71,9 @@ impl Default for LedgerConfig {
             trusted_keys: Vec::new(),
             accept_unknown_signers: false,
             clock_skew_max: Duration::from_secs(300),
+            append_stream_message_appends_max: 4096,
+            append_stream_inflight_max: 4096,
+            append_stream_inflight_bytes_max: 16 * 1024 * 1024,
         }
     }
 }

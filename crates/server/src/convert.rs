@@ -1,4 +1,4 @@
-use converge_ledger_core::{Entry, Head, SignedHead};
+use converge_ledger_core::{Entry, Head, NewEntry, SignedHead};
 use converge_ledger_proto::context::v1 as pb;
 
 /// The wire form of an entry: the contract's fields plus Lamport clock, hash
@@ -84,4 +84,19 @@ pub(crate) fn worldline_info(
         state_bytes_max: limits.state_bytes_max,
         snapshot_chunk_bytes_max: limits.snapshot_chunk_bytes_max as u64,
     }
+}
+
+/// An Append request's parts as the ledger takes them: the context, the
+/// entry, and the idempotency key.
+pub(crate) fn append_parts(r: pb::AppendRequest) -> (String, NewEntry, Option<String>) {
+    (
+        r.context_id,
+        NewEntry {
+            key: r.key,
+            payload: r.payload,
+            metadata: r.metadata.into_iter().collect(),
+            lamport: r.lamport,
+        },
+        Some(r.idempotency_key),
+    )
 }

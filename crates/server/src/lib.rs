@@ -19,6 +19,7 @@ mod ops;
 mod serve;
 mod service_context;
 mod service_ledger;
+mod service_stream;
 mod worldline;
 
 pub use auth::{
@@ -32,8 +33,8 @@ pub use error::{HEAD_SEQUENCE_METADATA, LedgerError};
 pub use hub::{Hub, HubLimits, Live, Subscription};
 pub use keys::{KeyError, load_or_create_key, random_seed};
 pub use ledger::{
-    Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, Snapshot,
-    SnapshotInfo, WatchStream,
+    Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, PendingAppend,
+    Snapshot, SnapshotInfo, WatchStream,
 };
 pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};

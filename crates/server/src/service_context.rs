@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use converge_ledger_core::NewEntry;
 use converge_ledger_proto::context::v1 as pb;
 use pb::context_service_server::ContextService;
 use prost::Message;
@@ -11,8 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authority, Caller, Right};
-use crate::convert::{entry_into_proto, snapshot_metadata};
-use crate::ledger::metadata_from_wire;
+use crate::convert::{append_parts, entry_into_proto, snapshot_metadata};
 use crate::{Ledger, LedgerError, entry_to_proto};
 
 /// Whether a Load may bring in a snapshot signed by a key the server does
@@ -44,19 +42,8 @@ impl ContextService for ContextApi {
         let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         caller.require(Right::Append, &r.context_id)?;
-        let appended = self
-            .ledger
-            .append(
-                r.context_id,
-                NewEntry {
-                    key: r.key,
-                    payload: r.payload,
-                    metadata: metadata_from_wire(r.metadata),
-                    lamport: r.lamport,
-                },
-                Some(r.idempotency_key),
-            )
-            .await?;
+        let (context, entry, idempotency_key) = append_parts(r);
+        let appended = self.ledger.append(context, entry, idempotency_key).await?;
         Ok(Response::new(pb::AppendResponse {
             entry: Some(entry_to_proto(&appended.entry)),
         }))

@@ -295,6 +295,16 @@ impl LedgerService for LedgerApi {
             load_stream_bytes_max: self.ledger.load_stream_bytes_max() as u64,
             request_bytes_max: self.request_bytes_max as u64,
             worldline: Some(self.worldline),
+            append_stream_message_appends_max: u32::try_from(
+                self.ledger.config().append_stream_message_appends_max,
+            )
+            .unwrap_or(u32::MAX),
+            append_stream_inflight_max: u32::try_from(
+                self.ledger.config().append_stream_inflight_max,
+            )
+            .unwrap_or(u32::MAX),
+            append_stream_inflight_bytes_max: self.ledger.config().append_stream_inflight_bytes_max
+                as u64,
         }))
     }
 
@@ -425,5 +435,21 @@ impl LedgerService for LedgerApi {
                 .collect(),
             duplicate: batch.duplicate,
         }))
+    }
+
+    type AppendStreamStream = crate::service_stream::AppendStreamOut;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let caller = self.auth.authenticate(&request)?;
+        let held = request
+            .extensions()
+            .get::<crate::conn::HeldBytes>()
+            .cloned();
+        let stream =
+            crate::service_stream::open(self.ledger.clone(), caller, held, request.into_inner())?;
+        Ok(Response::new(stream))
     }
 }

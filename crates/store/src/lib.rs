@@ -34,4 +34,4 @@ pub use embedded::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use store::{Scan, Store};
-pub use writer::{Clock, SystemClock, WriteError, Writer, WriterConfig};
+pub use writer::{Clock, Pending, SystemClock, WriteError, Writer, WriterConfig};

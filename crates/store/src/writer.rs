@@ -122,6 +122,45 @@ struct Job {
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
+/// The answer to a queued write ([`Writer::enqueue`]): ready once the write
+/// is durable (or failed).
+#[derive(Debug)]
+#[must_use = "a queued write is answered through its Pending"]
+pub struct Pending(oneshot::Receiver<Result<WriteOutcome, WriteError>>);
+
+impl std::future::Future for Pending {
+    type Output = Result<WriteOutcome, WriteError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(WriteError::Closed)))
+    }
+}
+
+/// The leadership of the requests' group commit, taken up by a caller that
+/// queued into an idle queue: it commits when exercised or dropped, so a
+/// caller cancelled between queueing and committing cannot strand the
+/// queue.
+struct Leadership<'a>(Option<&'a Arc<Combiner>>);
+
+impl Leadership<'_> {
+    fn exercise(&mut self) {
+        if let Some(combiner) = self.0.take() {
+            combiner.lead();
+        }
+    }
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        self.exercise();
+    }
+}
+
 /// Handle to the group committer. Dropping every handle (or calling
 /// [`Writer::shutdown`]) lets it drain the queue, sync the store and stop.
 pub struct Writer {
@@ -233,6 +272,37 @@ impl Writer {
     /// queue space when the queue is full: back-pressure, never unbounded
     /// memory.
     pub async fn submit(&self, command: WriteCommand) -> Result<WriteOutcome, WriteError> {
+        let mut leadership = Leadership(None);
+        let pending = self.queue(command, &mut leadership).await;
+        drop(leadership);
+        pending?.await
+    }
+
+    /// Queues `commands` in order and returns once all are queued (waiting
+    /// for queue space as [`Writer::submit`] does), with each one's answer
+    /// to come: they commit in this order, in one group commit or in
+    /// several consecutive ones. For a caller with many independent writes
+    /// in hand (a pipelined stream), which need not wait for one before
+    /// queueing the next.
+    pub async fn enqueue(&self, commands: Vec<WriteCommand>) -> Vec<Result<Pending, WriteError>> {
+        let mut leadership = Leadership(None);
+        let mut queued = Vec::with_capacity(commands.len());
+        for command in commands {
+            queued.push(self.queue(command, &mut leadership).await);
+        }
+        queued
+    }
+
+    /// Queues one command. When requests commit, one that finds no commit
+    /// in flight takes up the leadership (`leadership`): the caller commits
+    /// once it has queued what it has, or before it would wait for queue
+    /// space (which only a commit frees).
+    async fn queue<'a>(
+        &'a self,
+        command: WriteCommand,
+        leadership: &mut Leadership<'a>,
+    ) -> Result<Pending, WriteError> {
+        use tokio::sync::TryAcquireError;
         let bytes = command.approximate_size().max(1);
         if bytes > self.bytes_max {
             return Err(WriteError::TooLarge {
@@ -240,12 +310,18 @@ impl Writer {
                 limit: self.bytes_max,
             });
         }
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(bytes as u32)
-            .await
-            .map_err(|_| WriteError::Closed)?;
+        let permit = match self.bytes.clone().try_acquire_many_owned(bytes as u32) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(WriteError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                leadership.exercise();
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(bytes as u32)
+                    .await
+                    .map_err(|_| WriteError::Closed)?
+            }
+        };
         let (reply, rx) = oneshot::channel();
         match &self.committer {
             Committer::Thread { tx, .. } => {
@@ -259,12 +335,19 @@ impl Writer {
                 .map_err(|_| WriteError::Closed)?;
             }
             Committer::Requests(combiner) => {
-                let slot = combiner
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| WriteError::Closed)?;
+                let slot = match combiner.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(TryAcquireError::Closed) => return Err(WriteError::Closed),
+                    Err(TryAcquireError::NoPermits) => {
+                        leadership.exercise();
+                        combiner
+                            .slots
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| WriteError::Closed)?
+                    }
+                };
                 let job = Job {
                     command,
                     bytes,
@@ -272,11 +355,11 @@ impl Writer {
                     _permits: (permit, Some(slot)),
                 };
                 if combiner.enqueue(job)? {
-                    combiner.lead();
+                    leadership.0 = Some(combiner);
                 }
             }
         }
-        rx.await.map_err(|_| WriteError::Closed)?
+        Ok(Pending(rx))
     }
 
     /// Stops accepting writes, lets everything already queued commit, syncs

@@ -21,8 +21,11 @@
 //! the rounds: unary appends of `--payload-bytes` from 1, 8 and 64 clients
 //! (each its own connection and context): ops/s, p50 and p99; reading one
 //! context of `--read-entries` entries in pages of 500 (`Get`, `XRANGE`):
-//! entries/s decoded by the client. Ratios are printed against the trivial
-//! server and against Redis.
+//! entries/s decoded by the client; and, against each ledger target, one
+//! SDK client appending from `--pipelined-tasks` tasks over its one
+//! connection, which it pipelines through AppendStream (reported beside
+//! Redis's unary appends from 64 clients). Ratios are printed against the
+//! trivial server and against Redis.
 
 /// The allocator the server binary uses, so that what is measured here is
 /// what runs there (unless built with `--features system-allocator`).
@@ -76,6 +79,11 @@ struct Args {
         default_value = "trivial,memory,always,redis"
     )]
     targets: Vec<String>,
+    /// Concurrent tasks of the pipelined workload: one SDK client (one
+    /// connection) appending from this many tasks, which it pipelines
+    /// through AppendStream, against each ledger target (0: none).
+    #[arg(long, default_value_t = 64)]
+    pipelined_tasks: usize,
     /// Runs the trivial server on this address and nothing else (what the
     /// benchmark starts as its own process).
     #[arg(long, hide = true)]
@@ -438,6 +446,15 @@ async fn appends(
             anyhow::Ok(lat)
         }));
     }
+    collect(start, tasks).await
+}
+
+/// Releases the tasks waiting at `start`, then gathers their latencies
+/// (µs) into ops/s, p50 and p99.
+async fn collect(
+    start: Arc<tokio::sync::Barrier>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<u32>>>>,
+) -> anyhow::Result<Sample> {
     start.wait().await;
     let t = Instant::now();
     let mut all = Vec::new();
@@ -448,6 +465,40 @@ async fn appends(
     all.sort_unstable();
     let at = |q: f64| all[((all.len() - 1) as f64 * q) as usize] as f64;
     Ok((all.len() as f64 / elapsed, at(0.5), at(0.99)))
+}
+
+/// Measures one SDK client (one connection) appending from `tasks` tasks
+/// for `seconds`, each task to its own context: the SDK pipelines them
+/// through one AppendStream, and checks every acknowledged hash.
+async fn pipelined(
+    url: &str,
+    tasks: usize,
+    seconds: u64,
+    payload: Arc<Vec<u8>>,
+    tag: &str,
+) -> anyhow::Result<(Sample, u64)> {
+    use converge_ledger_client::{AppendOptions, Client};
+    let c = Client::connect(url).await?;
+    let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
+    let mut handles = Vec::new();
+    for i in 0..tasks {
+        let (c, start, payload) = (c.clone(), start.clone(), payload.clone());
+        let context = format!("pipe-{tag}-{i}");
+        handles.push(tokio::spawn(async move {
+            start.wait().await;
+            let until = Instant::now() + Duration::from_secs(seconds);
+            let mut lat = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                c.append(&context, "k", payload.to_vec(), AppendOptions::default())
+                    .await?;
+                lat.push(t.elapsed().as_micros() as u32);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let sample = collect(start, handles).await?;
+    Ok((sample, c.pipelined_appends()))
 }
 
 /// Fills `context` with `n` entries from 64 connections.
@@ -588,6 +639,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     let mut reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut pipes: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let mut fsyncs = Vec::new();
     for round in 0..args.rounds {
         let f = fsync_p50_us(dir.path())?;
@@ -606,6 +658,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     s.2
                 );
                 samples.entry((clients, t.name())).or_default().push(s);
+            }
+        }
+        if args.pipelined_tasks > 0 {
+            for t in &targets {
+                let Target::Grpc { name, url } = t else {
+                    continue;
+                };
+                if *name == "trivial" {
+                    continue;
+                }
+                let tag = format!("{round}");
+                let (s, streamed) = pipelined(
+                    url,
+                    args.pipelined_tasks,
+                    args.seconds,
+                    payload.clone(),
+                    &tag,
+                )
+                .await?;
+                eprintln!(
+                    "round {round}: pipelined, {} tasks on one SDK client, {name}: {:.0} ops/s, \
+                     p50 {:.0} us, p99 {:.0} us ({streamed} through the stream)",
+                    args.pipelined_tasks, s.0, s.1, s.2
+                );
+                pipes.entry(*name).or_default().push(s);
             }
         }
         if args.read_entries > 0 {
@@ -690,6 +767,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     if p50 <= bound { "met" } else { "missed" }
                 );
             }
+        }
+    }
+    if !pipes.is_empty() {
+        println!(
+            "\npipelined appends: one SDK client, {} tasks, each to its own context (AppendStream):",
+            args.pipelined_tasks
+        );
+        let redis = samples
+            .get(&(64, "redis"))
+            .map(|s| median(s.iter().map(|x| x.0).collect()));
+        for (name, s) in &pipes {
+            let (rate, p50, p99) = (
+                median(s.iter().map(|x| x.0).collect()),
+                median(s.iter().map(|x| x.1).collect()),
+                median(s.iter().map(|x| x.2).collect()),
+            );
+            json.insert(format!("pipelined_{name}_per_s"), rate.into());
+            json.insert(format!("pipelined_{name}_p50_us"), p50.into());
+            json.insert(format!("pipelined_{name}_p99_us"), p99.into());
+            let against = match redis {
+                Some(r) => {
+                    json.insert(format!("pipelined_{name}_over_redis_64"), (rate / r).into());
+                    format!(
+                        ", {:.2}x Redis unary from 64 clients{}",
+                        rate / r,
+                        if *name == "always" {
+                            if rate >= r {
+                                " (target >= 1.0: met)"
+                            } else {
+                                " (target >= 1.0: missed)"
+                            }
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                None => String::new(),
+            };
+            println!("{name:<10} {rate:.0}/s (p50 {p50:.0} us, p99 {p99:.0} us){against}");
         }
     }
     if !reads.is_empty() {

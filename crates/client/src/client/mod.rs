@@ -1,6 +1,7 @@
 //! The client: connection, retries and pinned keys here; one file per
 //! group of operations.
 
+mod pipeline;
 mod read;
 mod snapshots;
 mod types;
@@ -47,6 +48,8 @@ pub struct Client {
     verifying: Arc<tokio::sync::Mutex<()>>,
     /// `Bearer <token>`, sent with every call when a token is configured.
     authorization: Option<MetadataValue<Ascii>>,
+    /// Pipelined appends (one stream shared by clones).
+    pipe: Arc<pipeline::Pipe>,
 }
 
 static KEY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -153,6 +156,7 @@ impl Client {
             verifying: Arc::default(),
             options,
             authorization,
+            pipe: Arc::default(),
         }
     }
 
@@ -164,6 +168,22 @@ impl Client {
         let mut r = self.stream_request(msg);
         r.set_timeout(self.options.request_timeout);
         r
+    }
+
+    /// What the append stream's task needs (it holds no client, so a
+    /// dropped client ends it).
+    fn link(&self) -> pipeline::Link {
+        pipeline::Link {
+            ledger: self.ledger.clone(),
+            authorization: self.authorization.clone(),
+        }
+    }
+
+    /// Appends this client acknowledged through its append stream.
+    pub fn pipelined_appends(&self) -> u64 {
+        self.pipe
+            .streamed
+            .load(std::sync::atomic::Ordering::Relaxed) as u64
     }
 
     /// A request without a deadline (streams), with the token if any.

@@ -30,6 +30,13 @@ pub struct ClientOptions {
     /// received: the server's (the defaults, unless its operator raised
     /// them), or a receipt it accepted could fail the client's checks.
     pub worldline_limits: converge_ledger_worldline::WorldlineLimits,
+    /// Pipeline appends: while other appends of this client (or its clones)
+    /// are in flight, [`Client::append`](crate::Client::append) goes
+    /// through one shared `AppendStream` (many appends per message, each
+    /// acknowledged once durable) instead of a call of its own. Falls back
+    /// to calls, under the same idempotency keys, when the server has no
+    /// such stream or it breaks. On by default.
+    pub pipeline_appends: bool,
 }
 
 /// How the client checks the server, and proves itself, over TLS.
@@ -58,6 +65,7 @@ impl Default for ClientOptions {
             token: None,
             tls: None,
             worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
+            pipeline_appends: true,
         }
     }
 }

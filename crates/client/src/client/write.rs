@@ -10,6 +10,8 @@ use crate::ClientError;
 impl Client {
     /// Appends one entry and returns it as stored. Transient failures are
     /// retried with the same idempotency key: exactly one entry results.
+    /// While other appends of this client are in flight, it is pipelined
+    /// ([`ClientOptions::pipeline_appends`]).
     pub async fn append(
         &self,
         context: &str,
@@ -24,6 +26,20 @@ impl Client {
             metadata: options.metadata.into_iter().collect(),
             idempotency_key: options.idempotency_key.unwrap_or_else(generated_key),
             lamport: options.lamport,
+        };
+        let (_inflight, crowded) = self.pipe.begin();
+        let request = if crowded && self.options.pipeline_appends {
+            match self
+                .pipe
+                .append(&|| self.link(), request, self.options.request_timeout)
+                .await
+            {
+                Ok(entry) => return Ok(entry),
+                Err(Err(refused)) => return Err(refused),
+                Err(Ok(unsent)) => unsent.request,
+            }
+        } else {
+            request
         };
         self.retry(|| {
             let mut c = self.context.clone();

@@ -15,6 +15,10 @@
 //!   tonic's own check would say `OUT_OF_RANGE`);
 //! - fails a body that sends nothing for `idle` (a stalled upload holds
 //!   memory and a stream slot).
+//!
+//! A streaming handler that is done with a message gives its bytes back
+//! early through the request's [`HeldBytes`] (in its extensions): a
+//! long-lived stream holds only what it has received and not yet handled.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -99,11 +103,45 @@ pub struct RequestService<S> {
     message_bytes_max: usize,
 }
 
+/// The request-budget bytes one request holds, shared by its body (which
+/// takes them as they arrive), its response (which holds them until it
+/// ends) and, through the request's extensions, its handler (which may give
+/// a handled message's bytes back early).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeldBytes(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl HeldBytes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, permit: OwnedSemaphorePermit) {
+        let mut held = self.lock();
+        match &mut *held {
+            Some(p) => p.merge(permit),
+            None => *held = Some(permit),
+        }
+    }
+
+    /// Gives `n` bytes back to the budget (at most what is held): the
+    /// caller is done with a message of that size.
+    pub(crate) fn release(&self, n: usize) {
+        let mut held = self.lock();
+        if let Some(p) = &mut *held {
+            if n >= p.num_permits() {
+                *held = None;
+            } else {
+                drop(p.split(n));
+            }
+        }
+    }
+}
+
 /// Held from the request's start until its response ends: the connection's
 /// in-flight count and the request's budget.
 struct Held {
     state: Option<Arc<ConnState>>,
-    _permits: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
+    _permits: HeldBytes,
 }
 
 impl Drop for Held {
@@ -137,12 +175,13 @@ where
         if let Some(s) = &state {
             s.begin();
         }
-        let permits = Arc::new(Mutex::new(Vec::new()));
+        let permits = HeldBytes::default();
         let held = Held {
             state,
             _permits: permits.clone(),
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(permits.clone());
         let body = Body::new(BudgetedBody {
             inner: body,
             budget: self.budget.clone(),
@@ -249,7 +288,7 @@ struct BudgetedBody {
     inner: Body,
     budget: Arc<RequestBudget>,
     message_bytes_max: usize,
-    permits: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
+    permits: HeldBytes,
     framing: Framing,
     /// The budget being waited for, for `pending_frame`.
     waiting: Option<Acquire>,
@@ -300,10 +339,7 @@ impl HttpBody for BudgetedBody {
                 match ready!(acquire.as_mut().poll(cx)) {
                     Ok(Ok(permit)) => {
                         this.waiting = None;
-                        this.permits
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(permit);
+                        this.permits.add(permit);
                         let frame = this.pending_frame.take();
                         this.progressed = true;
                         return Poll::Ready(frame.map(Ok));
@@ -347,10 +383,7 @@ impl HttpBody for BudgetedBody {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             match this.budget.permits.clone().try_acquire_many_owned(n) {
                 Ok(permit) => {
-                    this.permits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(permit);
+                    this.permits.add(permit);
                     this.progressed = true;
                     return Poll::Ready(Some(Ok(frame)));
                 }

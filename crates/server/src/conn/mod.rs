@@ -33,6 +33,7 @@ use tonic::transport::server::Connected;
 
 use crate::auth::PeerCertificate;
 
+pub(crate) use budget::HeldBytes;
 pub use budget::{RequestBudget, RequestLayer};
 pub use tls::{TlsError, TlsFiles, TlsServer};
 

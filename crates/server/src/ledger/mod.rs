@@ -18,7 +18,7 @@ use crate::{Hub, LedgerConfig, LedgerError};
 pub use read::{ConsistencyProof, InclusionProof};
 pub use snapshot::{Loaded, Snapshot, SnapshotInfo};
 pub use watch::WatchStream;
-pub use write::{Appended, AppendedBatch};
+pub use write::{Appended, AppendedBatch, PendingAppend};
 
 /// The ledger in process: validation, group-commit appends, bounded reads,
 /// snapshots, loads and gapless watches over one [`Store`].
@@ -31,7 +31,7 @@ pub struct Ledger {
     watchers: Arc<Semaphore>,
     /// Bytes streamed loads may hold at once.
     load_budget: Arc<Semaphore>,
-    /// Read, SnapshotStream and LoadStream streams open at once.
+    /// Read, SnapshotStream, LoadStream and AppendStream streams open at once.
     streams: Arc<Semaphore>,
     /// Signs heads and snapshots.
     signer: Arc<HeadSigner>,
@@ -165,6 +165,12 @@ impl Ledger {
         self.store.failure().map(LedgerError::from)
     }
 
+    /// Turns `true` when shutdown begins (streams that take new work stop
+    /// taking it).
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// Ends every watch stream (the first step of shutdown).
     pub fn stop_watches(&self) {
         // `send_replace`, not `send`: the flag must stick even when no watch
@@ -172,12 +178,12 @@ impl Ledger {
         self.stopping.send_replace(true);
     }
 
-    /// A slot for one Read, SnapshotStream or LoadStream stream, held for
+    /// A slot for one Read, SnapshotStream, LoadStream or AppendStream stream, held for
     /// as long as the stream is open; refused past `streams_max`.
     pub fn open_stream(&self) -> Result<OwnedSemaphorePermit, LedgerError> {
         self.streams.clone().try_acquire_owned().map_err(|_| {
             LedgerError::ResourceExhausted(format!(
-                "{} streams (Read, SnapshotStream, LoadStream) are open, the server's limit; close \
+                "{} streams (Read, SnapshotStream, LoadStream, AppendStream) are open, the server's limit; close \
                  one or retry later",
                 self.config.streams_max
             ))
@@ -194,7 +200,7 @@ impl Ledger {
         self.config.watchers_max - self.watchers.available_permits()
     }
 
-    /// Number of open server streams (Read, SnapshotStream, LoadStream).
+    /// Number of open server streams (Read, SnapshotStream, LoadStream, AppendStream).
     pub fn open_streams(&self) -> usize {
         self.config.streams_max
             - self

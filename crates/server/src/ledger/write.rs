@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use converge_ledger_core::{Entry, NewEntry};
-use converge_ledger_store::{AppendCommand, BatchCommand, WriteCommand, WriteOutcome};
+use converge_ledger_store::{AppendCommand, BatchCommand, Pending, WriteCommand, WriteOutcome};
 
 use super::Ledger;
 use crate::LedgerError;
@@ -17,6 +17,60 @@ pub struct Appended {
     /// `true` when this was a retry of an earlier append with the same
     /// idempotency key and nothing new was appended.
     pub duplicate: bool,
+}
+
+/// A queued append ([`Ledger::append_many`]): [`PendingAppend::answer`]
+/// waits until it is durable.
+pub struct PendingAppend {
+    pending: Option<Pending>,
+    asked: Asked,
+}
+
+impl PendingAppend {
+    /// Waits for the append to be durable (or refused).
+    pub async fn answer(self) -> Result<Appended, LedgerError> {
+        let outcome = match self.pending {
+            Some(pending) => pending.await,
+            None => Err(converge_ledger_store::WriteError::Closed),
+        };
+        self.asked.answer(outcome)
+    }
+}
+
+/// What an append's answer names: its context and idempotency key.
+struct Asked {
+    context: String,
+    idempotency_key: Option<String>,
+}
+
+impl Asked {
+    fn answer(
+        self,
+        outcome: Result<WriteOutcome, converge_ledger_store::WriteError>,
+    ) -> Result<Appended, LedgerError> {
+        match outcome? {
+            WriteOutcome::Appended(entry) => Ok(Appended {
+                entry,
+                duplicate: false,
+            }),
+            WriteOutcome::Duplicate(entry) => Ok(Appended {
+                entry,
+                duplicate: true,
+            }),
+            WriteOutcome::IdempotencyConflict { sequence } => {
+                Err(LedgerError::AlreadyExists(format!(
+                    "idempotency key {:?} was already used in context {:?} for sequence {sequence}, \
+                     with a different key, payload or metadata; use a new idempotency key for a new entry",
+                    self.idempotency_key.unwrap_or_default(),
+                    self.context
+                )))
+            }
+            WriteOutcome::Failed(e) => Err(e.into()),
+            other => Err(LedgerError::Internal(format!(
+                "unexpected write outcome {other:?}"
+            ))),
+        }
+    }
 }
 
 /// A successful batch append.
@@ -38,6 +92,57 @@ impl Ledger {
         entry: NewEntry,
         idempotency_key: Option<String>,
     ) -> Result<Appended, LedgerError> {
+        let (command, asked) = self.append_command(context, entry, idempotency_key)?;
+        let outcome = self.writer.submit(WriteCommand::Append(command)).await;
+        asked.answer(outcome)
+    }
+
+    /// Checks each append and queues those that pass, in order: they commit
+    /// in this order (so in order per context), each exactly as
+    /// [`Ledger::append`] would, without waiting for one before queueing
+    /// the next. Returns once all are queued (waiting for queue space when
+    /// the writer is full), one answer to come per append; a refused one
+    /// holds its error.
+    pub async fn append_many(
+        &self,
+        appends: Vec<(String, NewEntry, Option<String>)>,
+    ) -> Vec<Result<PendingAppend, LedgerError>> {
+        let mut answers: Vec<Result<PendingAppend, LedgerError>> =
+            Vec::with_capacity(appends.len());
+        let mut commands = Vec::with_capacity(appends.len());
+        for (context, entry, key) in appends {
+            match self.append_command(context, entry, key) {
+                Ok((command, asked)) => {
+                    commands.push(WriteCommand::Append(command));
+                    answers.push(Ok(PendingAppend {
+                        pending: None,
+                        asked,
+                    }));
+                }
+                Err(e) => answers.push(Err(e)),
+            }
+        }
+        let mut queued = self.writer.enqueue(commands).await.into_iter();
+        for answer in &mut answers {
+            if let Ok(p) = answer {
+                match queued.next() {
+                    Some(Ok(pending)) => p.pending = Some(pending),
+                    Some(Err(e)) => *answer = Err(e.into()),
+                    None => *answer = Err(LedgerError::Internal("an append was not queued".into())),
+                }
+            }
+        }
+        answers
+    }
+
+    /// An append checked against the limits and the reserved namespace,
+    /// as a write command, with what its answer needs.
+    fn append_command(
+        &self,
+        context: String,
+        entry: NewEntry,
+        idempotency_key: Option<String>,
+    ) -> Result<(AppendCommand, Asked), LedgerError> {
         self.config.limits.check_append(
             &context,
             &entry,
@@ -45,36 +150,18 @@ impl Ledger {
         )?;
         check_not_reserved(&context)?;
         let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
-        let key_for_error = idempotency_key.clone();
-        let outcome = self
-            .writer
-            .submit(WriteCommand::Append(AppendCommand {
-                context: context.clone(),
+        let asked = Asked {
+            context: context.clone(),
+            idempotency_key: idempotency_key.clone(),
+        };
+        Ok((
+            AppendCommand {
+                context,
                 entry,
                 idempotency_key,
-            }))
-            .await?;
-        match outcome {
-            WriteOutcome::Appended(entry) => Ok(Appended {
-                entry,
-                duplicate: false,
-            }),
-            WriteOutcome::Duplicate(entry) => Ok(Appended {
-                entry,
-                duplicate: true,
-            }),
-            WriteOutcome::IdempotencyConflict { sequence } => {
-                Err(LedgerError::AlreadyExists(format!(
-                    "idempotency key {:?} was already used in context {context:?} for sequence {sequence}, \
-                 with a different key, payload or metadata; use a new idempotency key for a new entry",
-                    key_for_error.unwrap_or_default()
-                )))
-            }
-            WriteOutcome::Failed(e) => Err(e.into()),
-            other => Err(LedgerError::Internal(format!(
-                "unexpected write outcome {other:?}"
-            ))),
-        }
+            },
+            asked,
+        ))
     }
 
     /// Appends `entries` to `context` in order, atomically: they take

@@ -163,7 +163,7 @@ pub(crate) fn render(state: &OpsState) -> String {
     e.single(
         "converge_ledger_streams",
         "gauge",
-        "Open server streams (Read, SnapshotStream, LoadStream).",
+        "Open server streams (Read, SnapshotStream, LoadStream, AppendStream).",
         ledger.open_streams() as f64,
     );
     e.single(

@@ -13,8 +13,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use http::serve_http;
-pub(crate) use rpc::note_context;
 pub use rpc::{RpcLayer, RpcMetrics};
+pub(crate) use rpc::{log_refused, note_context};
 
 use crate::conn::ConnCounters;
 use crate::{Authority, Ledger, RequestBudget};

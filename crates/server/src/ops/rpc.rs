@@ -173,21 +173,26 @@ impl Call {
         let context = self.noted.lock().unwrap_or_else(|p| p.into_inner()).take();
         let context = context.as_deref().unwrap_or("-");
         let operation = self.path.trim_start_matches('/');
-        let status = code_name(code);
-        let message = percent_decode(message);
-        match code {
-            // The client went away: not an error of the server's.
-            1 => tracing::debug!(operation, context, status, "call cancelled by the client"),
-            2 | 13 | 15 => {
-                tracing::error!(operation, context, status, error = %message, "call failed")
-            }
-            // Refused credentials and rights, exhausted limits, storage
-            // that is away.
-            7 | 8 | 14 | 16 => {
-                tracing::warn!(operation, context, status, error = %message, "call failed")
-            }
-            _ => tracing::info!(operation, context, status, error = %message, "call refused"),
+        log_refused(operation, context, code, &percent_decode(message));
+    }
+}
+
+/// Logs a call (or one append of a stream) that ended with status `code`
+/// (not 0), at the level its kind deserves.
+pub(crate) fn log_refused(operation: &str, context: &str, code: usize, message: &str) {
+    let status = code_name(code);
+    match code {
+        // The client went away: not an error of the server's.
+        1 => tracing::debug!(operation, context, status, "call cancelled by the client"),
+        2 | 13 | 15 => {
+            tracing::error!(operation, context, status, error = %message, "call failed")
         }
+        // Refused credentials and rights, exhausted limits, storage
+        // that is away.
+        7 | 8 | 14 | 16 => {
+            tracing::warn!(operation, context, status, error = %message, "call failed")
+        }
+        _ => tracing::info!(operation, context, status, error = %message, "call refused"),
     }
 }
 

@@ -1,0 +1,521 @@
+//! AppendStream, the pipelined append: acknowledgements in arrival order
+//! with gapless sequences on both committers, refusals acknowledged with
+//! the unary status while the stream goes on, the per-message and
+//! in-flight limits, the request budget given back per message, shutdown;
+//! and the SDK pipelining concurrent appends through it, exactly once
+//! across a server restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Probe, TestServer, eventually};
+use converge_ledger_client::{AppendOptions, Client, ClientOptions, GetOptions};
+use converge_ledger_core::Entry;
+use converge_ledger_proto::context::v1 as pb;
+use converge_ledger_proto::ledger::v1 as ext;
+use converge_ledger_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
+use converge_ledger_server::{LedgerConfig, RequestBudget, ServerConfig};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, MemoryStore, Store};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn append(tag: u64, context: &str, payload: &[u8]) -> ext::StreamedAppend {
+    ext::StreamedAppend {
+        tag,
+        append: Some(pb::AppendRequest {
+            context_id: context.to_owned(),
+            key: "facts".to_owned(),
+            payload: payload.to_vec(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// An open AppendStream: messages in, acknowledgements out.
+struct Stream {
+    tx: Option<mpsc::Sender<ext::AppendStreamRequest>>,
+    rx: tonic::Streaming<ext::AppendStreamResponse>,
+}
+
+impl Stream {
+    async fn open(s: &TestServer) -> Stream {
+        let mut c = LedgerServiceClient::connect(s.url()).await.unwrap();
+        let (tx, out) = mpsc::channel(1024);
+        let rx = c
+            .append_stream(ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        Stream { tx: Some(tx), rx }
+    }
+
+    async fn send(&self, appends: Vec<ext::StreamedAppend>) {
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(ext::AppendStreamRequest { appends })
+            .await
+            .unwrap();
+    }
+
+    /// The next `n` acknowledgements, however they are split into messages.
+    async fn acks(&mut self, n: usize) -> Vec<ext::AppendAck> {
+        let mut acks = Vec::new();
+        while acks.len() < n {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+                .await
+                .expect("acknowledgements within 10 s")
+                .unwrap()
+                .expect("the stream ended early");
+            assert!(
+                !m.acks.is_empty(),
+                "a response message without acknowledgements"
+            );
+            acks.extend(m.acks);
+        }
+        assert_eq!(acks.len(), n, "more acknowledgements than appends");
+        acks
+    }
+
+    fn close(&mut self) {
+        self.tx = None;
+    }
+}
+
+fn embedded(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    let mut o = EmbeddedOptions::new(dir.path());
+    o.fsync = FsyncPolicy::Never;
+    Arc::new(EmbeddedStore::open(o).unwrap())
+}
+
+/// Appends to two contexts, interleaved, in three messages: acknowledged in
+/// arrival order with each context's sequences gapless in that order, and
+/// each acknowledged hash is the stored entry's.
+async fn check_in_order(store: Arc<dyn Store>) {
+    let s = TestServer::start(store, LedgerConfig::default()).await;
+    let mut stream = Stream::open(&s).await;
+    let mut tag = 0;
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        let mut appends = Vec::new();
+        for _ in 0..100 {
+            tag += 1;
+            let context = if tag % 3 == 0 { "ctx-b" } else { "ctx-a" };
+            appends.push(append(tag, context, format!("p{tag}").as_bytes()));
+            expected.push((tag, context));
+        }
+        stream.send(appends).await;
+    }
+    let acks = stream.acks(300).await;
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    let mut by_seq: HashMap<(&str, u64), &ext::AppendAck> = HashMap::new();
+    for (ack, (tag, context)) in acks.iter().zip(&expected) {
+        assert_eq!(ack.tag, *tag, "acknowledgements in arrival order");
+        assert_eq!(ack.code, 0, "{}", ack.message);
+        let n = next.entry(context).or_insert(1);
+        assert_eq!(
+            ack.sequence, *n,
+            "tag {tag}: gapless, in arrival order, in {context}"
+        );
+        *n += 1;
+        by_seq.insert((context, ack.sequence), ack);
+    }
+    stream.close();
+    assert!(
+        stream.rx.message().await.unwrap().is_none(),
+        "a half-closed stream ends once everything is acknowledged"
+    );
+    let c = Client::connect(s.url()).await.unwrap();
+    for context in ["ctx-a", "ctx-b"] {
+        let got = c.get(context, GetOptions::default()).await.unwrap();
+        assert_eq!(got.entries.len() as u64, next[context] - 1);
+        for e in &got.entries {
+            let ack = by_seq[&(context, e.sequence)];
+            assert_eq!(e.hash.0.to_vec(), ack.hash);
+            assert_eq!(e.prev_hash.0.to_vec(), ack.prev_hash);
+            assert_eq!(
+                (e.lamport, e.appended_at_ns),
+                (ack.lamport, ack.appended_at_ns)
+            );
+            assert_eq!(e.payload, format!("p{}", ack.tag).into_bytes());
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_acknowledged_in_arrival_order_with_gapless_sequences_when_requests_commit() {
+    check_in_order(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_acknowledged_in_arrival_order_with_gapless_sequences_through_the_writer_thread()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    check_in_order(embedded(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_appends_are_acknowledged_with_the_unary_status_and_the_stream_goes_on() {
+    let s = TestServer::memory().await;
+    let mut stream = Stream::open(&s).await;
+    let keyed = |tag, payload: &[u8], key: &str| {
+        let mut a = append(tag, "ctx", payload);
+        a.append.as_mut().unwrap().idempotency_key = key.to_owned();
+        a
+    };
+    stream
+        .send(vec![
+            keyed(1, b"first", "k1"),
+            append(2, "", b"no context"),
+            append(3, "wll/reserved", b"reserved namespace"),
+            ext::StreamedAppend {
+                tag: 4,
+                append: None,
+            },
+            keyed(5, b"first", "k1"),
+            keyed(6, b"other content", "k1"),
+            append(7, "ctx", b"second"),
+        ])
+        .await;
+    let acks = stream.acks(7).await;
+    let codes: Vec<(u64, u32)> = acks.iter().map(|a| (a.tag, a.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, 0),
+            (2, Code::InvalidArgument as u32),
+            (3, Code::InvalidArgument as u32),
+            (4, Code::InvalidArgument as u32),
+            (5, 0),
+            (6, Code::AlreadyExists as u32),
+            (7, 0),
+        ]
+    );
+    assert!(acks[1].message.contains("context"), "{}", acks[1].message);
+    assert!(acks[2].message.contains("reserved"), "{}", acks[2].message);
+    assert!(acks[3].message.contains("no append"), "{}", acks[3].message);
+    assert!(
+        acks[4].duplicate && acks[4].sequence == 1 && acks[4].hash == acks[0].hash,
+        "an identical retry is the original entry"
+    );
+    assert!(
+        acks[5].message.contains("sequence 1"),
+        "{}",
+        acks[5].message
+    );
+    assert_eq!(acks[6].sequence, 2, "refusals appended nothing");
+    for refused in [&acks[1], &acks[2], &acks[3], &acks[5]] {
+        assert_eq!((refused.sequence, refused.hash.len()), (0, 0));
+    }
+    // The stream is still usable after the refusals.
+    stream.send(vec![append(8, "ctx", b"third")]).await;
+    assert_eq!(stream.acks(1).await[0].sequence, 3);
+    let c = Client::connect(s.url()).await.unwrap();
+    assert_eq!(c.head("ctx").await.unwrap().sequence, 3);
+    assert_eq!(c.list_contexts("", 10).await.unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_append_limit_ends_the_stream_after_acknowledging_what_came_before() {
+    let config = LedgerConfig {
+        append_stream_message_appends_max: 4,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let mut stream = Stream::open(&s).await;
+    stream
+        .send(vec![append(1, "ctx", b"a"), append(2, "ctx", b"b")])
+        .await;
+    stream
+        .send((3..8).map(|t| append(t, "ctx", b"c")).collect())
+        .await;
+    let acks = stream.acks(2).await;
+    assert_eq!(
+        acks.iter().map(|a| (a.tag, a.code)).collect::<Vec<_>>(),
+        vec![(1, 0), (2, 0)]
+    );
+    let end = stream.rx.message().await.unwrap_err();
+    assert_eq!(end.code(), Code::InvalidArgument);
+    assert!(
+        end.message().contains("5 appends") && end.message().contains("limit is 4"),
+        "{}",
+        end.message()
+    );
+    let c = Client::connect(s.url()).await.unwrap();
+    assert_eq!(
+        c.head("ctx").await.unwrap().sequence,
+        2,
+        "nothing of the oversized message"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reads_no_further_than_its_in_flight_limit_while_commits_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    let held = hold.clone();
+    // The writer thread waits in the store until released.
+    let store = Probe::failing(embedded(&dir), move || {
+        while held.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    });
+    let config = LedgerConfig {
+        append_stream_inflight_max: 8,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(store), config).await;
+    let mut stream = Stream::open(&s).await;
+    for tag in 1..=100 {
+        stream.send(vec![append(tag, "ctx", b"x")]).await;
+    }
+    // What each append counts in the writer's queue, held there until its
+    // commit is done.
+    let each = converge_ledger_store::WriteCommand::Append(converge_ledger_store::AppendCommand {
+        context: "ctx".into(),
+        entry: converge_ledger_core::NewEntry {
+            key: "facts".into(),
+            payload: b"x".to_vec(),
+            metadata: Default::default(),
+            lamport: 0,
+        },
+        idempotency_key: None,
+    })
+    .approximate_size();
+    eventually(10, "the writer to hold appends", || {
+        (s.ledger.writer_queued().1 >= 8 * each).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let taken = s.ledger.writer_queued().1 / each;
+    assert!(
+        taken <= 8,
+        "{taken} appends were taken from a stream limited to 8 in flight"
+    );
+    hold.store(false, Ordering::SeqCst);
+    let acks = stream.acks(100).await;
+    assert!(
+        acks.iter()
+            .enumerate()
+            .all(|(i, a)| a.code == 0 && a.tag == i as u64 + 1 && a.sequence == i as u64 + 1)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_gives_each_acknowledged_message_back_to_the_request_budget() {
+    // A budget of 256 KiB over all requests, and a stream that sends 4 MiB
+    // in 16 KiB messages: it flows only if each acknowledged message's
+    // bytes are given back (a request body otherwise holds all it received
+    // until its response ends).
+    let budget = RequestBudget::new(256 * 1024, Duration::from_secs(1), Duration::from_secs(30));
+    let server = ServerConfig {
+        request_budget: budget.clone(),
+        ..ServerConfig::default()
+    };
+    let config = LedgerConfig {
+        append_stream_inflight_bytes_max: 64 * 1024,
+        ..LedgerConfig::default()
+    };
+    let s =
+        TestServer::start_full(Arc::new(MemoryStore::new()), config, server, "127.0.0.1:0").await;
+    let mut stream = Stream::open(&s).await;
+    let payload = vec![7u8; 16 * 1024];
+    let n = 256u64;
+    let sender = {
+        let tx = stream.tx.take().unwrap();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for tag in 1..=n {
+                let m = ext::AppendStreamRequest {
+                    appends: vec![append(tag, "ctx", &payload)],
+                };
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut acked = 0;
+    while acked < n {
+        let m = tokio::time::timeout(Duration::from_secs(20), stream.rx.message())
+            .await
+            .expect("acknowledgements keep coming")
+            .unwrap_or_else(|e| panic!("the stream failed after {acked} appends: {e}"))
+            .expect("the stream ended early");
+        for a in m.acks {
+            acked += 1;
+            assert_eq!((a.code, a.sequence), (0, acked), "{}", a.message);
+        }
+    }
+    sender.await.unwrap();
+    assert!(
+        stream.rx.message().await.unwrap().is_none(),
+        "the stream ends once the client half-closes"
+    );
+    eventually(5, "the budget to be given back", || {
+        (budget.in_use() == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_an_open_stream_after_acknowledging_what_it_took() {
+    let s = TestServer::memory().await;
+    let mut stream = Stream::open(&s).await;
+    stream.send(vec![append(1, "ctx", b"a")]).await;
+    assert_eq!(stream.acks(1).await[0].code, 0);
+    let stopped = tokio::spawn(s.stop());
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.rx.message())
+        .await
+        .expect("the stream ends at shutdown, not after the grace period")
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end}");
+    assert!(end.message().contains("shutting down"), "{}", end.message());
+    stopped.await.unwrap();
+}
+
+fn verify_chain(context: &str, entries: &[Entry]) {
+    let mut prev = converge_ledger_core::genesis_hash(context);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1);
+        assert_eq!(e.prev_hash, prev);
+        assert_eq!(e.compute_hash(context), e.hash);
+        prev = e.hash;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sdk_appends_share_one_stream_in_order_per_task() {
+    let s = TestServer::memory().await;
+    let c = Client::connect(s.url()).await.unwrap();
+    let tasks = 64;
+    let per_task = 40;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got: Vec<Entry> = Vec::new();
+            for i in 0..per_task {
+                // Half of the tasks share one context, half have their own.
+                let context = if t % 2 == 0 {
+                    "shared".to_owned()
+                } else {
+                    format!("own-{t}")
+                };
+                let e = c
+                    .append(
+                        &context,
+                        "facts",
+                        format!("{t}/{i}").into_bytes(),
+                        AppendOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(e.payload, format!("{t}/{i}").into_bytes());
+                got.push(e);
+            }
+            got
+        }));
+    }
+    let mut shared_seqs: HashMap<usize, Vec<u64>> = HashMap::new();
+    for (t, h) in handles.into_iter().enumerate() {
+        let got = h.await.unwrap();
+        if t % 2 == 0 {
+            shared_seqs.insert(t, got.iter().map(|e| e.sequence).collect());
+        } else {
+            assert_eq!(
+                got.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+                (1..=per_task as u64).collect::<Vec<_>>(),
+                "task {t}'s own context in its order"
+            );
+        }
+    }
+    for (t, seqs) in &shared_seqs {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "task {t}'s appends to the shared context keep its order"
+        );
+    }
+    assert!(
+        c.pipelined_appends() > (tasks * per_task / 2) as u64,
+        "only {} of {} appends went through the stream",
+        c.pipelined_appends(),
+        tasks * per_task
+    );
+    let shared = c.get("shared", GetOptions::default()).await.unwrap();
+    assert_eq!(shared.entries.len(), tasks / 2 * per_task);
+    verify_chain("shared", &shared.entries);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sdk_appends_across_a_server_restart_are_each_appended_exactly_once() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let s = TestServer::start(store.clone(), LedgerConfig::default()).await;
+    let addr = s.addr.to_string();
+    let options = ClientOptions {
+        attempts: 40,
+        backoff: Duration::from_millis(25),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect_with(s.url(), options).await.unwrap();
+    let tasks = 16;
+    let per_task = 150;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                c.append(
+                    "ctx",
+                    "facts",
+                    format!("{t}/{i}").into_bytes(),
+                    AppendOptions::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("task {t}, append {i}: {e}"));
+            }
+        }));
+    }
+    // Restart the server under the appends, on the same address and store.
+    eventually(10, "appends to flow", || {
+        (c.pipelined_appends() > 100).then_some(())
+    })
+    .await;
+    s.stop().await;
+    let s = TestServer::start_full(
+        store,
+        LedgerConfig::default(),
+        ServerConfig::default(),
+        &addr,
+    )
+    .await;
+    for h in handles {
+        h.await.unwrap();
+    }
+    let all = c.get("ctx", GetOptions::default()).await.unwrap();
+    verify_chain("ctx", &all.entries);
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    for e in &all.entries {
+        *seen.entry(e.payload.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        tasks * per_task,
+        "every acknowledged append is stored"
+    );
+    assert!(seen.values().all(|n| *n == 1), "no append was stored twice");
+    assert_eq!(all.entries.len(), tasks * per_task);
+    s.stop().await;
+}
