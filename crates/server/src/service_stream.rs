@@ -81,9 +81,10 @@ struct Pump {
     pending: FuturesOrdered<AckFuture>,
     /// Bytes of the appends in `pending`.
     inflight_bytes: usize,
-    /// Per received message not yet fully acknowledged, oldest first: its
-    /// acknowledgements still to send, and its bytes of the request budget.
-    messages: VecDeque<(usize, usize)>,
+    /// Per received message not yet given back to the request budget,
+    /// oldest first: its acknowledgements still to send (its bytes go back
+    /// once they, and those of every message before it, are sent).
+    messages: VecDeque<usize>,
     /// Shutdown began: take no more appends, acknowledge what was taken.
     stopping: tokio::sync::watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
@@ -153,32 +154,34 @@ impl Pump {
     /// gives its bytes back to the request budget.
     fn acknowledged_one(&mut self) {
         if let Some(front) = self.messages.front_mut() {
-            front.0 -= 1;
-            if front.0 == 0 {
-                let (_, bytes) = self.messages.pop_front().unwrap_or_default();
-                self.release(bytes);
-            }
+            *front = front.saturating_sub(1);
         }
+        self.release_done();
     }
 
-    fn release(&self, bytes: usize) {
-        if let Some(held) = &self.held {
-            held.release(bytes);
+    /// Gives the bytes of the oldest messages whose acknowledgements are all
+    /// sent back to the request budget, in arrival order (the budget
+    /// counted them in that order, as they arrived on the wire).
+    fn release_done(&mut self) {
+        while self.messages.front() == Some(&0) {
+            self.messages.pop_front();
+            if let Some(held) = &self.held {
+                held.release_message();
+            }
         }
     }
 
     /// Checks and queues one request message's appends.
     async fn take(&mut self, m: pb::AppendStreamRequest) {
-        // The message's bytes as the request budget counted them: its
-        // encoding and the 5-byte gRPC frame header.
-        let message_bytes = m.encoded_len() + 5;
         let max = self
             .ledger
             .config()
             .append_stream_message_appends_max
             .max(1);
         if m.appends.len() > max {
-            self.release(message_bytes);
+            // Nothing of it is taken; its bytes go back in their turn.
+            self.messages.push_back(0);
+            self.release_done();
             self.reading = false;
             self.failed = Some(Status::invalid_argument(format!(
                 "an AppendStream message carries {} appends; the limit is {max} \
@@ -190,10 +193,11 @@ impl Pump {
         }
         if m.appends.is_empty() {
             // A no-op (a client may send one to keep an idle stream open).
-            self.release(message_bytes);
+            self.messages.push_back(0);
+            self.release_done();
             return;
         }
-        self.messages.push_back((m.appends.len(), message_bytes));
+        self.messages.push_back(m.appends.len());
         // In arrival order: refused at once (Err) or queued (Ok, an index
         // into `appends`).
         let mut order: Vec<(u64, usize, Result<usize, Status>, String)> =
@@ -207,7 +211,13 @@ impl Pump {
                     "appends[{i}] (tag {}) has no append request; nothing was appended for it",
                     a.tag
                 ))),
-                Some(r) => match self.caller.require(Right::Append, &r.context_id) {
+                Some(r) => match self
+                    .ledger
+                    .limits()
+                    .check_context_id(&r.context_id)
+                    .map_err(|e| Status::from(LedgerError::from(e)))
+                    .and_then(|()| self.caller.require(Right::Append, &r.context_id))
+                {
                     Err(status) => {
                         context = r.context_id;
                         Err(status)
@@ -229,6 +239,7 @@ impl Pump {
             .into_iter()
             .map(Some)
             .collect();
+        let mut refused_here = 0usize;
         for (tag, bytes, checked, context) in order {
             self.inflight_bytes += bytes;
             let answer = match checked {
@@ -249,11 +260,23 @@ impl Pump {
                 },
             };
             if let Err(status) = &answer {
-                refused(&context, status);
+                // One line per message for refusals made at once (a
+                // message of many bad appends is not many log lines).
+                if refused_here == 0 {
+                    refused(&context, status);
+                }
+                refused_here += 1;
             }
             let answer = ack(tag, answer);
             self.pending
                 .push_back(futures_util::future::ready((answer, bytes)).boxed());
+        }
+        if refused_here > 1 {
+            tracing::info!(
+                operation = "converge.ledger.v1.LedgerService/AppendStream",
+                refused = refused_here,
+                "appends of one message refused (the first is logged above)"
+            );
         }
     }
 }

@@ -261,36 +261,20 @@ async fn a_message_over_the_append_limit_ends_the_stream_after_acknowledging_wha
 async fn a_stream_reads_no_further_than_its_in_flight_limit_while_commits_are_held() {
     let dir = tempfile::tempdir().unwrap();
     let hold = Arc::new(AtomicBool::new(true));
-    let held = hold.clone();
     // The writer thread waits in the store until released.
-    let store = Probe::failing(embedded(&dir), move || {
-        while held.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        None
-    });
+    let store = held_store(&dir, hold.clone());
     let config = LedgerConfig {
         append_stream_inflight_max: 8,
         ..LedgerConfig::default()
     };
-    let s = TestServer::start(Arc::new(store), config).await;
+    let s = TestServer::start(store, config).await;
     let mut stream = Stream::open(&s).await;
     for tag in 1..=100 {
         stream.send(vec![append(tag, "ctx", b"x")]).await;
     }
     // What each append counts in the writer's queue, held there until its
     // commit is done.
-    let each = converge_ledger_store::WriteCommand::Append(converge_ledger_store::AppendCommand {
-        context: "ctx".into(),
-        entry: converge_ledger_core::NewEntry {
-            key: "facts".into(),
-            payload: b"x".to_vec(),
-            metadata: Default::default(),
-            lamport: 0,
-        },
-        idempotency_key: None,
-    })
-    .approximate_size();
+    let each = queued_size();
     eventually(10, "the writer to hold appends", || {
         (s.ledger.writer_queued().1 >= 8 * each).then_some(())
     })
@@ -369,13 +353,58 @@ async fn a_long_stream_gives_each_acknowledged_message_back_to_the_request_budge
     s.stop().await;
 }
 
+/// What one append of `append(_, "ctx", b"x")` counts in the writer's
+/// queue.
+fn queued_size() -> usize {
+    converge_ledger_store::WriteCommand::Append(converge_ledger_store::AppendCommand {
+        context: "ctx".into(),
+        entry: converge_ledger_core::NewEntry {
+            key: "facts".into(),
+            payload: b"x".to_vec(),
+            metadata: Default::default(),
+            lamport: 0,
+        },
+        idempotency_key: None,
+    })
+    .approximate_size()
+}
+
+/// An embedded store whose writer waits in the store while `hold` is set.
+fn held_store(dir: &tempfile::TempDir, hold: Arc<AtomicBool>) -> Arc<dyn Store> {
+    Arc::new(Probe::failing(embedded(dir), move || {
+        while hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    }))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_an_open_stream_after_acknowledging_what_it_took() {
-    let s = TestServer::memory().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    let store = held_store(&dir, hold.clone());
+    let s = TestServer::start(store.clone(), LedgerConfig::default()).await;
+    let ledger = s.ledger.clone();
     let mut stream = Stream::open(&s).await;
-    stream.send(vec![append(1, "ctx", b"a")]).await;
-    assert_eq!(stream.acks(1).await[0].code, 0);
+    stream
+        .send((1..=5).map(|t| append(t, "ctx", b"x")).collect())
+        .await;
+    eventually(10, "the writer to hold the appends", || {
+        (ledger.writer_queued().1 >= 5 * queued_size()).then_some(())
+    })
+    .await;
+    // Shutdown begins with the five appends taken but not yet committed.
     let stopped = tokio::spawn(s.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hold.store(false, Ordering::SeqCst);
+    let acks = stream.acks(5).await;
+    assert!(
+        acks.iter()
+            .enumerate()
+            .all(|(i, a)| a.code == 0 && a.sequence == i as u64 + 1),
+        "everything taken is acknowledged: {acks:?}"
+    );
     let end = tokio::time::timeout(Duration::from_secs(5), stream.rx.message())
         .await
         .expect("the stream ends at shutdown, not after the grace period")
@@ -383,6 +412,7 @@ async fn shutdown_ends_an_open_stream_after_acknowledging_what_it_took() {
     assert_eq!(end.code(), Code::Unavailable, "{end}");
     assert!(end.message().contains("shutting down"), "{}", end.message());
     stopped.await.unwrap();
+    assert_eq!(store.head("ctx").unwrap().unwrap().sequence, 5);
 }
 
 fn verify_chain(context: &str, entries: &[Entry]) {
@@ -393,6 +423,45 @@ fn verify_chain(context: &str, entries: &[Entry]) {
         assert_eq!(e.compute_hash(context), e.hash);
         prev = e.hash;
     }
+}
+
+/// `tasks` tasks appending `per_task` entries each to "ctx" through `c`,
+/// payload "task/i"; each task panics on an append that fails.
+fn appenders(c: &Client, tasks: usize, per_task: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    c.append(
+                        "ctx",
+                        "facts",
+                        format!("{t}/{i}").into_bytes(),
+                        AppendOptions::default(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("task {t}, append {i}: {e}"));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits for the appenders, then checks "ctx": chained, and each of the
+/// `n` payloads stored exactly once.
+async fn each_stored_once(c: &Client, handles: Vec<tokio::task::JoinHandle<()>>, n: usize) {
+    for h in handles {
+        h.await.unwrap();
+    }
+    let all = c.get("ctx", GetOptions::default()).await.unwrap();
+    verify_chain("ctx", &all.entries);
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    for e in &all.entries {
+        *seen.entry(e.payload.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), n, "every acknowledged append is stored");
+    assert!(seen.values().all(|n| *n == 1), "no append was stored twice");
+    assert_eq!(all.entries.len(), n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,7 +529,7 @@ async fn concurrent_sdk_appends_share_one_stream_in_order_per_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_sdk_appends_across_a_server_restart_are_each_appended_exactly_once() {
+async fn pipelined_sdk_appends_carry_on_across_a_graceful_server_restart_each_stored_once() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let s = TestServer::start(store.clone(), LedgerConfig::default()).await;
     let addr = s.addr.to_string();
@@ -470,24 +539,8 @@ async fn pipelined_sdk_appends_across_a_server_restart_are_each_appended_exactly
         ..ClientOptions::default()
     };
     let c = Client::connect_with(s.url(), options).await.unwrap();
-    let tasks = 16;
-    let per_task = 150;
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let c = c.clone();
-        handles.push(tokio::spawn(async move {
-            for i in 0..per_task {
-                c.append(
-                    "ctx",
-                    "facts",
-                    format!("{t}/{i}").into_bytes(),
-                    AppendOptions::default(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("task {t}, append {i}: {e}"));
-            }
-        }));
-    }
+    let (tasks, per_task) = (16, 150);
+    let handles = appenders(&c, tasks, per_task);
     // Restart the server under the appends, on the same address and store.
     eventually(10, "appends to flow", || {
         (c.pipelined_appends() > 100).then_some(())
@@ -501,21 +554,165 @@ async fn pipelined_sdk_appends_across_a_server_restart_are_each_appended_exactly
         &addr,
     )
     .await;
+    each_stored_once(&c, handles, tasks * per_task).await;
+    s.stop().await;
+}
+
+/// A TCP proxy to `to` whose connections can all be cut at once.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(to: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    /// Drops every connection open now, mid-stream.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sdk_appends_across_cut_connections_are_each_appended_exactly_once() {
+    let s = TestServer::memory().await;
+    let proxy = Proxy::start(s.addr).await;
+    let options = ClientOptions {
+        attempts: 40,
+        backoff: Duration::from_millis(20),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect_with(format!("http://{}", proxy.addr), options)
+        .await
+        .unwrap();
+    let (tasks, per_task) = (16, 300);
+    let handles = appenders(&c, tasks, per_task);
+    // Cut the connection under the appends, twice: whatever was in flight
+    // is in doubt (the server may have appended it) and is sent again
+    // under its idempotency key.
+    for round in 1..=2u64 {
+        eventually(10, "appends to flow through the stream", || {
+            (c.pipelined_appends() > round * 300).then_some(())
+        })
+        .await;
+        proxy.cut();
+    }
+    each_stored_once(&c, handles, tasks * per_task).await;
+    s.stop().await;
+}
+
+/// A server that speaks only converge.context.v1 (an older ledger, or a
+/// proxy that knows only the contract), forwarding appends to `to`.
+struct ContractOnly {
+    to: converge_ledger_proto::context::v1::context_service_client::ContextServiceClient<
+        tonic::transport::Channel,
+    >,
+}
+
+type WatchEvents = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl pb::context_service_server::ContextService for ContractOnly {
+    async fn append(
+        &self,
+        request: tonic::Request<pb::AppendRequest>,
+    ) -> Result<tonic::Response<pb::AppendResponse>, tonic::Status> {
+        self.to.clone().append(request.into_inner()).await
+    }
+    async fn get(
+        &self,
+        request: tonic::Request<pb::GetRequest>,
+    ) -> Result<tonic::Response<pb::GetResponse>, tonic::Status> {
+        self.to.clone().get(request.into_inner()).await
+    }
+    async fn snapshot(
+        &self,
+        _: tonic::Request<pb::SnapshotRequest>,
+    ) -> Result<tonic::Response<pb::SnapshotResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+    async fn load(
+        &self,
+        _: tonic::Request<pb::LoadRequest>,
+    ) -> Result<tonic::Response<pb::LoadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+    type WatchStream = WatchEvents;
+    async fn watch(
+        &self,
+        _: tonic::Request<pb::WatchRequest>,
+    ) -> Result<tonic::Response<WatchEvents>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not here"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sdk_appends_fall_back_to_calls_on_a_server_without_the_stream() {
+    let s = TestServer::memory().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let to =
+        converge_ledger_proto::context::v1::context_service_client::ContextServiceClient::connect(
+            s.url(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::context_service_server::ContextServiceServer::new(
+                ContractOnly { to },
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let options = ClientOptions {
+        attempts: 1,
+        ..ClientOptions::default()
+    };
+    let c = Client::connect_with(format!("http://{addr}"), options)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for t in 0..16 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..20 {
+                c.append(
+                    "ctx",
+                    "facts",
+                    format!("{t}/{i}").into_bytes(),
+                    AppendOptions::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("task {t}, append {i}: {e}"));
+            }
+        }));
+    }
     for h in handles {
         h.await.unwrap();
     }
-    let all = c.get("ctx", GetOptions::default()).await.unwrap();
-    verify_chain("ctx", &all.entries);
-    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
-    for e in &all.entries {
-        *seen.entry(e.payload.clone()).or_default() += 1;
-    }
-    assert_eq!(
-        seen.len(),
-        tasks * per_task,
-        "every acknowledged append is stored"
-    );
-    assert!(seen.values().all(|n| *n == 1), "no append was stored twice");
-    assert_eq!(all.entries.len(), tasks * per_task);
+    assert_eq!(c.pipelined_appends(), 0);
+    assert_eq!(s.ledger.store().head("ctx").unwrap().unwrap().sequence, 320);
     s.stop().await;
 }

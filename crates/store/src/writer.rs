@@ -284,13 +284,89 @@ impl Writer {
     /// several consecutive ones. For a caller with many independent writes
     /// in hand (a pipelined stream), which need not wait for one before
     /// queueing the next.
+    ///
+    /// Unlike [`Writer::submit`], it never waits in line for queue space
+    /// (a waiter in line is handed space as it frees, and keeps it while its
+    /// caller does not poll it: a stream whose client stopped reading could
+    /// hold space that every other write waits behind). It takes space only
+    /// when all a command needs is free at once, and otherwise retries
+    /// every millisecond.
     pub async fn enqueue(&self, commands: Vec<WriteCommand>) -> Vec<Result<Pending, WriteError>> {
         let mut leadership = Leadership(None);
         let mut queued = Vec::with_capacity(commands.len());
         for command in commands {
-            queued.push(self.queue(command, &mut leadership).await);
+            let mut command = Some(command);
+            let answer = loop {
+                match self.try_queue(&mut command, &mut leadership) {
+                    Some(answer) => break answer,
+                    None => {
+                        // Full: what is queued must commit to make room.
+                        leadership.exercise();
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                }
+            };
+            queued.push(answer);
         }
         queued
+    }
+
+    /// Queues `command` if the queue has room for it now; `None` (the
+    /// command left in place) when it has not.
+    fn try_queue<'a>(
+        &'a self,
+        command: &mut Option<WriteCommand>,
+        leadership: &mut Leadership<'a>,
+    ) -> Option<Result<Pending, WriteError>> {
+        use tokio::sync::TryAcquireError;
+        use tokio::sync::mpsc::error::TrySendError;
+        let bytes = command.as_ref()?.approximate_size().max(1);
+        if bytes > self.bytes_max {
+            return Some(Err(WriteError::TooLarge {
+                bytes,
+                limit: self.bytes_max,
+            }));
+        }
+        let permit = match self.bytes.clone().try_acquire_many_owned(bytes as u32) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Some(Err(WriteError::Closed)),
+            Err(TryAcquireError::NoPermits) => return None,
+        };
+        let (reply, rx) = oneshot::channel();
+        match &self.committer {
+            Committer::Thread { tx, .. } => {
+                let slot = match tx.try_reserve() {
+                    Ok(slot) => slot,
+                    Err(TrySendError::Closed(())) => return Some(Err(WriteError::Closed)),
+                    Err(TrySendError::Full(())) => return None,
+                };
+                slot.send(Msg::Job(Job {
+                    command: command.take()?,
+                    bytes,
+                    reply,
+                    _permits: (permit, None),
+                }));
+            }
+            Committer::Requests(combiner) => {
+                let slot = match combiner.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(TryAcquireError::Closed) => return Some(Err(WriteError::Closed)),
+                    Err(TryAcquireError::NoPermits) => return None,
+                };
+                let job = Job {
+                    command: command.take()?,
+                    bytes,
+                    reply,
+                    _permits: (permit, Some(slot)),
+                };
+                match combiner.enqueue(job) {
+                    Ok(true) => leadership.0 = Some(combiner),
+                    Ok(false) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        Some(Ok(Pending(rx)))
     }
 
     /// Queues one command. When requests commit, one that finds no commit
@@ -913,5 +989,81 @@ mod tests {
             w.shutdown().await.is_err(),
             "shutdown must report that a commit died"
         );
+    }
+
+    /// One caller queues 60 commands to one context at once through a
+    /// queue of 8 while 20 others submit: the 60 commit in the order given,
+    /// and everyone is answered.
+    async fn enqueued_commands_commit_in_order_through_a_full_queue(may_block: bool) {
+        let (store, _dir) = store(may_block);
+        let config = WriterConfig {
+            queue_commands_max: 8,
+            batch_commands_max: 3,
+            ..WriterConfig::default()
+        };
+        let w = writer(store, config, Arc::default());
+        let others: Vec<_> = (0..20)
+            .map(|i| {
+                let w = w.clone();
+                tokio::spawn(async move { w.submit(append("other", 1000 + i)).await })
+            })
+            .collect();
+        let pending = w
+            .enqueue((0..60).map(|i| append("mine", i)).collect())
+            .await;
+        let mut last = 0;
+        for (i, p) in pending.into_iter().enumerate() {
+            match p.unwrap().await {
+                Ok(WriteOutcome::Appended(e)) => {
+                    assert_eq!(e.payload, i.to_be_bytes().to_vec());
+                    assert!(e.sequence > last, "command {i} committed out of order");
+                    last = e.sequence;
+                }
+                other => panic!("command {i}: {other:?}"),
+            }
+        }
+        assert_eq!(last, 60);
+        for o in others {
+            assert!(matches!(o.await.unwrap(), Ok(WriteOutcome::Appended(_))));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_committing_themselves_commit_enqueued_commands_in_order() {
+        within_10s(enqueued_commands_commit_in_order_through_a_full_queue(
+            false,
+        ))
+        .await;
+    }
+
+    #[cfg(feature = "embedded")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_commits_enqueued_commands_in_order() {
+        within_10s(enqueued_commands_commit_in_order_through_a_full_queue(true)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_enqueue_cancelled_half_way_leaves_the_queue_committing() {
+        within_10s(async {
+            let (store, _dir) = store(false);
+            let config = WriterConfig {
+                queue_commands_max: 4,
+                batch_commands_max: 2,
+                ..WriterConfig::default()
+            };
+            let w = writer(store.clone(), config, Arc::default());
+            // Held back by nothing but the queue's size, then dropped while
+            // it waits for room.
+            let big = w.enqueue((0..400).map(|i| append("c", i)).collect());
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(3), big).await;
+            match w.submit(append("c", 9999)).await {
+                Ok(WriteOutcome::Appended(e)) => {
+                    let head = store.head("c").unwrap().unwrap();
+                    assert_eq!(e.sequence, head.sequence, "answered once committed");
+                }
+                other => panic!("{other:?}"),
+            }
+        })
+        .await;
     }
 }

@@ -6,9 +6,12 @@
 //! cost a few messages per group commit instead of a call each.
 //!
 //! An append is sent on the stream once. If the stream breaks, the
-//! server has no AppendStream, or the acknowledgement is a transient
-//! failure, the caller goes on with ordinary retried calls under the same
-//! idempotency key: each append is still appended exactly once.
+//! server has no AppendStream, the task ends, the acknowledgement is a
+//! transient failure or does not come in time, the caller goes on with
+//! ordinary retried calls under the same idempotency key: each append is
+//! still appended exactly once. The caller keeps its request and checks
+//! the acknowledgement against it (the entry's hash recomputed), so the
+//! hashing runs on the callers' tasks, not on the stream's.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,14 +31,16 @@ use crate::ClientError;
 
 /// Appends queued for the stream's task at most; callers beyond it wait.
 const QUEUE: usize = 4096;
-/// Appends one message carries at most (the server's default limit).
+/// Appends one message carries at most.
 const MESSAGE_APPENDS: usize = 1024;
 /// Bytes of appends one message carries at most (one larger append goes
 /// alone).
 const MESSAGE_BYTES: usize = 1024 * 1024;
-/// Appends unacknowledged on the stream at most (the server's default
-/// in-flight limit; it would stop reading past it anyway).
+/// Appends, and bytes of appends, unacknowledged on the stream at most:
+/// below the server's default limits (4096, 16 MiB), past which it would
+/// stop reading anyway.
 const INFLIGHT: usize = 4096;
+const INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// An open stream with nothing in flight for this long is closed (the
 /// server drops a request stream that sends nothing for 30 s).
 const STREAM_IDLE: Duration = Duration::from_secs(5);
@@ -64,17 +69,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// An append handed to the stream's task.
+/// What the stream says of one append: its acknowledgement, or `Err`
+/// when it did not settle it (`None`: go on with calls) or settled it as
+/// an error (a server that answers out of order).
+type Answer = Result<ext::AppendAck, Option<ClientError>>;
+
+/// An append handed to the stream's task. Dropped unsettled (the task
+/// ended, its runtime shut down), it tells its caller to go on with calls.
 struct Flight {
-    request: pb::AppendRequest,
-    reply: oneshot::Sender<Result<Entry, Unsent>>,
+    request: Option<pb::AppendRequest>,
+    reply: Option<oneshot::Sender<Answer>>,
 }
 
-/// An append the stream did not settle: the caller retries it with calls.
-pub(crate) struct Unsent {
-    pub(crate) request: pb::AppendRequest,
-    /// Why: a transient failure (or `None`: the server has no stream).
-    pub(crate) error: Option<ClientError>,
+impl Flight {
+    fn settle(mut self, answer: Answer) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(None));
+        }
+    }
 }
 
 /// What the stream's task needs of the client.
@@ -95,55 +115,54 @@ impl Pipe {
         )
     }
 
-    /// Sends `request` through the stream. `Err` gives the request back
-    /// when the stream did not settle it, with a final error when it did
-    /// (a refusal, a verification failure).
+    /// Sends `request` through the stream and checks the acknowledgement.
+    /// `Err(Ok(request))` gives the request back when the stream did not
+    /// settle it in `timeout` (the caller goes on with calls under the
+    /// same idempotency key); `Err(Err(e))` is final (a refusal, a
+    /// verification failure).
     pub(crate) async fn append(
         self: &Arc<Self>,
         link: &(dyn Fn() -> Link + Sync),
         request: pb::AppendRequest,
         timeout: Duration,
-    ) -> Result<Entry, Result<Unsent, ClientError>> {
+    ) -> Result<Entry, Result<pb::AppendRequest, ClientError>> {
         let (reply, answer) = oneshot::channel();
-        let mut flight = Flight { request, reply };
-        // Twice at most: a task that retired just as this took its queue
-        // is replaced once.
-        for _ in 0..2 {
-            let tx = self.queue(link);
-            match tx.send(flight).await {
-                Ok(()) => {
-                    let Ok(answer) = tokio::time::timeout(timeout, answer).await else {
-                        return Err(Err(ClientError::Rpc {
-                            code: tonic::Code::DeadlineExceeded,
-                            message: format!(
-                                "the append stream did not acknowledge the append within {} ms; \
-                                 it may or may not be appended (append it again with the same \
-                                 idempotency key to find out)",
-                                timeout.as_millis()
-                            ),
-                        }));
-                    };
-                    return match answer {
-                        Ok(Ok(entry)) => Ok(entry),
-                        Ok(Err(unsent)) => match unsent.error {
-                            Some(e) if !e.is_transient() => Err(Err(e)),
-                            _ => Err(Ok(unsent)),
-                        },
-                        Err(_) => Err(Err(ClientError::Unavailable(
-                            "the append stream's task ended with the append in flight".into(),
-                        ))),
-                    };
-                }
-                Err(mpsc::error::SendError(f)) => {
-                    flight = f;
-                    self.retire_queue(&tx);
+        let mut flight = Flight {
+            request: Some(request.clone()),
+            reply: Some(reply),
+        };
+        let sent = async {
+            // Twice at most: a task that retired just as this took its
+            // queue is replaced once.
+            for _ in 0..2 {
+                let tx = self.queue(link);
+                match tx.send(flight).await {
+                    Ok(()) => return answer.await.unwrap_or(Err(None)),
+                    Err(mpsc::error::SendError(f)) => {
+                        flight = f;
+                        self.retire_queue(&tx);
+                    }
                 }
             }
+            Err(None)
+        };
+        let ack = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(Some(e))) => return Err(Err(e)),
+            Ok(Err(None)) | Err(_) => return Err(Ok(request)),
+        };
+        if ack.code != 0 {
+            let status = tonic::Status::new(tonic::Code::from(ack.code as i32), ack.message);
+            let e = ClientError::from(status);
+            return Err(if e.is_transient() {
+                Ok(request)
+            } else {
+                Err(e)
+            });
         }
-        Err(Ok(Unsent {
-            request: flight.request,
-            error: None,
-        }))
+        let entry = entry_of(request, &ack).map_err(Err)?;
+        self.streamed.fetch_add(1, Ordering::Relaxed);
+        Ok(entry)
     }
 
     /// The running task's queue, or a new task's.
@@ -178,6 +197,7 @@ impl Pipe {
 /// An append sent on the stream, waiting for its acknowledgement.
 struct Sent {
     tag: u64,
+    bytes: usize,
     flight: Flight,
 }
 
@@ -196,17 +216,18 @@ impl Worker {
                 Ok(None) => return,
                 Err(_) => {
                     // Idle: end. Closing the queue first makes a sender
-                    // that raced with this start a new task.
+                    // that raced with this start a new task; what was
+                    // queued meanwhile goes on as calls (dropped flights
+                    // say so).
                     self.rx.close();
-                    // Whatever was queued meanwhile goes on as calls; the
-                    // next append starts a new task.
-                    while let Ok(flight) = self.rx.try_recv() {
-                        unsent(flight, None);
-                    }
+                    while self.rx.try_recv().is_ok() {}
                     return;
                 }
             };
             if !self.session(first).await {
+                // Whatever is still queued goes on as calls.
+                self.rx.close();
+                while self.rx.try_recv().is_ok() {}
                 return;
             }
         }
@@ -217,10 +238,11 @@ impl Worker {
     async fn session(&mut self, first: Flight) -> bool {
         let (requests, outbound) = mpsc::channel::<ext::AppendStreamRequest>(2);
         let mut sent: VecDeque<Sent> = VecDeque::new();
+        let mut sent_bytes = 0usize;
         let mut carry = Some(first);
         // The first message goes before the call, so the call's headers and
         // the first appends leave together.
-        let message = self.message(&mut carry, &mut sent);
+        let message = self.message(&mut carry, &mut sent, &mut sent_bytes);
         let _ = requests.try_send(message);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
@@ -229,58 +251,58 @@ impl Worker {
         }
         let mut responses = match self.link.ledger.clone().append_stream(request).await {
             Ok(r) => r.into_inner(),
-            Err(status) => return self.broken(status, sent),
+            Err(status) => return self.broken(&status),
         };
         let mut requests = Some(requests);
         loop {
-            let idle = sent.is_empty();
-            let room = sent.len() < INFLIGHT && requests.is_some();
+            let room = sent.len() < INFLIGHT && sent_bytes < INFLIGHT_BYTES;
+            let open = requests.clone();
             tokio::select! {
                 biased;
                 message = responses.message() => match message {
                     Ok(Some(m)) => {
-                        if let Err(e) = self.acknowledged(m, &mut sent) {
+                        if let Err(e) = acknowledged(m, &mut sent, &mut sent_bytes) {
                             // A server that answers out of order or with
-                            // bad hashes: settle everything as that error.
+                            // nothing in flight: settle everything so.
                             for s in sent.drain(..) {
-                                let _ = s.flight.reply.send(Err(Unsent {
-                                    request: s.flight.request,
-                                    error: Some(e.clone()),
-                                }));
+                                s.flight.settle(Err(Some(e.clone())));
                             }
                             return true;
                         }
                     }
-                    Ok(None) => {
-                        // The server ended the stream: anything still
-                        // unacknowledged goes on as calls.
-                        for s in sent.drain(..) {
-                            unsent(s.flight, None);
-                        }
-                        return true;
-                    }
-                    Err(status) => return self.broken(status, sent),
+                    // The server ended the stream (or broke it): anything
+                    // unacknowledged goes on as calls (dropped flights).
+                    Ok(None) => return true,
+                    Err(status) => return self.broken(&status),
                 },
-                flight = self.rx.recv(), if room => match flight {
-                    Some(f) => {
-                        carry = Some(f);
-                        let message = self.message(&mut carry, &mut sent);
-                        if let Some(tx) = &requests
-                            && tx.send(message).await.is_err()
-                        {
-                            requests = None;
-                        }
+                // Acknowledgements keep being read while a message waits
+                // for room in the outgoing queue.
+                permit = reserve(open), if carry.is_some() => match permit {
+                    Some(permit) => {
+                        let message = self.message(&mut carry, &mut sent, &mut sent_bytes);
+                        permit.send(message);
                     }
                     None => {
-                        // Every client handle is gone: finish what is in
-                        // flight, then end.
+                        // The request side is closed: this append goes on
+                        // as a call; the stream finishes what it took.
+                        carry = None;
                         requests = None;
-                        if sent.is_empty() {
-                            return false;
-                        }
                     }
                 },
-                () = tokio::time::sleep(STREAM_IDLE), if idle => {
+                flight = self.rx.recv(), if room && carry.is_none() && requests.is_some() => {
+                    match flight {
+                        Some(f) => carry = Some(f),
+                        None => {
+                            // Every client handle is gone: finish what is
+                            // in flight, then end.
+                            requests = None;
+                            if sent.is_empty() {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                () = tokio::time::sleep(STREAM_IDLE), if sent.is_empty() && carry.is_none() => {
                     // Half-close; the server ends the stream, answered above.
                     requests = None;
                 }
@@ -296,91 +318,90 @@ impl Worker {
         &mut self,
         carry: &mut Option<Flight>,
         sent: &mut VecDeque<Sent>,
+        sent_bytes: &mut usize,
     ) -> ext::AppendStreamRequest {
         let mut appends = Vec::new();
         let mut bytes = 0;
-        while let Some(flight) = carry.take().or_else(|| {
-            (appends.len() < MESSAGE_APPENDS && bytes < MESSAGE_BYTES && sent.len() < INFLIGHT)
+        while let Some(mut flight) = carry.take().or_else(|| {
+            (appends.len() < MESSAGE_APPENDS
+                && bytes < MESSAGE_BYTES
+                && sent.len() < INFLIGHT
+                && *sent_bytes < INFLIGHT_BYTES)
                 .then(|| self.rx.try_recv().ok())
                 .flatten()
         }) {
+            let Some(request) = flight.request.take() else {
+                continue;
+            };
             self.next_tag = self.next_tag.wrapping_add(1);
-            bytes += flight.request.payload.len() + flight.request.key.len();
+            let size = request.payload.len()
+                + request.key.len()
+                + request.context_id.len()
+                + request
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            bytes += size;
+            *sent_bytes += size;
             appends.push(ext::StreamedAppend {
                 tag: self.next_tag,
-                append: Some(flight.request.clone()),
+                append: Some(request),
             });
             sent.push_back(Sent {
                 tag: self.next_tag,
+                bytes: size,
                 flight,
             });
         }
         ext::AppendStreamRequest { appends }
     }
 
-    /// Settles the appends `m` acknowledges (the oldest in `sent`).
-    fn acknowledged(
-        &self,
-        m: ext::AppendStreamResponse,
-        sent: &mut VecDeque<Sent>,
-    ) -> Result<(), ClientError> {
-        for ack in m.acks {
-            let Some(s) = sent.pop_front() else {
-                return Err(ClientError::Protocol(format!(
-                    "the append stream acknowledged tag {} with nothing in flight",
-                    ack.tag
-                )));
-            };
-            if s.tag != ack.tag {
-                let tag = s.tag;
-                sent.push_front(s);
-                return Err(ClientError::Protocol(format!(
-                    "the append stream acknowledged tag {} where tag {tag} was next",
-                    ack.tag
-                )));
-            }
-            if ack.code != 0 {
-                let status = tonic::Status::new(tonic::Code::from(ack.code as i32), ack.message);
-                unsent(s.flight, Some(ClientError::from(status)));
-                continue;
-            }
-            let answer = entry_of(s.flight.request, &ack).map_err(|e| Unsent {
-                request: pb::AppendRequest::default(),
-                error: Some(e),
-            });
-            if answer.is_ok()
-                && let Some(pipe) = self.pipe.upgrade()
-            {
-                pipe.streamed.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = s.flight.reply.send(answer);
-        }
-        Ok(())
-    }
-
     /// The stream broke with `status` (or was refused: too many streams,
     /// a server without it): what was in flight goes on as calls, which
     /// report their own errors; `false` when the server has no stream at
     /// all.
-    fn broken(&self, status: tonic::Status, sent: VecDeque<Sent>) -> bool {
+    fn broken(&self, status: &tonic::Status) -> bool {
         let supported = status.code() != tonic::Code::Unimplemented;
         if !supported && let Some(pipe) = self.pipe.upgrade() {
             pipe.unsupported.store(true, Ordering::Relaxed);
-        }
-        for s in sent {
-            unsent(s.flight, None);
         }
         supported
     }
 }
 
-/// Gives `flight` back to its caller, unsettled (`error`: `None` or
-/// transient) or refused for good.
-fn unsent(flight: Flight, error: Option<ClientError>) {
-    let _ = flight.reply.send(Err(Unsent {
-        request: flight.request,
-        error,
-    }));
+/// Room for one message in the outgoing queue, `None` when it is closed.
+async fn reserve(
+    tx: Option<mpsc::Sender<ext::AppendStreamRequest>>,
+) -> Option<mpsc::OwnedPermit<ext::AppendStreamRequest>> {
+    tx?.reserve_owned().await.ok()
+}
+
+/// Hands the acknowledgements of `m` to the oldest appends in `sent`.
+fn acknowledged(
+    m: ext::AppendStreamResponse,
+    sent: &mut VecDeque<Sent>,
+    sent_bytes: &mut usize,
+) -> Result<(), ClientError> {
+    for ack in m.acks {
+        let Some(s) = sent.pop_front() else {
+            return Err(ClientError::Protocol(format!(
+                "the append stream acknowledged tag {} with nothing in flight",
+                ack.tag
+            )));
+        };
+        if s.tag != ack.tag {
+            let tag = s.tag;
+            sent.push_front(s);
+            return Err(ClientError::Protocol(format!(
+                "the append stream acknowledged tag {} where tag {tag} was next",
+                ack.tag
+            )));
+        }
+        *sent_bytes -= s.bytes;
+        s.flight.settle(Ok(ack));
+    }
+    Ok(())
 }
 
 /// The entry `ack` acknowledges, checked: its hash recomputes from what was

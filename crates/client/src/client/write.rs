@@ -36,7 +36,7 @@ impl Client {
             {
                 Ok(entry) => return Ok(entry),
                 Err(Err(refused)) => return Err(refused),
-                Err(Ok(unsent)) => unsent.request,
+                Err(Ok(request)) => request,
             }
         } else {
             request

@@ -108,32 +108,54 @@ pub struct RequestService<S> {
 /// ends) and, through the request's extensions, its handler (which may give
 /// a handled message's bytes back early).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct HeldBytes(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct HeldBytes(Arc<Mutex<Holding>>);
+
+#[derive(Debug, Default)]
+struct Holding {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The size on the wire (5-byte header and body) of each message whose
+    /// header arrived and that was not given back yet, oldest first.
+    messages: std::collections::VecDeque<usize>,
+}
 
 impl HeldBytes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holding> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn add(&self, permit: OwnedSemaphorePermit) {
         let mut held = self.lock();
-        match &mut *held {
+        match &mut held.permit {
             Some(p) => p.merge(permit),
-            None => *held = Some(permit),
+            None => held.permit = Some(permit),
         }
     }
 
-    /// Gives `n` bytes back to the budget (at most what is held): the
-    /// caller is done with a message of that size.
-    pub(crate) fn release(&self, n: usize) {
+    /// A message of `bytes` on the wire began.
+    fn message(&self, bytes: usize) {
+        self.lock().messages.push_back(bytes);
+    }
+
+    /// Gives the oldest message's bytes, as they arrived on the wire, back
+    /// to the budget (at most what is held): the caller is done with it.
+    pub(crate) fn release_message(&self) {
         let mut held = self.lock();
-        if let Some(p) = &mut *held {
+        let Some(n) = held.messages.pop_front() else {
+            return;
+        };
+        if let Some(p) = &mut held.permit {
             if n >= p.num_permits() {
-                *held = None;
+                held.permit = None;
             } else {
                 drop(p.split(n));
             }
         }
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.lock().permit.as_ref().map_or(0, |p| p.num_permits())
     }
 }
 
@@ -243,7 +265,9 @@ struct Framing {
 
 impl Framing {
     /// Walks `data`; the length of a message header that exceeds `max`.
-    fn over(&mut self, mut data: &[u8], max: usize) -> Option<u64> {
+    /// Each message that begins is told to `began` with its size on the
+    /// wire.
+    fn over(&mut self, mut data: &[u8], max: usize, began: &mut dyn FnMut(usize)) -> Option<u64> {
         while !data.is_empty() {
             if self.message_left > 0 {
                 let n = (self.message_left as usize).min(data.len());
@@ -266,6 +290,7 @@ impl Framing {
                 if len > max as u64 {
                     return Some(len);
                 }
+                began(5 + len as usize);
                 self.message_left = len;
             }
         }
@@ -373,13 +398,24 @@ impl HttpBody for BudgetedBody {
             let Some(data) = frame.data_ref() else {
                 return Poll::Ready(Some(Ok(frame)));
             };
-            if let Some(len) = this.framing.over(data.chunk(), this.message_bytes_max) {
+            let permits = &this.permits;
+            if let Some(len) = this
+                .framing
+                .over(data.chunk(), this.message_bytes_max, &mut |n| {
+                    permits.message(n)
+                })
+            {
                 return refuse(Status::resource_exhausted(format!(
                     "the request message is {len} bytes; the limit is {} bytes (--max-request-bytes)",
                     this.message_bytes_max
                 )));
             }
-            let n = data.remaining().max(1);
+            let n = data.remaining();
+            if n == 0 {
+                // An empty DATA frame holds nothing.
+                this.progressed = true;
+                return Poll::Ready(Some(Ok(frame)));
+            }
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             match this.budget.permits.clone().try_acquire_many_owned(n) {
                 Ok(permit) => {
@@ -423,10 +459,45 @@ mod tests {
         }
         for split in 1..20 {
             let mut f = Framing::default();
-            let found = stream.chunks(split).find_map(|c| f.over(c, 1000));
+            let mut began = Vec::new();
+            let found = stream
+                .chunks(split)
+                .find_map(|c| f.over(c, 1000, &mut |n| began.push(n)));
             assert_eq!(found, Some(2000), "chunks of {split}");
+            assert_eq!(began, vec![8, 15], "chunks of {split}");
             let mut f = Framing::default();
-            assert_eq!(stream.chunks(split).find_map(|c| f.over(c, 2000)), None);
+            let mut began = Vec::new();
+            assert_eq!(
+                stream
+                    .chunks(split)
+                    .find_map(|c| f.over(c, 2000, &mut |n| began.push(n))),
+                None
+            );
+            assert_eq!(began, vec![8, 15, 2005], "chunks of {split}");
         }
+    }
+
+    #[test]
+    fn a_handled_message_gives_back_its_size_on_the_wire_and_no_more() {
+        let budget = RequestBudget::new(10_000, Duration::from_secs(1), Duration::from_secs(1));
+        let held = HeldBytes::default();
+        // Two messages arrive (their bytes taken as they come), a third
+        // begins.
+        for n in [1000u32, 3000, 500] {
+            held.add(budget.permits.clone().try_acquire_many_owned(n).unwrap());
+        }
+        held.message(1000);
+        held.message(3000);
+        held.message(4000);
+        assert_eq!(budget.in_use(), 4500);
+        held.release_message();
+        assert_eq!((budget.in_use(), held.held()), (3500, 3500));
+        held.release_message();
+        assert_eq!(budget.in_use(), 500);
+        // The third message is not all here: at most what is held goes back.
+        held.release_message();
+        assert_eq!(budget.in_use(), 0);
+        held.release_message();
+        assert_eq!(budget.in_use(), 0, "nothing more than was taken");
     }
 }
