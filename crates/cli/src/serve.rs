@@ -101,6 +101,14 @@ pub struct ServeArgs {
     /// Most concurrent watches.
     #[arg(long, env = "CONVERGE_LEDGER_MAX_WATCHERS", default_value_t = 4096)]
     max_watchers: usize,
+    /// Most AppendStreams open at once (an SDK client appending from many
+    /// tasks holds one; past the limit it appends with calls).
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_APPEND_STREAMS",
+        default_value_t = 1024
+    )]
+    max_append_streams: usize,
     /// Most appends one AppendStream holds unacknowledged; past it the
     /// server reads no more of that stream until acknowledgements go out.
     #[arg(
@@ -322,6 +330,7 @@ fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
         ("--max-batch-entries", args.max_batch_entries),
         ("--max-connections", args.max_connections),
         ("--max-watchers", args.max_watchers),
+        ("--max-append-streams", args.max_append_streams),
         (
             "--max-stream-inflight-appends",
             args.max_stream_inflight_appends,
@@ -626,6 +635,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.batch_entries_max = args.max_batch_entries;
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
+    config.append_streams_max = args.max_append_streams;
     config.append_stream_inflight_max = args.max_stream_inflight_appends;
     config.append_stream_inflight_bytes_max = args.max_stream_inflight_bytes;
     config.append_stream_message_appends_max = args.max_stream_message_appends;

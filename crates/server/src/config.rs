@@ -29,8 +29,8 @@ pub struct LedgerConfig {
     /// a watcher whose client stopped reading holds at most, besides the
     /// transport's buffers.
     pub watch_chunk_bytes: usize,
-    /// Most concurrent Read, SnapshotStream, LoadStream and AppendStream
-    /// streams, over all connections (watches have their own limit).
+    /// Most concurrent Read, SnapshotStream and LoadStream streams, over all
+    /// connections (watches and AppendStreams have their own limits).
     pub streams_max: usize,
     /// Most snapshot bytes streamed loads (LoadStream) hold at once, over
     /// all streams; a load that would exceed it is refused.
@@ -46,6 +46,9 @@ pub struct LedgerConfig {
     /// How far in the future of the server clock a loaded entry's time may
     /// be.
     pub clock_skew_max: Duration,
+    /// Most AppendStreams open at once, over all connections (each SDK
+    /// client that appends concurrently holds one).
+    pub append_streams_max: usize,
     /// Most appends one AppendStream request message may carry.
     pub append_stream_message_appends_max: usize,
     /// Most appends one AppendStream holds unacknowledged: past it, the
@@ -71,6 +74,7 @@ impl Default for LedgerConfig {
             trusted_keys: Vec::new(),
             accept_unknown_signers: false,
             clock_skew_max: Duration::from_secs(300),
+            append_streams_max: 1024,
             append_stream_message_appends_max: 4096,
             append_stream_inflight_max: 4096,
             append_stream_inflight_bytes_max: 16 * 1024 * 1024,

@@ -35,15 +35,15 @@ const ACKS_PER_MESSAGE: usize = 1024;
 pub(crate) type AppendStreamOut =
     Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send>>;
 
-/// Opens the stream: takes one of the server's stream slots for as long as
-/// it is open.
+/// Opens the stream: takes one of the server's AppendStream slots for as
+/// long as it is open.
 pub(crate) fn open(
     ledger: Arc<Ledger>,
     caller: Caller,
     held: Option<HeldBytes>,
     inbound: Streaming<pb::AppendStreamRequest>,
 ) -> Result<AppendStreamOut, LedgerError> {
-    let slot = ledger.open_stream()?;
+    let slot = ledger.open_append_stream()?;
     let pump = Pump {
         stopping: ledger.stopping(),
         ledger,

@@ -716,3 +716,35 @@ async fn concurrent_sdk_appends_fall_back_to_calls_on_a_server_without_the_strea
     assert_eq!(s.ledger.store().head("ctx").unwrap().unwrap().sequence, 320);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_streams_past_their_limit_are_refused_and_the_sdk_appends_with_calls() {
+    let config = LedgerConfig {
+        append_streams_max: 1,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let held = Stream::open(&s).await;
+    let mut c = LedgerServiceClient::connect(s.url()).await.unwrap();
+    let (_tx, out) = mpsc::channel::<ext::AppendStreamRequest>(1);
+    let refused = c
+        .append_stream(ReceiverStream::new(out))
+        .await
+        .expect_err("a second stream past a limit of one");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-append-streams"),
+        "{}",
+        refused.message()
+    );
+    // Reads have slots of their own.
+    let sdk = Client::connect(s.url()).await.unwrap();
+    sdk.read_all("ctx", GetOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let handles = appenders(&sdk, 16, 20);
+    each_stored_once(&sdk, handles, 16 * 20).await;
+    assert_eq!(sdk.pipelined_appends(), 0, "every append went as a call");
+    drop(held);
+    s.stop().await;
+}

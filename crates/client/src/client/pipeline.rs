@@ -46,6 +46,9 @@ const INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
 const STREAM_IDLE: Duration = Duration::from_secs(5);
 /// The task with no stream and nothing queued for this long ends.
 const TASK_IDLE: Duration = Duration::from_secs(30);
+/// After the server refused to open a stream (too many open, or it cannot
+/// be reached), appends go on as calls for this long before the next try.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The pipelining state a client and its clones share.
 #[derive(Default)]
@@ -180,6 +183,7 @@ impl Pipe {
             link: link(),
             rx,
             next_tag: 0,
+            refused_until: None,
         };
         tokio::spawn(worker.run());
         sender
@@ -206,6 +210,9 @@ struct Worker {
     link: Link,
     rx: mpsc::Receiver<Flight>,
     next_tag: u64,
+    /// The last stream was refused at its start: until then, appends go
+    /// on as calls.
+    refused_until: Option<tokio::time::Instant>,
 }
 
 impl Worker {
@@ -224,6 +231,14 @@ impl Worker {
                     return;
                 }
             };
+            if self
+                .refused_until
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+            {
+                // Dropped: its caller goes on with calls.
+                drop(first);
+                continue;
+            }
             if !self.session(first).await {
                 // Whatever is still queued goes on as calls.
                 self.rx.close();
@@ -250,8 +265,14 @@ impl Worker {
             request.metadata_mut().insert("authorization", a.clone());
         }
         let mut responses = match self.link.ledger.clone().append_stream(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return self.broken(&status),
+            Ok(r) => {
+                self.refused_until = None;
+                r.into_inner()
+            }
+            Err(status) => {
+                self.refused_until = Some(tokio::time::Instant::now() + REFUSED_BACKOFF);
+                return self.broken(&status);
+            }
         };
         let mut requests = Some(requests);
         loop {

@@ -31,8 +31,10 @@ pub struct Ledger {
     watchers: Arc<Semaphore>,
     /// Bytes streamed loads may hold at once.
     load_budget: Arc<Semaphore>,
-    /// Read, SnapshotStream, LoadStream and AppendStream streams open at once.
+    /// Read, SnapshotStream and LoadStream streams open at once.
     streams: Arc<Semaphore>,
+    /// AppendStreams open at once.
+    append_streams: Arc<Semaphore>,
     /// Signs heads and snapshots.
     signer: Arc<HeadSigner>,
     /// Flips to `true` when shutdown begins; watch streams end on it.
@@ -95,6 +97,7 @@ impl Ledger {
             hub,
             watchers: Arc::new(Semaphore::new(config.watchers_max)),
             streams: Arc::new(Semaphore::new(config.streams_max)),
+            append_streams: Arc::new(Semaphore::new(config.append_streams_max)),
             load_budget: Arc::new(Semaphore::new(
                 config
                     .load_stream_bytes_max
@@ -178,16 +181,41 @@ impl Ledger {
         self.stopping.send_replace(true);
     }
 
-    /// A slot for one Read, SnapshotStream, LoadStream or AppendStream stream, held for
+    /// A slot for one Read, SnapshotStream or LoadStream stream, held for
     /// as long as the stream is open; refused past `streams_max`.
     pub fn open_stream(&self) -> Result<OwnedSemaphorePermit, LedgerError> {
         self.streams.clone().try_acquire_owned().map_err(|_| {
             LedgerError::ResourceExhausted(format!(
-                "{} streams (Read, SnapshotStream, LoadStream, AppendStream) are open, the server's limit; close \
+                "{} streams (Read, SnapshotStream, LoadStream) are open, the server's limit; close \
                  one or retry later",
                 self.config.streams_max
             ))
         })
+    }
+
+    /// A slot for one AppendStream, held for as long as it is open;
+    /// refused past `append_streams_max` (an SDK client then appends with
+    /// calls).
+    pub(crate) fn open_append_stream(&self) -> Result<OwnedSemaphorePermit, LedgerError> {
+        self.append_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                LedgerError::ResourceExhausted(format!(
+                    "{} AppendStreams are open, the server's limit (--max-append-streams); append \
+                 with calls, or retry later",
+                    self.config.append_streams_max
+                ))
+            })
+    }
+
+    /// Number of open AppendStreams.
+    pub fn open_append_streams(&self) -> usize {
+        self.config.append_streams_max
+            - self
+                .append_streams
+                .available_permits()
+                .min(self.config.append_streams_max)
     }
 
     /// Bytes of entries the watch hub holds for live delivery.
@@ -200,7 +228,7 @@ impl Ledger {
         self.config.watchers_max - self.watchers.available_permits()
     }
 
-    /// Number of open server streams (Read, SnapshotStream, LoadStream, AppendStream).
+    /// Number of open server streams (Read, SnapshotStream, LoadStream).
     pub fn open_streams(&self) -> usize {
         self.config.streams_max
             - self

@@ -163,8 +163,14 @@ pub(crate) fn render(state: &OpsState) -> String {
     e.single(
         "converge_ledger_streams",
         "gauge",
-        "Open server streams (Read, SnapshotStream, LoadStream, AppendStream).",
+        "Open server streams (Read, SnapshotStream, LoadStream).",
         ledger.open_streams() as f64,
+    );
+    e.single(
+        "converge_ledger_append_streams",
+        "gauge",
+        "Open AppendStreams (pipelined appends).",
+        ledger.open_append_streams() as f64,
     );
     e.single(
         "converge_ledger_watch_buffered_bytes",
