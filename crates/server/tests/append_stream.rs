@@ -748,3 +748,27 @@ async fn append_streams_past_their_limit_are_refused_and_the_sdk_appends_with_ca
     drop(held);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_packs_its_stream_messages_within_the_limits_the_server_reports() {
+    // Far below the SDK's own caps (1024 appends a message, 4096 in
+    // flight): a message over the server's limit would end the stream and
+    // send what it carried to calls.
+    let config = LedgerConfig {
+        append_stream_message_appends_max: 3,
+        append_stream_inflight_max: 5,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    let sdk = Client::connect(s.url()).await.unwrap();
+    let (tasks, per_task) = (32, 30);
+    let handles = appenders(&sdk, tasks, per_task);
+    each_stored_once(&sdk, handles, tasks * per_task).await;
+    assert!(
+        sdk.pipelined_appends() > (tasks * per_task / 2) as u64,
+        "only {} of {} appends went through the stream",
+        sdk.pipelined_appends(),
+        tasks * per_task
+    );
+    s.stop().await;
+}

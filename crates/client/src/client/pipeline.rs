@@ -31,14 +31,14 @@ use crate::ClientError;
 
 /// Appends queued for the stream's task at most; callers beyond it wait.
 const QUEUE: usize = 4096;
-/// Appends one message carries at most.
+/// Appends one message carries at most (lower when the server says so).
 const MESSAGE_APPENDS: usize = 1024;
-/// Bytes of appends one message carries at most (one larger append goes
-/// alone).
+/// Encoded bytes one message carries at most (lower when the server's
+/// request limit is; one larger append goes alone).
 const MESSAGE_BYTES: usize = 1024 * 1024;
 /// Appends, and bytes of appends, unacknowledged on the stream at most:
 /// below the server's default limits (4096, 16 MiB), past which it would
-/// stop reading anyway.
+/// stop reading anyway; lower when the server's are.
 const INFLIGHT: usize = 4096;
 const INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// An open stream with nothing in flight for this long is closed (the
@@ -184,6 +184,7 @@ impl Pipe {
             rx,
             next_tag: 0,
             refused_until: None,
+            limits: None,
         };
         tokio::spawn(worker.run());
         sender
@@ -194,6 +195,54 @@ impl Pipe {
         let mut current = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_some_and(|c| c.same_channel(tx)) {
             *current = None;
+        }
+    }
+}
+
+/// How much one stream's task packs into a message and keeps in flight:
+/// the SDK's own caps, lowered to the limits the server reports in
+/// ServerInfo, so that no message of the SDK is one the server refuses
+/// (which would end the stream and send every append on it to calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    message_appends: usize,
+    message_bytes: usize,
+    inflight: usize,
+    inflight_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_appends: MESSAGE_APPENDS,
+            message_bytes: MESSAGE_BYTES,
+            inflight: INFLIGHT,
+            inflight_bytes: INFLIGHT_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// The SDK's caps under what `info` reports (0: not reported, the
+    /// SDK's own cap stands).
+    pub(crate) fn under(info: &ext::ServerInfoResponse) -> Limits {
+        let under = |own: usize, server: u64| match usize::try_from(server) {
+            Ok(0) | Err(_) => own,
+            Ok(s) => own.min(s),
+        };
+        let own = Limits::default();
+        Limits {
+            message_appends: under(
+                own.message_appends,
+                u64::from(info.append_stream_message_appends_max),
+            ),
+            // The message's own framing and the gRPC header come on top.
+            message_bytes: match info.request_bytes_max {
+                0 => own.message_bytes,
+                r => under(own.message_bytes, r.saturating_sub(64).max(1)),
+            },
+            inflight: under(own.inflight, u64::from(info.append_stream_inflight_max)),
+            inflight_bytes: under(own.inflight_bytes, info.append_stream_inflight_bytes_max),
         }
     }
 }
@@ -213,6 +262,9 @@ struct Worker {
     /// The last stream was refused at its start: until then, appends go
     /// on as calls.
     refused_until: Option<tokio::time::Instant>,
+    /// The server's limits, asked for once by each task before its first
+    /// stream.
+    limits: Option<Limits>,
 }
 
 impl Worker {
@@ -251,13 +303,14 @@ impl Worker {
     /// One stream, from `first` until it is idle or breaks; `false` when the
     /// task should end (the server has no stream, or the client is gone).
     async fn session(&mut self, first: Flight) -> bool {
+        let limits = self.limits().await;
         let (requests, outbound) = mpsc::channel::<ext::AppendStreamRequest>(2);
         let mut sent: VecDeque<Sent> = VecDeque::new();
         let mut sent_bytes = 0usize;
         let mut carry = Some(first);
         // The first message goes before the call, so the call's headers and
         // the first appends leave together.
-        let message = self.message(&mut carry, &mut sent, &mut sent_bytes);
+        let message = self.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
         let _ = requests.try_send(message);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
@@ -276,7 +329,7 @@ impl Worker {
         };
         let mut requests = Some(requests);
         loop {
-            let room = sent.len() < INFLIGHT && sent_bytes < INFLIGHT_BYTES;
+            let room = sent.len() < limits.inflight && sent_bytes < limits.inflight_bytes;
             let open = requests.clone();
             tokio::select! {
                 biased;
@@ -300,7 +353,8 @@ impl Worker {
                 // for room in the outgoing queue.
                 permit = reserve(open), if carry.is_some() => match permit {
                     Some(permit) => {
-                        let message = self.message(&mut carry, &mut sent, &mut sent_bytes);
+                        let message =
+                            self.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
                         permit.send(message);
                     }
                     None => {
@@ -334,43 +388,77 @@ impl Worker {
         }
     }
 
-    /// One message of `carry` and whatever else is queued now.
+    /// The server's limits for this task's streams: asked once; the SDK's
+    /// own caps when the server does not answer (a server without the
+    /// stream says so when the stream opens).
+    async fn limits(&mut self) -> Limits {
+        if let Some(l) = self.limits {
+            return l;
+        }
+        let mut request = tonic::Request::new(ext::ServerInfoRequest {});
+        if let Some(a) = &self.link.authorization {
+            request.metadata_mut().insert("authorization", a.clone());
+        }
+        let asked = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.link.ledger.clone().server_info(request),
+        )
+        .await;
+        let limits = match asked {
+            Ok(Ok(info)) => Limits::under(info.get_ref()),
+            _ => Limits::default(),
+        };
+        self.limits = Some(limits);
+        limits
+    }
+
+    /// One message of `carry` and whatever else is queued now, within
+    /// `limits` (one append over the byte limit goes alone).
     fn message(
         &mut self,
+        limits: &Limits,
         carry: &mut Option<Flight>,
         sent: &mut VecDeque<Sent>,
         sent_bytes: &mut usize,
     ) -> ext::AppendStreamRequest {
-        let mut appends = Vec::new();
+        let mut appends: Vec<ext::StreamedAppend> = Vec::new();
         let mut bytes = 0;
-        while let Some(mut flight) = carry.take().or_else(|| {
-            (appends.len() < MESSAGE_APPENDS
-                && bytes < MESSAGE_BYTES
-                && sent.len() < INFLIGHT
-                && *sent_bytes < INFLIGHT_BYTES)
-                .then(|| self.rx.try_recv().ok())
-                .flatten()
-        }) {
+        loop {
+            let mut flight = match carry.take() {
+                Some(f) => f,
+                None if appends.len() < limits.message_appends
+                    && sent.len() < limits.inflight
+                    && *sent_bytes < limits.inflight_bytes =>
+                {
+                    match self.rx.try_recv() {
+                        Ok(f) => f,
+                        Err(_) => break,
+                    }
+                }
+                None => break,
+            };
             let Some(request) = flight.request.take() else {
                 continue;
             };
-            self.next_tag = self.next_tag.wrapping_add(1);
-            let size = request.payload.len()
-                + request.key.len()
-                + request.context_id.len()
-                + request
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
+            let tag = self.next_tag.wrapping_add(1);
+            let append = ext::StreamedAppend {
+                tag,
+                append: Some(request),
+            };
+            // Exactly what it adds to the message on the wire.
+            let size = prost::encoding::message::encoded_len(1, &append);
+            if !appends.is_empty() && bytes + size > limits.message_bytes {
+                // The next message's first.
+                flight.request = append.append;
+                *carry = Some(flight);
+                break;
+            }
+            self.next_tag = tag;
             bytes += size;
             *sent_bytes += size;
-            appends.push(ext::StreamedAppend {
-                tag: self.next_tag,
-                append: Some(request),
-            });
+            appends.push(append);
             sent.push_back(Sent {
-                tag: self.next_tag,
+                tag,
                 bytes: size,
                 flight,
             });
@@ -448,4 +536,113 @@ fn entry_of(request: pb::AppendRequest, ack: &ext::AppendAck) -> Result<Entry, C
     };
     EntryCheck::new(&request.context_id).check(&entry)?;
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_reported_limits_lower_the_sdks_caps_and_zero_leaves_them() {
+        let none = ext::ServerInfoResponse::default();
+        assert_eq!(Limits::under(&none), Limits::default());
+        let low = ext::ServerInfoResponse {
+            append_stream_message_appends_max: 3,
+            append_stream_inflight_max: 5,
+            append_stream_inflight_bytes_max: 4096,
+            request_bytes_max: 64 * 1024,
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::under(&low),
+            Limits {
+                message_appends: 3,
+                message_bytes: 64 * 1024 - 64,
+                inflight: 5,
+                inflight_bytes: 4096,
+            }
+        );
+        let high = ext::ServerInfoResponse {
+            append_stream_message_appends_max: 1 << 20,
+            append_stream_inflight_max: 1 << 20,
+            append_stream_inflight_bytes_max: 1 << 40,
+            request_bytes_max: 1 << 40,
+            ..Default::default()
+        };
+        assert_eq!(Limits::under(&high), Limits::default());
+    }
+
+    fn flight(payload: usize) -> (Flight, oneshot::Receiver<Answer>) {
+        let (reply, answer) = oneshot::channel();
+        let request = pb::AppendRequest {
+            context_id: "ctx".into(),
+            key: "k".into(),
+            payload: vec![7; payload],
+            ..Default::default()
+        };
+        let f = Flight {
+            request: Some(request),
+            reply: Some(reply),
+        };
+        (f, answer)
+    }
+
+    #[tokio::test]
+    async fn a_message_stops_at_the_append_and_byte_limits_and_carries_the_rest() {
+        let (tx, rx) = mpsc::channel(16);
+        let channel = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let mut worker = Worker {
+            pipe: std::sync::Weak::new(),
+            link: Link {
+                ledger: LedgerServiceClient::new(channel),
+                authorization: None,
+            },
+            rx,
+            next_tag: 0,
+            refused_until: None,
+            limits: None,
+        };
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let (f, a) = flight(100);
+            tx.send(f).await.unwrap();
+            answers.push(a);
+        }
+        let one = {
+            let (f, _) = flight(100);
+            let append = ext::StreamedAppend {
+                tag: 1,
+                append: f.request.clone(),
+            };
+            prost::encoding::message::encoded_len(1, &append)
+        };
+        // Room for two appends by bytes, four by count.
+        let limits = Limits {
+            message_appends: 4,
+            message_bytes: 2 * one + one / 2,
+            ..Limits::default()
+        };
+        let (mut sent, mut sent_bytes, mut carry) = (VecDeque::new(), 0, None);
+        let m = worker.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
+        assert_eq!(m.appends.len(), 2, "stopped by bytes");
+        assert_eq!(prost::Message::encoded_len(&m), 2 * one);
+        assert!(
+            carry.is_some(),
+            "the third append waits for the next message"
+        );
+        let m = worker.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
+        assert_eq!(
+            m.appends.iter().map(|a| a.tag).collect::<Vec<_>>(),
+            vec![3, 4],
+            "tags go on in order"
+        );
+        let wide = Limits {
+            message_appends: 1,
+            ..Limits::default()
+        };
+        let m = worker.message(&wide, &mut carry, &mut sent, &mut sent_bytes);
+        assert_eq!(m.appends.len(), 1, "stopped by count");
+        assert_eq!(sent.len(), 5);
+        assert_eq!(sent_bytes, 5 * one);
+    }
 }
