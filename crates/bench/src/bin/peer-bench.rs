@@ -63,7 +63,9 @@ struct Args {
     /// Payload bytes per append.
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
-    /// Entries in the context read in pages of 500 (0: no read workload).
+    /// Entries in the context read in pages of 500 with Get, and then (from
+    /// the ledger targets) streamed whole through the SDK's Read (0: no
+    /// read workload).
     #[arg(long, default_value_t = 20_000)]
     read_entries: u64,
     /// The ledger binary (default: `converge-ledger` beside this one).
@@ -501,6 +503,30 @@ async fn pipelined(
     Ok((sample, c.pipelined_appends()))
 }
 
+/// Reads `context` (of `n` entries) whole through the SDK's streamed Read,
+/// again and again for `seconds`: entries/s, each decoded and checked.
+async fn streamed_read(url: &str, context: &str, n: u64, seconds: u64) -> anyhow::Result<f64> {
+    use converge_ledger_client::{Client, GetOptions};
+    let c = Client::connect(url).await?;
+    let started = Instant::now();
+    let mut total = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let mut got = 0u64;
+        c.read_all(context, GetOptions::default(), |_| got += 1)
+            .await?;
+        if got != n {
+            bail!("a streamed read of {context} gave {got} entries of {n}");
+        }
+        total += got;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A rate already recorded in the JSON summary.
+fn rates_of(json: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
+    json.get(key).and_then(serde_json::Value::as_f64)
+}
+
 /// Fills `context` with `n` entries from 64 connections.
 async fn fill(target: &Target, context: &str, n: u64, payload: Arc<Vec<u8>>) -> anyhow::Result<()> {
     let writers = 64u64;
@@ -639,6 +665,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     let mut reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut streamed_reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut pipes: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let mut fsyncs = Vec::new();
     for round in 0..args.rounds {
@@ -702,6 +729,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let rate = n as f64 / started.elapsed().as_secs_f64();
                 eprintln!("round {round}: read, {}: {rate:.0} entries/s", t.name());
                 reads.entry(t.name()).or_default().push(rate);
+                if let Target::Grpc { name, url } = t {
+                    let rate =
+                        streamed_read(url, &context, args.read_entries, args.seconds).await?;
+                    eprintln!("round {round}: streamed read (SDK), {name}: {rate:.0} entries/s");
+                    streamed_reads.entry(name).or_default().push(rate);
+                }
             }
         }
     }
@@ -824,6 +857,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     println!("{ledger}/redis {:.2}", l / r);
                 }
             }
+        }
+    }
+    if !streamed_reads.is_empty() {
+        println!(
+            "\nstreamed Read of the same context through the SDK (converge.ledger.v1 Read, \
+             each entry decoded and its hash and chain checked), entries/s:"
+        );
+        let redis = rates_of(&json, "read_redis_per_s");
+        for (name, v) in streamed_reads {
+            let rate = median(v);
+            json.insert(format!("streamed_read_{name}_per_s"), rate.into());
+            let against = redis
+                .map(|r| format!(", {:.2}x Redis XRANGE", rate / r))
+                .unwrap_or_default();
+            println!(
+                "{name:<10} {rate:.0}{against} (target >= 2M: {})",
+                if rate >= 2e6 { "met" } else { "missed" }
+            );
         }
     }
     println!("{}", serde_json::Value::Object(json));
