@@ -1002,3 +1002,73 @@ async fn a_client_checks_receipts_under_the_limits_it_is_given() {
     assert!(matches!(e, ClientError::Verification(_)), "{e:?}");
     s.stop().await;
 }
+
+/// An outcome's check finds the node's cached replay already past the
+/// commitment this node just appended (nothing read back from storage),
+/// and still catches up from storage, and checks, when another node (here
+/// a second `Worldlines` over the same ledger, or a second PostgreSQL
+/// node) appended in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_check_against_the_replay_their_commitment_moved_and_catch_up_after_another_node()
+{
+    use converge_ledger_server::{Ledger, Worldlines};
+    for (name, backend) in backends("worldline_cached_replay") {
+        let store = backend.store();
+        let here = Worldlines::new(
+            Ledger::new(store.clone(), LedgerConfig::default()),
+            WorldlineLimits::default(),
+        )
+        .unwrap();
+        let other_store = backend.second_node().unwrap_or_else(|| store.clone());
+        let other = Worldlines::new(
+            Ledger::new(other_store, LedgerConfig::default()),
+            WorldlineLimits::default(),
+        )
+        .unwrap();
+        let w = WorldlineId::derive(name.as_bytes());
+        for n in 0..20u64 {
+            let c = here
+                .append_commitment(&w, &commitment(n, "agent", true))
+                .await
+                .unwrap();
+            here.append_outcome(&w, &succeeded(&c.receipt, vec![put("k", &n.to_string())]))
+                .await
+                .unwrap();
+        }
+        // The first outcome replayed from genesis; every later one found
+        // its commitment already applied.
+        assert_eq!(here.caught_up_receipts(), 0, "{name}");
+        // Another node's commitment: this node reads it back, once.
+        let c = other
+            .append_commitment(&w, &commitment(100, "agent", true))
+            .await
+            .unwrap();
+        here.append_outcome(&w, &succeeded(&c.receipt, vec![put("k", "100")]))
+            .await
+            .unwrap();
+        assert_eq!(here.caught_up_receipts(), 1, "{name}");
+        // A rejected commitment appended here moves the replay too, and its
+        // wrong outcome is still refused by the check.
+        let r = here
+            .append_commitment(&w, &commitment(101, "agent", false))
+            .await
+            .unwrap();
+        let e = here
+            .append_outcome(&w, &succeeded(&r.receipt, vec![]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                converge_ledger_server::LedgerError::FailedPrecondition(_)
+            ),
+            "{name}: {e:?}"
+        );
+        assert_eq!(here.caught_up_receipts(), 1, "{name}");
+        let verdict = here.verify(&w).await.unwrap();
+        assert!(verdict.failure.is_none(), "{name}: {:?}", verdict.failure);
+        assert_eq!(verdict.receipts, 43, "{name}");
+        let (state, _) = here.state_at(&w, 43).await.unwrap();
+        assert_eq!(state.get("k"), Some(&b"100"[..]), "{name}");
+    }
+}

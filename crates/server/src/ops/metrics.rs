@@ -258,6 +258,14 @@ pub(crate) fn render(state: &OpsState) -> String {
             0.0
         },
     );
+    if let Some(w) = state.worldlines.as_ref() {
+        e.single(
+            "converge_ledger_worldline_caught_up_receipts_total",
+            "counter",
+            "WorldLine receipts read back from storage to bring a cached replay up to its head before an outcome's check (receipts of other nodes, or of this one while the replay was busy).",
+            w.caught_up_receipts() as f64,
+        );
+    }
     if let Some(p) = state.worldlines.as_ref().and_then(|w| w.projector()) {
         let stats = p.stats();
         e.single(

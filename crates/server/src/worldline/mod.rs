@@ -111,6 +111,9 @@ pub struct Worldlines {
     ledger: Arc<Ledger>,
     limits: WorldlineLimits,
     cache: Mutex<Cache>,
+    /// Receipts read back from storage to bring cached replays up to a
+    /// head before an outcome's check (not counting replays from genesis).
+    caught_up: std::sync::atomic::AtomicU64,
     /// Keeps the projections, once [`Worldlines::with_projections`] started it.
     projector: Option<Arc<Projector>>,
 }
@@ -524,6 +527,7 @@ impl Worldlines {
                 entries_max: 1024,
                 bytes_max: 256 * 1024 * 1024,
             }),
+            caught_up: std::sync::atomic::AtomicU64::new(0),
             projector: None,
         })
     }
@@ -623,17 +627,73 @@ impl Worldlines {
         let w = *worldline;
         let current = slot.take();
         let replay = blocking(move || {
-            let mut replay = match current {
-                Some(r) if r.seq() <= head => r,
-                _ => replay_to(&*store, &w, 0, &limits).map_err(to_ledger)?,
+            let (mut replay, cached) = match current {
+                Some(r) if r.seq() <= head => (r, true),
+                _ => (
+                    replay_to(&*store, &w, 0, &limits).map_err(to_ledger)?,
+                    false,
+                ),
             };
+            let from = replay.seq();
             advance(&*store, &mut replay, head, &limits).map_err(to_ledger)?;
-            Ok(replay)
+            Ok((replay, if cached { head - from } else { 0 }))
         })
         .await?;
+        let (replay, read_back) = replay;
+        self.caught_up
+            .fetch_add(read_back, std::sync::atomic::Ordering::Relaxed);
         self.note_bytes(worldline, replay_bytes(&replay));
         *slot = Some(replay);
         Ok(head)
+    }
+
+    /// Receipts read back from storage to bring a cached replay up to its
+    /// worldline's head before an outcome's check (replays from genesis
+    /// not counted): receipts another node appended, or this node's when
+    /// the replay was busy as they were appended.
+    pub fn caught_up_receipts(&self) -> u64 {
+        self.caught_up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves `worldline`'s cached replay over a receipt this node just
+    /// appended, when the replay stands right before it and no check holds
+    /// it: the commitment's outcome then finds the replay at the head and
+    /// checks without reading the commitment back from storage (and
+    /// without a blocking thread's hand-off). Otherwise, or should the
+    /// receipt not apply, the next check catches up from storage.
+    fn advance_cached(&self, worldline: &WorldlineId, appended: &AppendedReceipt) {
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.entries.get(worldline) {
+                Some((c, _, _)) => c.clone(),
+                None => return,
+            }
+        };
+        let Ok(mut slot) = cached.try_lock() else {
+            return;
+        };
+        let Some(replay) = slot.as_mut() else {
+            return;
+        };
+        if replay.seq().checked_add(1) != Some(appended.entry.sequence) {
+            return;
+        }
+        let applied = replay.apply(
+            &appended.receipt,
+            &StoreLookup {
+                store: &**self.ledger.store(),
+                limits: &self.limits,
+            },
+        );
+        let bytes = match applied {
+            Ok(()) => replay_bytes(replay),
+            Err(_) => {
+                *slot = None;
+                return;
+            }
+        };
+        drop(slot);
+        self.note_bytes(worldline, bytes);
     }
 
     fn receipt_of(&self, worldline: &WorldlineId, entry: &Entry) -> Result<Receipt, LedgerError> {
@@ -689,6 +749,7 @@ impl Worldlines {
             })
             .await?;
         if let Some(appended) = self.single(worldline, &outcome)? {
+            self.advance_cached(worldline, &appended);
             return Ok(appended);
         }
         match outcome {
