@@ -428,13 +428,23 @@ fn verify_chain(context: &str, entries: &[Entry]) {
 /// `tasks` tasks appending `per_task` entries each to "ctx" through `c`,
 /// payload "task/i"; each task panics on an append that fails.
 fn appenders(c: &Client, tasks: usize, per_task: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    appenders_to(c, "ctx", tasks, per_task)
+}
+
+/// [`appenders`] to `context`.
+fn appenders_to(
+    c: &Client,
+    context: &'static str,
+    tasks: usize,
+    per_task: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..tasks)
         .map(|t| {
             let c = c.clone();
             tokio::spawn(async move {
                 for i in 0..per_task {
                     c.append(
-                        "ctx",
+                        context,
                         "facts",
                         format!("{t}/{i}").into_bytes(),
                         AppendOptions::default(),
@@ -528,8 +538,9 @@ async fn concurrent_sdk_appends_share_one_stream_in_order_per_task() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_sdk_appends_carry_on_across_a_graceful_server_restart_each_stored_once() {
+/// A memory server to be restarted on the same address and store, and an
+/// SDK client that retries long enough to see it back.
+async fn restartable() -> (Arc<dyn Store>, TestServer, String, Client) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let s = TestServer::start(store.clone(), LedgerConfig::default()).await;
     let addr = s.addr.to_string();
@@ -539,6 +550,12 @@ async fn pipelined_sdk_appends_carry_on_across_a_graceful_server_restart_each_st
         ..ClientOptions::default()
     };
     let c = Client::connect_with(s.url(), options).await.unwrap();
+    (store, s, addr, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sdk_appends_carry_on_across_a_graceful_server_restart_each_stored_once() {
+    let (store, s, addr, c) = restartable().await;
     let (tasks, per_task) = (16, 150);
     let handles = appenders(&c, tasks, per_task);
     // Restart the server under the appends, on the same address and store.
@@ -770,5 +787,39 @@ async fn the_sdk_packs_its_stream_messages_within_the_limits_the_server_reports(
         sdk.pipelined_appends(),
         tasks * per_task
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_with_lower_limits_the_sdk_packs_its_streams_within_the_new_ones() {
+    let (store, s, addr, c) = restartable().await;
+    // A stream under the default limits; the client's stream task stays.
+    let handles = appenders(&c, 16, 20);
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert!(c.pipelined_appends() > 0);
+    s.stop().await;
+    let lower = LedgerConfig {
+        append_stream_message_appends_max: 3,
+        append_stream_inflight_max: 5,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start_full(store, lower, ServerConfig::default(), &addr).await;
+    let before = c.pipelined_appends();
+    let (tasks, per_task) = (32, 30);
+    let handles = appenders_to(&c, "after", tasks, per_task);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let streamed = c.pipelined_appends() - before;
+    assert!(
+        streamed > (tasks * per_task / 2) as u64,
+        "only {streamed} of {} appends after the restart went through the stream",
+        tasks * per_task
+    );
+    let after = c.get("after", GetOptions::default()).await.unwrap();
+    assert_eq!(after.entries.len(), tasks * per_task);
+    verify_chain("after", &after.entries);
     s.stop().await;
 }

@@ -184,7 +184,6 @@ impl Pipe {
             rx,
             next_tag: 0,
             refused_until: None,
-            limits: None,
         };
         tokio::spawn(worker.run());
         sender
@@ -262,9 +261,6 @@ struct Worker {
     /// The last stream was refused at its start: until then, appends go
     /// on as calls.
     refused_until: Option<tokio::time::Instant>,
-    /// The server's limits, asked for once by each task before its first
-    /// stream.
-    limits: Option<Limits>,
 }
 
 impl Worker {
@@ -388,13 +384,12 @@ impl Worker {
         }
     }
 
-    /// The server's limits for this task's streams: asked once; the SDK's
-    /// own caps when the server does not answer (a server without the
-    /// stream says so when the stream opens).
-    async fn limits(&mut self) -> Limits {
-        if let Some(l) = self.limits {
-            return l;
-        }
+    /// The server's limits for the stream about to open, asked for before
+    /// each stream (one call per stream: the server may have restarted
+    /// with other flags, or be another node behind the same address); the
+    /// SDK's own caps when the server does not answer (a server without
+    /// the stream says so when the stream opens).
+    async fn limits(&self) -> Limits {
         let mut request = tonic::Request::new(ext::ServerInfoRequest {});
         if let Some(a) = &self.link.authorization {
             request.metadata_mut().insert("authorization", a.clone());
@@ -404,12 +399,10 @@ impl Worker {
             self.link.ledger.clone().server_info(request),
         )
         .await;
-        let limits = match asked {
+        match asked {
             Ok(Ok(info)) => Limits::under(info.get_ref()),
             _ => Limits::default(),
-        };
-        self.limits = Some(limits);
-        limits
+        }
     }
 
     /// One message of `carry` and whatever else is queued now, within
@@ -600,7 +593,6 @@ mod tests {
             rx,
             next_tag: 0,
             refused_until: None,
-            limits: None,
         };
         let mut answers = Vec::new();
         for _ in 0..6 {
