@@ -184,6 +184,7 @@ impl Pipe {
             rx,
             next_tag: 0,
             refused_until: None,
+            known: None,
         };
         tokio::spawn(worker.run());
         sender
@@ -261,6 +262,9 @@ struct Worker {
     /// The last stream was refused at its start: until then, appends go
     /// on as calls.
     refused_until: Option<tokio::time::Instant>,
+    /// The limits the server last reported: what a stream packs within
+    /// when it cannot ask.
+    known: Option<Limits>,
 }
 
 impl Worker {
@@ -307,6 +311,10 @@ impl Worker {
         // The first message goes before the call, so the call's headers and
         // the first appends leave together.
         let message = self.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
+        if message.appends.is_empty() {
+            // Everything queued went to calls (too large for a message).
+            return true;
+        }
         let _ = requests.try_send(message);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
@@ -386,27 +394,35 @@ impl Worker {
 
     /// The server's limits for the stream about to open, asked for before
     /// each stream (one call per stream: the server may have restarted
-    /// with other flags, or be another node behind the same address); the
-    /// SDK's own caps when the server does not answer (a server without
-    /// the stream says so when the stream opens).
-    async fn limits(&self) -> Limits {
+    /// with other flags); when it does not answer within 2 s, the limits it
+    /// reported last, else the SDK's own caps (a server without the stream
+    /// says so when the stream opens). Behind a balancer that routes each
+    /// call on its own, the answer is some node's: nodes of one deployment
+    /// should share their stream limits.
+    async fn limits(&mut self) -> Limits {
         let mut request = tonic::Request::new(ext::ServerInfoRequest {});
         if let Some(a) = &self.link.authorization {
             request.metadata_mut().insert("authorization", a.clone());
         }
         let asked = tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(2),
             self.link.ledger.clone().server_info(request),
         )
         .await;
         match asked {
-            Ok(Ok(info)) => Limits::under(info.get_ref()),
-            _ => Limits::default(),
+            Ok(Ok(info)) => {
+                let limits = Limits::under(info.get_ref());
+                self.known = Some(limits);
+                limits
+            }
+            _ => self.known.unwrap_or_default(),
         }
     }
 
     /// One message of `carry` and whatever else is queued now, within
-    /// `limits` (one append over the byte limit goes alone).
+    /// `limits`. An append larger alone than a message may be goes as a
+    /// call instead (its flight dropped): its own, smaller encoding the
+    /// server may still take, or refuse with a clear status.
     fn message(
         &mut self,
         limits: &Limits,
@@ -440,6 +456,10 @@ impl Worker {
             };
             // Exactly what it adds to the message on the wire.
             let size = prost::encoding::message::encoded_len(1, &append);
+            if size > limits.message_bytes {
+                drop(flight);
+                continue;
+            }
             if !appends.is_empty() && bytes + size > limits.message_bytes {
                 // The next message's first.
                 flight.request = append.append;
@@ -593,6 +613,7 @@ mod tests {
             rx,
             next_tag: 0,
             refused_until: None,
+            known: None,
         };
         let mut answers = Vec::new();
         for _ in 0..6 {
@@ -636,5 +657,18 @@ mod tests {
         assert_eq!(m.appends.len(), 1, "stopped by count");
         assert_eq!(sent.len(), 5);
         assert_eq!(sent_bytes, 5 * one);
+        // Larger alone than a message may be: not sent, its caller told to
+        // go on with a call, and no tag taken.
+        let (big, big_answer) = flight(4 * one);
+        tx.send(big).await.unwrap();
+        let (last, _last_answer) = flight(100);
+        tx.send(last).await.unwrap();
+        let m = worker.message(&limits, &mut carry, &mut sent, &mut sent_bytes);
+        assert_eq!(
+            m.appends.iter().map(|a| a.tag).collect::<Vec<_>>(),
+            vec![6, 7],
+            "the sixth append, then the one after the large one"
+        );
+        assert!(matches!(big_answer.await, Ok(Err(None))));
     }
 }

@@ -262,7 +262,7 @@ pub(crate) fn render(state: &OpsState) -> String {
         e.single(
             "converge_ledger_worldline_caught_up_receipts_total",
             "counter",
-            "WorldLine receipts read back from storage to bring a cached replay up to its head before an outcome's check (receipts of other nodes, or of this one while the replay was busy).",
+            "WorldLine receipts read back from storage to bring a cached replay up to its head before an outcome's check: receipts this node's own appends had not already applied (another node's, or this node's while the replay was busy or they finished out of order).",
             w.caught_up_receipts() as f64,
         );
     }
