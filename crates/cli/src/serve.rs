@@ -109,6 +109,14 @@ pub struct ServeArgs {
         default_value_t = 1024
     )]
     max_append_streams: usize,
+    /// Most AppendStreams open at once on one connection (an SDK client
+    /// holds one), so one client cannot take every slot.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_MAX_APPEND_STREAMS_PER_CONNECTION",
+        default_value_t = 16
+    )]
+    max_append_streams_per_connection: usize,
     /// Most appends one AppendStream holds unacknowledged; past it the
     /// server reads no more of that stream until acknowledgements go out.
     #[arg(
@@ -331,6 +339,10 @@ fn check_flags(args: &ServeArgs) -> anyhow::Result<()> {
         ("--max-connections", args.max_connections),
         ("--max-watchers", args.max_watchers),
         ("--max-append-streams", args.max_append_streams),
+        (
+            "--max-append-streams-per-connection",
+            args.max_append_streams_per_connection,
+        ),
         (
             "--max-stream-inflight-appends",
             args.max_stream_inflight_appends,
@@ -636,6 +648,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.response_bytes_max = args.max_response_bytes;
     config.watchers_max = args.max_watchers;
     config.append_streams_max = args.max_append_streams;
+    config.append_streams_per_connection_max = args.max_append_streams_per_connection;
     config.append_stream_inflight_max = args.max_stream_inflight_appends;
     config.append_stream_inflight_bytes_max = args.max_stream_inflight_bytes;
     config.append_stream_message_appends_max = args.max_stream_message_appends;

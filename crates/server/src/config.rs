@@ -49,6 +49,9 @@ pub struct LedgerConfig {
     /// Most AppendStreams open at once, over all connections (each SDK
     /// client that appends concurrently holds one).
     pub append_streams_max: usize,
+    /// Most AppendStreams open at once on one connection, so that one
+    /// client cannot take every slot of `append_streams_max`.
+    pub append_streams_per_connection_max: usize,
     /// Most appends one AppendStream request message may carry.
     pub append_stream_message_appends_max: usize,
     /// Most appends one AppendStream holds unacknowledged: past it, the
@@ -75,6 +78,7 @@ impl Default for LedgerConfig {
             accept_unknown_signers: false,
             clock_skew_max: Duration::from_secs(300),
             append_streams_max: 1024,
+            append_streams_per_connection_max: 16,
             append_stream_message_appends_max: 4096,
             append_stream_inflight_max: 4096,
             append_stream_inflight_bytes_max: 16 * 1024 * 1024,

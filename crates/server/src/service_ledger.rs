@@ -448,8 +448,14 @@ impl LedgerService for LedgerApi {
             .extensions()
             .get::<crate::conn::HeldBytes>()
             .cloned();
-        let stream =
-            crate::service_stream::open(self.ledger.clone(), caller, held, request.into_inner())?;
+        let conn = request.extensions().get::<crate::ConnInfo>().cloned();
+        let stream = crate::service_stream::open(
+            self.ledger.clone(),
+            caller,
+            held,
+            conn.as_ref(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(stream))
     }
 }

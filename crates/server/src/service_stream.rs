@@ -24,8 +24,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
+use crate::ConnInfo;
 use crate::auth::{Caller, Right};
-use crate::conn::HeldBytes;
+use crate::conn::{ConnStreamSlot, HeldBytes};
 use crate::convert::append_parts;
 use crate::{Appended, Ledger, LedgerError};
 
@@ -35,14 +36,27 @@ const ACKS_PER_MESSAGE: usize = 1024;
 pub(crate) type AppendStreamOut =
     Pin<Box<dyn Stream<Item = Result<pb::AppendStreamResponse, Status>> + Send>>;
 
-/// Opens the stream: takes one of the server's AppendStream slots for as
-/// long as it is open.
+/// Opens the stream: takes one of its connection's AppendStream slots (when
+/// it came through the server's connection layer) and one of the
+/// server's, for as long as it is open.
 pub(crate) fn open(
     ledger: Arc<Ledger>,
     caller: Caller,
     held: Option<HeldBytes>,
+    conn: Option<&ConnInfo>,
     inbound: Streaming<pb::AppendStreamRequest>,
 ) -> Result<AppendStreamOut, LedgerError> {
+    let per_connection = ledger.config().append_streams_per_connection_max;
+    let conn_slot = match conn {
+        Some(c) => Some(c.open_append_stream(per_connection).ok_or_else(|| {
+            LedgerError::ResourceExhausted(format!(
+                "{per_connection} AppendStreams are open on this connection, the server's limit \
+                 per connection (--max-append-streams-per-connection); one stream carries any \
+                 number of appends to any contexts"
+            ))
+        })?),
+        None => None,
+    };
     let slot = ledger.open_append_stream()?;
     let pump = Pump {
         stopping: ledger.stopping(),
@@ -56,6 +70,7 @@ pub(crate) fn open(
         inflight_bytes: 0,
         messages: VecDeque::new(),
         _slot: slot,
+        _conn_slot: conn_slot,
     };
     Ok(Box::pin(futures_util::stream::unfold(
         pump,
@@ -88,6 +103,8 @@ struct Pump {
     /// Shutdown began: take no more appends, acknowledge what was taken.
     stopping: tokio::sync::watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
+    /// Its connection's slot (`None`: it came some other way).
+    _conn_slot: Option<ConnStreamSlot>,
 }
 
 impl Pump {

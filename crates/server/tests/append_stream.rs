@@ -823,3 +823,53 @@ async fn after_a_restart_with_lower_limits_the_sdk_packs_its_streams_within_the_
     verify_chain("after", &after.entries);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_holds_at_most_its_share_of_append_streams() {
+    let config = LedgerConfig {
+        append_streams_per_connection_max: 2,
+        ..LedgerConfig::default()
+    };
+    let s = TestServer::start(Arc::new(MemoryStore::new()), config).await;
+    // One channel: one connection.
+    let c = LedgerServiceClient::connect(s.url()).await.unwrap();
+    let open = |mut c: LedgerServiceClient<tonic::transport::Channel>| async move {
+        let (tx, out) = mpsc::channel::<ext::AppendStreamRequest>(1);
+        c.append_stream(ReceiverStream::new(out))
+            .await
+            .map(|r| Stream {
+                tx: Some(tx),
+                rx: r.into_inner(),
+            })
+    };
+    let first = open(c.clone()).await.unwrap();
+    let _second = open(c.clone()).await.unwrap();
+    let refused = open(c.clone())
+        .await
+        .err()
+        .expect("a third stream on a connection allowed two");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("--max-append-streams-per-connection"),
+        "{}",
+        refused.message()
+    );
+    // Another connection has slots of its own.
+    let other = LedgerServiceClient::connect(s.url()).await.unwrap();
+    let mut on_other = open(other).await.unwrap();
+    on_other.send(vec![append(1, "ctx", b"p")]).await;
+    assert_eq!(on_other.acks(1).await[0].code, 0);
+    // A stream that ends gives its connection's slot back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open(c.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended stream's slot did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.stop().await;
+}

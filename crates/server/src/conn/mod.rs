@@ -65,6 +65,35 @@ pub(crate) struct ConnState {
     in_flight: AtomicUsize,
     /// When the last request ended (or the connection was established).
     idle_since: Mutex<Option<Instant>>,
+    /// AppendStreams open on this connection.
+    append_streams: AtomicUsize,
+}
+
+/// One of a connection's AppendStream slots, given back when dropped.
+pub(crate) struct ConnStreamSlot(Arc<ConnState>);
+
+impl Drop for ConnStreamSlot {
+    fn drop(&mut self) {
+        self.0.append_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ConnInfo {
+    /// One more AppendStream on this connection, if fewer than `max` are
+    /// open.
+    pub(crate) fn open_append_stream(&self, max: usize) -> Option<ConnStreamSlot> {
+        let open = &self.state.append_streams;
+        let mut n = open.load(Ordering::SeqCst);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match open.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(ConnStreamSlot(self.state.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
 }
 
 impl ConnState {
