@@ -489,6 +489,7 @@ impl Folder {
             let mut batch = KvBatch::new();
             let mut folded = 0u64;
             let mut at = from;
+            let mut stale = false;
             'read: while at < until {
                 let entries: Vec<Entry> = read_entries(
                     &*self.store,
@@ -508,7 +509,20 @@ impl Folder {
                         .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
                     for p in all {
-                        apply_receipt(p, &receipt, &Kv(kv), &mut batch)?;
+                        if let Err(err) = apply_receipt(p, &receipt, &Kv(kv), &mut batch) {
+                            // Each read sees the latest commit: another
+                            // node's fold committed between two of this
+                            // fold's reads can make them disagree (a pair
+                            // present that the count read before did not
+                            // hold). Such an error is trusted only when no
+                            // checkpoint moved meanwhile; otherwise this
+                            // fold is stale, as its guarded write would be.
+                            if checkpoints_moved(kv, &guards)? {
+                                stale = true;
+                                break 'read;
+                            }
+                            return Err(err);
+                        }
                     }
                     folded += 1;
                     at = e.sequence;
@@ -518,7 +532,7 @@ impl Folder {
                 }
             }
             let writes: Vec<DerivedWrite> = batch.into_writes().collect();
-            if kv.write_if(&guards, &writes).map_err(store_error)? {
+            if !stale && kv.write_if(&guards, &writes).map_err(store_error)? {
                 self.shared
                     .stats
                     .receipts
@@ -542,4 +556,15 @@ impl Folder {
             }
         }
     }
+}
+
+/// Whether any of `guards` (checkpoint keys and the values a fold read)
+/// holds something else now: another node folded meanwhile.
+fn checkpoints_moved(kv: &dyn DerivedKv, guards: &[Guard]) -> Result<bool, WorldlineError> {
+    for (key, read) in guards {
+        if kv.get(key).map_err(store_error)? != *read {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
