@@ -1012,19 +1012,17 @@ async fn a_client_checks_receipts_under_the_limits_it_is_given() {
 async fn outcomes_check_against_the_replay_their_commitment_moved_and_catch_up_after_another_node()
 {
     use converge_ledger_server::{Ledger, Worldlines};
+    let node = |store: Arc<dyn Store>| {
+        Worldlines::new(
+            Ledger::new(store, LedgerConfig::default()),
+            WorldlineLimits::default(),
+        )
+        .unwrap()
+    };
     for (name, backend) in backends("worldline_cached_replay") {
         let store = backend.store();
-        let here = Worldlines::new(
-            Ledger::new(store.clone(), LedgerConfig::default()),
-            WorldlineLimits::default(),
-        )
-        .unwrap();
-        let other_store = backend.second_node().unwrap_or_else(|| store.clone());
-        let other = Worldlines::new(
-            Ledger::new(other_store, LedgerConfig::default()),
-            WorldlineLimits::default(),
-        )
-        .unwrap();
+        let here = node(store.clone());
+        let other = node(backend.second_node().unwrap_or(store));
         let w = WorldlineId::derive(name.as_bytes());
         for n in 0..20u64 {
             let c = here

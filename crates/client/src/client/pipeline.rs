@@ -34,7 +34,7 @@ const QUEUE: usize = 4096;
 /// Appends one message carries at most (lower when the server says so).
 const MESSAGE_APPENDS: usize = 1024;
 /// Encoded bytes one message carries at most (lower when the server's
-/// request limit is; one larger append goes alone).
+/// request limit is; an append larger alone goes as a call).
 const MESSAGE_BYTES: usize = 1024 * 1024;
 /// Appends, and bytes of appends, unacknowledged on the stream at most:
 /// below the server's default limits (4096, 16 MiB), past which it would
@@ -201,8 +201,8 @@ impl Pipe {
 
 /// How much one stream's task packs into a message and keeps in flight:
 /// the SDK's own caps, lowered to the limits the server reports in
-/// ServerInfo, so that no message of the SDK is one the server refuses
-/// (which would end the stream and send every append on it to calls).
+/// ServerInfo, so that its messages fit what the server accepts (one it
+/// refuses ends the stream and sends every append on it to calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     message_appends: usize,

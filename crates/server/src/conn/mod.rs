@@ -82,17 +82,13 @@ impl ConnInfo {
     /// One more AppendStream on this connection, if fewer than `max` are
     /// open.
     pub(crate) fn open_append_stream(&self, max: usize) -> Option<ConnStreamSlot> {
-        let open = &self.state.append_streams;
-        let mut n = open.load(Ordering::SeqCst);
-        loop {
-            if n >= max {
-                return None;
-            }
-            match open.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Some(ConnStreamSlot(self.state.clone())),
-                Err(now) => n = now,
-            }
-        }
+        self.state
+            .append_streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnStreamSlot(self.state.clone()))
     }
 }
 

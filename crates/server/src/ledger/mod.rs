@@ -211,11 +211,7 @@ impl Ledger {
 
     /// Number of open AppendStreams.
     pub fn open_append_streams(&self) -> usize {
-        self.config.append_streams_max
-            - self
-                .append_streams
-                .available_permits()
-                .min(self.config.append_streams_max)
+        in_use(&self.append_streams, self.config.append_streams_max)
     }
 
     /// Bytes of entries the watch hub holds for live delivery.
@@ -230,11 +226,7 @@ impl Ledger {
 
     /// Number of open server streams (Read, SnapshotStream, LoadStream).
     pub fn open_streams(&self) -> usize {
-        self.config.streams_max
-            - self
-                .streams
-                .available_permits()
-                .min(self.config.streams_max)
+        in_use(&self.streams, self.config.streams_max)
     }
 
     /// What the group-commit writer did since the start.
@@ -297,4 +289,9 @@ async fn blocking<T: Send + 'static>(
 /// Metadata from the wire (a hash map) into the canonical sorted map.
 pub(crate) fn metadata_from_wire(m: std::collections::HashMap<String, String>) -> Metadata {
     m.into_iter().collect()
+}
+
+/// Slots of `slots` (created with `max` permits) held now.
+fn in_use(slots: &Semaphore, max: usize) -> usize {
+    max - slots.available_permits().min(max)
 }
