@@ -284,6 +284,17 @@ pub struct ServeArgs {
     /// up to date: on or off.
     #[arg(long, env = "CONVERGE_LEDGER_WORLDLINE_PROJECTIONS", value_enum, default_value_t = OnOff::On)]
     worldline_projections: OnOff,
+    /// How many steps of niceness below the server's the projection
+    /// thread runs, 0 to 19 (0: the same priority). Folding is deferred
+    /// work: lower, it uses the time appends leave instead of a core they
+    /// would use; queries say how far behind it is.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_WORLDLINE_PROJECTOR_NICE",
+        default_value_t = converge_ledger_server::PROJECTOR_NICE_DEFAULT,
+        value_parser = clap::value_parser!(i32).range(0..=i64::from(converge_ledger_server::NICE_MAX))
+    )]
+    worldline_projector_nice: i32,
     /// Log lines on stderr as text or as JSON objects (one per line); the
     /// level comes from RUST_LOG (default: info).
     #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -683,6 +694,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http_listener,
         worldline_cache_bytes: args.worldline_cache_mib.saturating_mul(1024 * 1024),
         worldline_projections: args.worldline_projections == OnOff::On,
+        worldline_projector_nice: args.worldline_projector_nice,
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),

@@ -35,6 +35,8 @@ fn flag_values_that_make_no_sense_are_refused_naming_the_flag() {
             &["--worldline-cache-mib", "0"],
             "--worldline-cache-mib is 0",
         ),
+        (&["--worldline-projector-nice", "20"], "20 is not in 0..=19"),
+        (&["--worldline-projector-nice=-1"], "-1 is not in 0..=19"),
     ] {
         let mut all = vec!["--storage", "memory"];
         all.extend(args);

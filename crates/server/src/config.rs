@@ -151,6 +151,10 @@ pub struct ServerConfig {
     /// answer `FAILED_PRECONDITION` when off). They cost CPU on the write
     /// path's cores: BENCHMARKS.md measures it.
     pub worldline_projections: bool,
+    /// How many steps of niceness below the server's the projector thread
+    /// runs (0 to 19; 0: the same priority). Folding then uses the time
+    /// the appends leave instead of competing with them for the cores.
+    pub worldline_projector_nice: i32,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +182,7 @@ impl Default for ServerConfig {
             worldline_limits: converge_ledger_worldline::WorldlineLimits::default(),
             worldline_cache_bytes: 256 * 1024 * 1024,
             worldline_projections: true,
+            worldline_projector_nice: crate::PROJECTOR_NICE_DEFAULT,
         }
     }
 }

@@ -39,7 +39,7 @@ pub use ledger::{
 pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};
 pub use worldline::{
-    AppendedReceipt, FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Position, Projector, ProjectorQueue,
-    ProjectorStats, Verified, WAIT_DEFAULT, WAIT_MAX, WorldlineApi, Worldlines, WrittenSnapshot,
-    receipt_json,
+    AppendedReceipt, FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX, PROJECTOR_NICE_DEFAULT, Position,
+    Projector, ProjectorQueue, ProjectorStats, Verified, WAIT_DEFAULT, WAIT_MAX, WorldlineApi,
+    Worldlines, WrittenSnapshot, receipt_json,
 };

@@ -70,7 +70,7 @@ pub async fn run(
         .map_err(ServeError::Storage)?
         .with_cache_bytes(config.worldline_cache_bytes);
     let worldlines = Arc::new(if config.worldline_projections {
-        worldlines.with_projections()
+        worldlines.with_projections_at(config.worldline_projector_nice)
     } else {
         worldlines
     });

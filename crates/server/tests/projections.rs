@@ -948,3 +948,84 @@ async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
     a.stop_projections().await;
     b.stop_projections().await;
 }
+
+/// The niceness in a `/proc/.../stat` line: the 19th field, counted from
+/// the state (the 3rd) after the command's closing parenthesis.
+fn niceness(stat: &str) -> i64 {
+    let rest = &stat[stat.rfind(')').expect("stat names a command") + 1..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// The niceness of this process's threads named `name` (Linux: a thread has
+/// its own), from `/proc/self/task/*/stat`.
+fn niceness_of_threads(name: &str) -> Vec<i64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() == name {
+            found.push(niceness(
+                &std::fs::read_to_string(dir.join("stat")).unwrap(),
+            ));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projector_thread_runs_the_configured_steps_below_the_server_and_still_folds() {
+    let own = niceness(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let w = WorldlineId::derive(b"niced");
+    for (steps, expected) in [(0, own), (7, (own + 7).min(19)), (19, 19)] {
+        let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
+        let worldlines = Worldlines::new(ledger.clone(), Default::default())
+            .unwrap()
+            .with_projections_at(steps);
+        let c = worldlines
+            .append_commitment(
+                &w,
+                &commitment(1, "alice", Decision::Accepted, &["repo.write"], &[]),
+            )
+            .await
+            .unwrap();
+        worldlines
+            .append_outcome(
+                &w,
+                &outcome(&c.receipt, OutcomeStatus::Succeeded, vec![put("k", "v")]),
+            )
+            .await
+            .unwrap();
+        // The projector folds at its priority: its answer reflects the
+        // outcome.
+        let projector = worldlines.projector().expect("projections on").clone();
+        let (checkpoint, value) = tokio::task::spawn_blocking(move || {
+            let projection = &converge_ledger_worldline::latest_state::LatestState;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let answer = projector
+                    .consistent(projection, &w, |kv| {
+                        converge_ledger_worldline::latest_state::value(kv, &w, "k")
+                    })
+                    .unwrap();
+                if answer.0.is_some_and(|c| c.through_seq == 2)
+                    || std::time::Instant::now() > deadline
+                {
+                    break answer;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(checkpoint.map(|c| c.through_seq), Some(2));
+        assert_eq!(value, Some(b"v".to_vec()));
+        assert_eq!(
+            niceness_of_threads("worldline-proje"),
+            vec![expected],
+            "the projector thread, {steps} steps below a server at niceness {own}"
+        );
+        worldlines.stop_projections().await;
+    }
+}

@@ -19,16 +19,31 @@ use crate::{WorldlineError, WorldlineId};
 /// The key prefix of everything one projection version stores.
 pub(crate) fn projection_prefix(name: &str, version: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(name.len() + 6);
+    push_projection_prefix(&mut k, name, version);
+    k
+}
+
+fn push_projection_prefix(k: &mut Vec<u8>, name: &str, version: u32) {
     k.extend_from_slice(name.as_bytes());
     k.push(b'/');
     k.extend_from_slice(&version.to_be_bytes());
     k.push(b'/');
-    k
 }
 
 /// The key prefix of one projection version for one worldline.
 pub(crate) fn worldline_prefix(name: &str, version: u32, worldline: &WorldlineId) -> Vec<u8> {
-    let mut k = projection_prefix(name, version);
+    worldline_prefix_with_room(name, version, worldline, 0)
+}
+
+/// [`worldline_prefix`] in a vector with `room` bytes more to grow into.
+fn worldline_prefix_with_room(
+    name: &str,
+    version: u32,
+    worldline: &WorldlineId,
+    room: usize,
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 6 + 33 + room);
+    push_projection_prefix(&mut k, name, version);
     k.extend_from_slice(worldline.as_bytes());
     k.push(b'/');
     k
@@ -41,7 +56,9 @@ pub(crate) struct Key(Vec<u8>);
 impl Key {
     /// The prefix of `table` of a projection for a worldline.
     pub(crate) fn table(name: &str, version: u32, worldline: &WorldlineId, table: &str) -> Key {
-        let mut k = worldline_prefix(name, version, worldline);
+        // Room for the table and the components most keys have (two
+        // strings and two integers), so a key is one allocation.
+        let mut k = worldline_prefix_with_room(name, version, worldline, table.len() + 1 + 64);
         k.extend_from_slice(table.as_bytes());
         k.push(b'/');
         Key(k)

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p converge-ledger-bench --bin worldline-bench -- \
 //!     [--clients 64] [--seconds 5] [--rounds 3] [--replay-receipts 200000] [--fsync always|never] \
-//!     [--projections on|off]
+//!     [--projections on|off] [--projector-nice 10]
 //! ```
 //!
 //! An in-process server on loopback over embedded storage in a temporary
@@ -17,6 +17,10 @@
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[allow(dead_code)] // the benchmark uses the thread CPU sampling only
+#[path = "../cpu.rs"]
+mod cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +55,10 @@ struct Args {
     /// Keep the projections up to date while measuring: on or off.
     #[arg(long, default_value = "on")]
     projections: String,
+    /// Steps of niceness below the server's for the projector thread
+    /// (`serve --worldline-projector-nice`).
+    #[arg(long, default_value_t = converge_ledger_server::PROJECTOR_NICE_DEFAULT)]
+    projector_nice: i32,
 }
 
 fn commitment(n: u64) -> Commitment {
@@ -96,15 +104,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Operations per second of `work` run by every client for `seconds`.
-async fn round<F, Fut>(clients: &[Client], seconds: u64, work: F) -> f64
+/// Operations of `work` run by every client for `seconds`.
+async fn round<F, Fut>(clients: &[Client], seconds: u64, work: F) -> u64
 where
     F: Fn(Client, usize, u64) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let (c, done, stop, work) = (c.clone(), done.clone(), stop.clone(), work.clone());
@@ -119,11 +126,10 @@ where
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
     for t in tasks {
         let _ = t.await;
     }
-    done.load(Ordering::Relaxed) as f64 / elapsed
+    done.load(Ordering::Relaxed)
 }
 
 #[tokio::main]
@@ -142,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let served = ledger.clone();
     let config = ServerConfig {
         worldline_projections: args.projections != "off",
+        worldline_projector_nice: args.projector_nice,
         ..ServerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -157,8 +164,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let run_id = std::process::id() as u64;
-    let (mut appends, mut pairs) = (Vec::new(), Vec::new());
+    let projections = args.projections != "off";
+    let (mut appends, mut pairs, mut catch_up) = (Vec::new(), Vec::new(), Vec::new());
+    let mut projector_cpu = Vec::new();
     for r in 0..args.rounds {
+        let started = Instant::now();
         let a = round(&clients, args.seconds, |c: Client, i, n| async move {
             let _ = c
                 .append(
@@ -171,32 +181,79 @@ async fn main() -> anyhow::Result<()> {
                 .expect("append");
             let _ = n;
         })
-        .await;
-        let p = round(&clients, args.seconds, move |c: Client, i, n| async move {
-            let w = WorldlineId::derive(format!("bench-{run_id}-{r}-{i}").as_bytes());
-            let id = ((i as u64) << 40) | ((r as u64) << 32) | n;
-            let committed = c
-                .append_commitment(&w, &commitment(id))
-                .await
-                .expect("commitment");
-            c.append_outcome(&w, &outcome(committed.receipt_hash, n))
-                .await
-                .expect("outcome");
+        .await as f64
+            / started.elapsed().as_secs_f64();
+        let worldline =
+            move |i: usize| WorldlineId::derive(format!("bench-{run_id}-{r}-{i}").as_bytes());
+        let last_seq: Arc<Vec<AtomicU64>> =
+            Arc::new((0..clients.len()).map(|_| AtomicU64::new(0)).collect());
+        let seqs = last_seq.clone();
+        let cpu_before = cpu::CpuSample::now();
+        let started = Instant::now();
+        let done = round(&clients, args.seconds, move |c: Client, i, n| {
+            let seqs = seqs.clone();
+            async move {
+                let w = worldline(i);
+                let id = ((i as u64) << 40) | ((r as u64) << 32) | n;
+                let committed = c
+                    .append_commitment(&w, &commitment(id))
+                    .await
+                    .expect("commitment");
+                let answered = c
+                    .append_outcome(&w, &outcome(committed.receipt_hash, n))
+                    .await
+                    .expect("outcome");
+                seqs[i].store(answered.seq, Ordering::Relaxed);
+            }
         })
         .await;
-        eprintln!("round {r}: {a:.0} appends/s, {p:.0} pairs/s");
+        // The projections must keep up: the round ends once every
+        // worldline's projections reflect its last outcome, and pairs/s
+        // counts that wait.
+        let appended = started.elapsed();
+        if projections {
+            let mut waits = Vec::new();
+            for (i, c) in clients.iter().enumerate() {
+                let (c, seq) = (c.clone(), last_seq[i].load(Ordering::Relaxed));
+                waits.push(tokio::spawn(async move {
+                    // Each call waits up to 5 s for the projection.
+                    while seq > 0 && c.projected_value(&worldline(i), "k0", seq).await.is_err() {}
+                }));
+            }
+            for w in waits {
+                w.await?;
+            }
+        }
+        let caught_up = started.elapsed() - appended;
+        let p = done as f64 / started.elapsed().as_secs_f64();
+        // CPU of the projector thread per receipt it folded (all of the
+        // round's receipts, now that it caught up).
+        let folding = cpu_before.thread_cores(&cpu::CpuSample::now(), "worldline-proje")
+            * started.elapsed().as_secs_f64()
+            / (2 * done) as f64
+            * 1e6;
+        eprintln!(
+            "round {r}: {a:.0} appends/s, {p:.0} pairs/s (projections caught up {:.1} ms after the last pair; \
+             projector {folding:.1} us CPU per receipt)",
+            caught_up.as_secs_f64() * 1e3
+        );
+        projector_cpu.push(folding);
         appends.push(a);
         pairs.push(p);
+        catch_up.push(caught_up.as_secs_f64() * 1e3);
     }
     let (a, p) = (median(appends), median(pairs));
     println!(
         "{} clients, fsync {}, projections {}: plain appends {a:.0}/s; commitment+outcome pairs \
-         {p:.0}/s ({:.0} receipts/s); a pair costs {:.2}x one append",
+         {p:.0}/s ({:.0} receipts/s); a pair costs {:.2}x one append; projections caught up \
+         {:.1} ms after a round, the projector thread used {:.1} us CPU per receipt (medians)",
         args.clients,
         args.fsync,
         args.projections,
         2.0 * p,
-        a / p
+        a / p,
+        median(catch_up),
+        median(projector_cpu),
     );
 
     // Replay speed: one worldline of alternating commitments and outcomes.

@@ -40,7 +40,10 @@ use converge_ledger_worldline::{
 };
 
 pub use json::receipt_json;
-pub use projector::{FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Projector, ProjectorQueue, ProjectorStats};
+pub use projector::{
+    FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX, PROJECTOR_NICE_DEFAULT, Projector, ProjectorQueue,
+    ProjectorStats,
+};
 pub use query::{Position, WAIT_DEFAULT, WAIT_MAX};
 pub(crate) use rpc_projections::Query as ProjectionQuery;
 pub use service::WorldlineApi;
@@ -537,8 +540,17 @@ impl Worldlines {
     /// announced by another node is folded in. A store without a derived
     /// space serves no projections (their queries say so). Call
     /// [`Worldlines::stop_projections`] before closing the store.
-    pub fn with_projections(mut self) -> Worldlines {
-        if let Some(p) = Projector::start(self.ledger.store().clone(), self.limits.clone()) {
+    ///
+    /// The projector thread runs [`PROJECTOR_NICE_DEFAULT`] steps below the
+    /// server's priority; [`Worldlines::with_projections_at`] chooses.
+    pub fn with_projections(self) -> Worldlines {
+        self.with_projections_at(PROJECTOR_NICE_DEFAULT)
+    }
+
+    /// [`Worldlines::with_projections`], with the projector thread `nice`
+    /// steps of niceness below the server's (0: the same priority).
+    pub fn with_projections_at(mut self, nice: i32) -> Worldlines {
+        if let Some(p) = Projector::start(self.ledger.store().clone(), self.limits.clone(), nice) {
             let p = Arc::new(p);
             let tap = Arc::downgrade(&p);
             self.ledger.tap_appended(Arc::new(move |context: &str| {

@@ -37,6 +37,15 @@ use converge_ledger_worldline::{
 
 use super::{READ_CHUNK, read_entries, store_error};
 
+/// How much lower than the server's own the projector thread's scheduling
+/// priority is by default (a niceness added to the process's). Folding is
+/// deferred work: at a lower priority it runs in the time the appends leave
+/// (their fsync waits, their idle moments) instead of taking a core from
+/// them, and catches up as soon as they pause (BENCHMARKS.md, WorldLine).
+pub const PROJECTOR_NICE_DEFAULT: i32 = 10;
+/// The highest niceness Linux has.
+pub const NICE_MAX: i32 = 19;
+
 /// Receipts folded into one write at most.
 pub const FOLD_RECEIPTS_MAX: usize = 1024;
 /// Bytes of projection writes in one batch, about (a batch is closed after
@@ -236,7 +245,11 @@ impl Projector {
     /// keeps none. Its thread starts at once and first queues every
     /// worldline, so projections catch up with receipts written while the
     /// server was down (or before it had projections).
-    pub fn start(store: Arc<dyn Store>, limits: WorldlineLimits) -> Option<Projector> {
+    ///
+    /// The thread runs `nice` steps of niceness below the server's own
+    /// (0: the same priority; at most [`NICE_MAX`] in all). Where the
+    /// system refuses, it says so in the log and runs at the server's.
+    pub fn start(store: Arc<dyn Store>, limits: WorldlineLimits, nice: i32) -> Option<Projector> {
         store.derived()?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -252,7 +265,10 @@ impl Projector {
         };
         let thread = std::thread::Builder::new()
             .name("worldline-projector".into())
-            .spawn(move || folder.run())
+            .spawn(move || {
+                lower_priority(nice);
+                folder.run()
+            })
             .expect("cannot start the projector thread");
         Some(Projector {
             store,
@@ -485,6 +501,11 @@ impl Folder {
             if from >= head {
                 return Ok(total);
             }
+            // The checkpoints just read are what the folds read them as.
+            let known = Pinned {
+                kv: Kv(kv),
+                pinned: &guards,
+            };
             let until = head.min(from + FOLD_RECEIPTS_MAX as u64);
             let mut batch = KvBatch::new();
             let mut folded = 0u64;
@@ -509,7 +530,7 @@ impl Folder {
                         .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
                     for p in all {
-                        if let Err(err) = apply_receipt(p, &receipt, &Kv(kv), &mut batch) {
+                        if let Err(err) = apply_receipt(p, &receipt, &known, &mut batch) {
                             // Each read sees the latest commit: another
                             // node's fold committed between two of this
                             // fold's reads can make them disagree (a pair
@@ -555,6 +576,47 @@ impl Folder {
                 }
             }
         }
+    }
+}
+
+/// Adds `nice` to the calling thread's niceness (on Linux a thread has its
+/// own), up to [`NICE_MAX`].
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    let thread = Some(rustix::thread::gettid());
+    let lowered = rustix::process::getpriority_process(thread).and_then(|now| {
+        rustix::process::setpriority_process(thread, now.saturating_add(nice).min(NICE_MAX))
+    });
+    if let Err(e) = lowered {
+        tracing::warn!(error = %e, nice, "cannot lower the projector thread's priority; it runs at the server's");
+    }
+}
+
+/// The derived space with some keys' values known (the checkpoints a fold
+/// read to start): those are answered without reading them again.
+struct Pinned<'a> {
+    kv: Kv<'a>,
+    pinned: &'a [Guard],
+}
+
+impl KvRead for Pinned<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
+        match self.pinned.iter().find(|(k, _)| k.as_slice() == key) {
+            Some((_, value)) => Ok(value.clone()),
+            None => self.kv.get(key),
+        }
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KvPair>, WorldlineError> {
+        self.kv.range(start, end, direction, limit)
     }
 }
 
