@@ -64,6 +64,10 @@ struct Args {
     /// rebuild, with compactions still running).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Steps of niceness below the server's for the projector thread
+    /// (`serve --worldline-projector-nice`).
+    #[arg(long, default_value_t = converge_ledger_server::PROJECTOR_NICE_DEFAULT)]
+    projector_nice: i32,
 }
 
 fn commitment(n: u64) -> Commitment {
@@ -193,8 +197,8 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Rebuild.
     let started = Instant::now();
-    let projecting =
-        Worldlines::new(ledger.clone(), WorldlineLimits::default())?.with_projections();
+    let projecting = Worldlines::new(ledger.clone(), WorldlineLimits::default())?
+        .with_projections_at(args.projector_nice);
     let projector = projecting
         .projector()
         .expect("embedded storage keeps projections")
@@ -237,7 +241,11 @@ async fn main() -> anyhow::Result<()> {
     let served = ledger.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        converge_ledger_server::run(listener, served, ServerConfig::default(), async {
+        let config = ServerConfig {
+            worldline_projector_nice: args.projector_nice,
+            ..ServerConfig::default()
+        };
+        converge_ledger_server::run(listener, served, config, async {
             let _ = stop_rx.await;
         })
         .await

@@ -42,7 +42,10 @@ use super::{READ_CHUNK, read_entries, store_error};
 /// deferred work: at a lower priority it runs in the time the appends leave
 /// (their fsync waits, their idle moments) instead of taking a core from
 /// them, and catches up as soon as they pause (BENCHMARKS.md, WorldLine).
-pub const PROJECTOR_NICE_DEFAULT: i32 = 10;
+/// Not lower: fjall's flushes and compactions run at the server's priority,
+/// and behind them a projector at 10 left queries waiting over 10 ms for
+/// their `min_seq` right after a large load.
+pub const PROJECTOR_NICE_DEFAULT: i32 = 5;
 /// The highest niceness Linux has.
 pub const NICE_MAX: i32 = 19;
 
