@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p converge-ledger-bench --bin worldline-bench -- \
 //!     [--clients 64] [--seconds 5] [--rounds 3] [--replay-receipts 200000] [--fsync always|never] \
-//!     [--projections on|off] [--projector-nice 10]
+//!     [--projections on|off] [--projector-nice 5]
 //! ```
 //!
 //! An in-process server on loopback over embedded storage in a temporary
@@ -31,7 +31,7 @@ use converge_ledger_client::worldline::{
     CapabilitySet, Commitment, CommitmentId, Decision, Outcome, OutcomeStatus, PolicyRef,
     StateUpdate, WorldlineId, WorldlineLimits,
 };
-use converge_ledger_client::{AppendOptions, Client, Digest};
+use converge_ledger_client::{AppendOptions, Client, ClientError, Digest};
 use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, Worldlines};
 use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
 
@@ -216,8 +216,18 @@ async fn main() -> anyhow::Result<()> {
             for (i, c) in clients.iter().enumerate() {
                 let (c, seq) = (c.clone(), last_seq[i].load(Ordering::Relaxed));
                 waits.push(tokio::spawn(async move {
-                    // Each call waits up to 5 s for the projection.
-                    while seq > 0 && c.projected_value(&worldline(i), "k0", seq).await.is_err() {}
+                    // Each call waits up to 5 s for the projection, then
+                    // answers UNAVAILABLE: ask again.
+                    if seq == 0 {
+                        return;
+                    }
+                    loop {
+                        match c.projected_value(&worldline(i), "k0", seq).await {
+                            Ok(_) => break,
+                            Err(ClientError::Unavailable(_)) => continue,
+                            Err(e) => panic!("projection of worldline {i}: {e}"),
+                        }
+                    }
                 }));
             }
             for w in waits {
