@@ -295,6 +295,15 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(i32).range(0..=i64::from(converge_ledger_server::NICE_MAX))
     )]
     worldline_projector_nice: i32,
+    /// How long, in seconds, a retired projection version's records are
+    /// kept once the queries moved to its successor: nodes of the earlier
+    /// release still answer from them during a rolling upgrade.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_WORLDLINE_PROJECTION_RETIRE_AFTER_SECS",
+        default_value_t = converge_ledger_server::RETIRE_AFTER_DEFAULT.as_secs()
+    )]
+    worldline_projection_retire_after_secs: u64,
     /// Log lines on stderr as text or as JSON objects (one per line); the
     /// level comes from RUST_LOG (default: info).
     #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -695,6 +704,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         worldline_cache_bytes: args.worldline_cache_mib.saturating_mul(1024 * 1024),
         worldline_projections: args.worldline_projections == OnOff::On,
         worldline_projector_nice: args.worldline_projector_nice,
+        worldline_projection_retire_after: Duration::from_secs(
+            args.worldline_projection_retire_after_secs,
+        ),
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),

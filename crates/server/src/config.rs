@@ -155,6 +155,10 @@ pub struct ServerConfig {
     /// runs (0 to 19; 0: the same priority). Folding then uses the time
     /// the appends leave instead of competing with them for the cores.
     pub worldline_projector_nice: i32,
+    /// How long a retired projection version's records are kept after the
+    /// queries moved to its successor (the time a rolling upgrade has to
+    /// replace the nodes that still answer from it).
+    pub worldline_projection_retire_after: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -183,6 +187,7 @@ impl Default for ServerConfig {
             worldline_cache_bytes: 256 * 1024 * 1024,
             worldline_projections: true,
             worldline_projector_nice: crate::PROJECTOR_NICE_DEFAULT,
+            worldline_projection_retire_after: crate::RETIRE_AFTER_DEFAULT,
         }
     }
 }

@@ -40,6 +40,6 @@ pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};
 pub use worldline::{
     AppendedReceipt, FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX, PROJECTOR_NICE_DEFAULT, Position,
-    Projector, ProjectorQueue, ProjectorStats, Verified, WAIT_DEFAULT, WAIT_MAX, WorldlineApi,
-    Worldlines, WrittenSnapshot, receipt_json,
+    Projector, ProjectorOptions, ProjectorQueue, ProjectorStats, RETIRE_AFTER_DEFAULT, Verified,
+    WAIT_DEFAULT, WAIT_MAX, WorldlineApi, Worldlines, WrittenSnapshot, receipt_json,
 };

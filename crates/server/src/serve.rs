@@ -70,7 +70,10 @@ pub async fn run(
         .map_err(ServeError::Storage)?
         .with_cache_bytes(config.worldline_cache_bytes);
     let worldlines = Arc::new(if config.worldline_projections {
-        worldlines.with_projections_at(config.worldline_projector_nice)
+        worldlines.with_projector(crate::ProjectorOptions {
+            nice: config.worldline_projector_nice,
+            retire_after: config.worldline_projection_retire_after,
+        })
     } else {
         worldlines
     });

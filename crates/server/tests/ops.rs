@@ -312,10 +312,14 @@ async fn metrics_show_the_projector_folding_worldline_receipts_with_its_lag() {
     assert!((1.0..=2.0).contains(&batches), "{batches} batches");
     let folds = sample(&metrics, "converge_ledger_projection_lag_seconds_count").unwrap();
     assert!((1.0..=2.0).contains(&folds), "{folds} folds with a lag");
-    assert_eq!(
-        sample(&metrics, "converge_ledger_projection_conflicts_total"),
-        Some(0.0)
-    );
+    for counter in [
+        "converge_ledger_projection_conflicts_total",
+        "converge_ledger_projection_rebuilding",
+        "converge_ledger_projection_version_switches_total",
+        "converge_ledger_projection_retired_keys_total",
+    ] {
+        assert_eq!(sample(&metrics, counter), Some(0.0), "{counter}");
+    }
     for state in ["queued", "retrying", "failed"] {
         let series = format!("converge_ledger_projection_worldlines{{state=\"{state}\"}}");
         assert!(sample(&metrics, &series).is_some(), "{series} missing");

@@ -930,7 +930,12 @@ async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     eprintln!("folded by a: {}, by b: {}", stats(&a), stats(&b));
-    let expected = folded_from_scratch(&a, &ids).await;
+    let mut expected = folded_from_scratch(&a, &ids).await;
+    expected.push((
+        converge_ledger_client::worldline::SERVING_KEY.to_vec(),
+        converge_ledger_client::worldline::Serving::current().encode(),
+    ));
+    expected.sort();
     let store = ledger.store().clone();
     let stored = tokio::task::block_in_place(|| {
         store
@@ -1000,16 +1005,15 @@ async fn the_projector_thread_runs_the_configured_steps_below_the_server_and_sti
         // The projector folds at its priority: its answer reflects the
         // outcome.
         let projector = worldlines.projector().expect("projections on").clone();
-        let (checkpoint, value) = tokio::task::spawn_blocking(move || {
-            let projection = &converge_ledger_worldline::latest_state::LatestState;
+        let (_, checkpoint, value) = tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
                 let answer = projector
-                    .consistent(projection, &w, |kv| {
+                    .consistent("latest_state", &w, |kv, _| {
                         converge_ledger_worldline::latest_state::value(kv, &w, "k")
                     })
                     .unwrap();
-                if answer.0.is_some_and(|c| c.through_seq == 2)
+                if answer.1.is_some_and(|c| c.through_seq == 2)
                     || std::time::Instant::now() > deadline
                 {
                     break answer;
@@ -1028,4 +1032,418 @@ async fn the_projector_thread_runs_the_configured_steps_below_the_server_and_sti
         );
         worldlines.stop_projections().await;
     }
+}
+
+/// The projection set of the release before capability_grants version 2.
+fn previous_release() -> Vec<&'static dyn converge_ledger_client::worldline::Projection> {
+    use converge_ledger_client::worldline::capability_grants::CapabilityGrants;
+    converge_ledger_client::worldline::projections()
+        .into_iter()
+        .map(|p| {
+            if p.name() == "capability_grants" {
+                &CapabilityGrants::V1 as &dyn converge_ledger_client::worldline::Projection
+            } else {
+                p
+            }
+        })
+        .collect()
+}
+
+/// Folds every receipt of `ids` with `set` into a fresh in-memory space.
+async fn fold_with(
+    worldlines: &Worldlines,
+    ids: &[WorldlineId],
+    set: &[&'static dyn converge_ledger_client::worldline::Projection],
+) -> converge_ledger_client::worldline::MemoryKv {
+    use converge_ledger_client::worldline::{KvBatch, MemoryKv, apply_receipt};
+    let mut kv = MemoryKv::new();
+    for w in ids {
+        let head = worldlines.head(w).await.unwrap().map_or(0, |h| h.seq);
+        let receipts = worldlines
+            .read_range(w, 1, head, usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        for (r, _) in &receipts {
+            let mut batch = KvBatch::new();
+            for p in set {
+                apply_receipt(*p, r, &kv, &mut batch).unwrap();
+            }
+            kv.apply(batch);
+        }
+    }
+    kv
+}
+
+/// Every pair of the store's derived space.
+fn derived_pairs(store: &Arc<dyn Store>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    tokio::task::block_in_place(|| {
+        store
+            .derived()
+            .unwrap()
+            .range(&[], &[0xff; 64], false, usize::MAX)
+            .unwrap()
+    })
+}
+
+/// Appends `pairs` commitments (grants and revocations among three actors
+/// and five capabilities) with their outcomes to `w`.
+async fn grants_and_revocations(worldlines: &Worldlines, w: &WorldlineId, seed: u64, pairs: u64) {
+    for n in 0..pairs {
+        let k = seed * 100_000 + n;
+        let cap = format!("cap-{}", k % 5);
+        let (grant, revoke): (&[&str], &[&str]) = if n % 3 == 2 {
+            (&[], &[cap.as_str()])
+        } else {
+            (&[cap.as_str()], &[])
+        };
+        let c = worldlines
+            .append_commitment(
+                w,
+                &commitment(
+                    k,
+                    &format!("actor-{}", k % 3),
+                    Decision::Accepted,
+                    grant,
+                    revoke,
+                ),
+            )
+            .await
+            .unwrap();
+        worldlines
+            .append_outcome(
+                w,
+                &outcome(
+                    &c.receipt,
+                    OutcomeStatus::Succeeded,
+                    vec![put(&format!("k{}", k % 7), &k.to_string())],
+                ),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// What the grants projection served for `w`: the version that answered,
+/// the grants in force at every `step`-th receipt, and the whole history.
+async fn served_grants(
+    worldlines: &Worldlines,
+    w: &WorldlineId,
+    step: u64,
+) -> (
+    u32,
+    Vec<converge_ledger_client::worldline::capability_grants::Grant>,
+    Vec<converge_ledger_client::worldline::capability_grants::GrantEvent>,
+) {
+    use converge_ledger_client::worldline::Direction;
+    use converge_ledger_client::worldline::capability_grants::CapabilityGrants;
+    let head = worldlines.head(w).await.unwrap().unwrap().seq;
+    let w = *w;
+    let (pos, (grants, events)) = worldlines
+        .query_projection_versioned(
+            &w,
+            &CapabilityGrants::CURRENT,
+            0,
+            None,
+            move |kv, answering| {
+                let g = CapabilityGrants::of_version(answering.version()).unwrap();
+                let mut grants = Vec::new();
+                for seq in (0..=head).step_by(step as usize) {
+                    grants.extend(g.in_force_at_seq(kv, &w, None, seq, None, 1000)?.items);
+                }
+                let events = g.history(kv, &w, None, Direction::Forward, None, 1000)?;
+                Ok((grants, events.items))
+            },
+        )
+        .await
+        .unwrap();
+    (pos.version, grants, events)
+}
+
+/// Writes into the store's derived space what the previous release's
+/// projector left after folding every receipt of `ids` (capability_grants
+/// at version 1, no serving record), and returns it.
+async fn seed_previous_release(
+    worldlines: &Worldlines,
+    store: &Arc<dyn Store>,
+    ids: &[WorldlineId],
+) -> converge_ledger_client::worldline::MemoryKv {
+    let old = fold_with(worldlines, ids, &previous_release()).await;
+    let writes: Vec<_> = old
+        .iter()
+        .map(|(k, v)| (k.to_vec(), Some(v.to_vec())))
+        .collect();
+    tokio::task::block_in_place(|| store.derived().unwrap().write_if(&[], &writes).unwrap());
+    old
+}
+
+/// What capability_grants version 1 answers over `kv` for `w`: the grants
+/// in force at every `step`-th receipt up to `head`, and the history.
+fn v1_grants(
+    kv: &converge_ledger_client::worldline::MemoryKv,
+    w: &WorldlineId,
+    head: u64,
+    step: u64,
+) -> (
+    Vec<converge_ledger_client::worldline::capability_grants::Grant>,
+    Vec<converge_ledger_client::worldline::capability_grants::GrantEvent>,
+) {
+    use converge_ledger_client::worldline::Direction;
+    use converge_ledger_client::worldline::capability_grants::CapabilityGrants;
+    let v1 = CapabilityGrants::V1;
+    let mut grants = Vec::new();
+    for seq in (0..=head).step_by(step as usize) {
+        grants.extend(
+            v1.in_force_at_seq(kv, w, None, seq, None, 1000)
+                .unwrap()
+                .items,
+        );
+    }
+    let events = v1
+        .history(kv, w, None, Direction::Forward, None, 1000)
+        .unwrap()
+        .items;
+    (grants, events)
+}
+
+/// The derived space holds exactly what one fold of `ids` with the current
+/// versions writes, and the serving record naming capability_grants 2.
+async fn assert_one_fold_of_the_current_versions(
+    worldlines: &Worldlines,
+    store: &Arc<dyn Store>,
+    ids: &[WorldlineId],
+) {
+    use converge_ledger_client::worldline::{SERVING_KEY, Serving};
+    let mut expected = folded_from_scratch(worldlines, ids).await;
+    let record = tokio::task::block_in_place(|| store.derived().unwrap().get(SERVING_KEY))
+        .unwrap()
+        .expect("a serving record");
+    assert_eq!(
+        Serving::decode(&record)
+            .unwrap()
+            .version("capability_grants"),
+        2
+    );
+    expected.push((SERVING_KEY.to_vec(), record));
+    expected.sort();
+    let stored = derived_pairs(store);
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "as many records as one fold writes"
+    );
+    assert!(stored == expected, "the records are exactly one fold's");
+}
+
+fn projector_options(retire_after_secs: u64) -> converge_ledger_server::ProjectorOptions {
+    converge_ledger_server::ProjectorOptions {
+        retire_after: std::time::Duration::from_secs(retire_after_secs),
+        ..Default::default()
+    }
+}
+
+fn relaxed(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_projection_version_rebuilds_beside_the_old_one_which_answers_until_it_is_switched_and_deleted()
+ {
+    use converge_ledger_client::worldline::capability_grants::CapabilityGrants;
+    use converge_ledger_client::worldline::latest_state::LatestState;
+    use converge_ledger_client::worldline::{SERVING_KEY, Serving, projection_key_prefix};
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap());
+    let store: Arc<dyn Store> = embedded.clone();
+    let ledger = Ledger::new(store.clone(), LedgerConfig::default());
+    let writer = Worldlines::new(ledger.clone(), Default::default()).unwrap();
+    let (w, broken) = (
+        WorldlineId::derive(b"versions"),
+        WorldlineId::derive(b"versions-broken"),
+    );
+    grants_and_revocations(&writer, &w, 1, 120).await;
+    grants_and_revocations(&writer, &broken, 2, 10).await;
+    let old = seed_previous_release(&writer, &store, &[w, broken]).await;
+    let v1_keys = |pairs: &[(Vec<u8>, Vec<u8>)]| {
+        let prefix = projection_key_prefix(&CapabilityGrants::V1);
+        pairs.iter().filter(|(k, _)| k.starts_with(&prefix)).count()
+    };
+    assert!(v1_keys(&derived_pairs(&store)) > 100);
+    let head = writer.head(&w).await.unwrap().unwrap().seq;
+    let expected = v1_grants(&old, &w, head, 7);
+    assert!(expected.0.len() > 50 && expected.1.iter().any(|e| !e.effective));
+
+    // Bit rot in an early receipt of the other worldline, which then
+    // grows: version 2 cannot be built there, so it cannot catch up
+    // everywhere; the versions queries read still fold the new receipts.
+    let context = broken.context_id();
+    let original = embedded.raw_entry(&context, 3).unwrap();
+    let mut damaged = original.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x01;
+    embedded.raw_put_entry(&context, 3, &damaged);
+    grants_and_revocations(&writer, &broken, 3, 4).await;
+    let broken_head = writer.head(&broken).await.unwrap().unwrap().seq;
+
+    let first = Worldlines::new(ledger.clone(), Default::default())
+        .unwrap()
+        .with_projector(projector_options(0));
+    let p = first.projector().unwrap().clone();
+    let through = |p: &converge_ledger_server::Projector,
+                   projection: &dyn converge_ledger_client::worldline::Projection,
+                   w: &WorldlineId| {
+        tokio::task::block_in_place(|| p.checkpoint(projection, w))
+            .unwrap()
+            .map_or(0, |c| c.through_seq)
+    };
+    common::eventually(20, "version 2 rebuilt on the healthy worldline", || {
+        (through(&p, &CapabilityGrants::V2, &w) == head
+            && through(&p, &LatestState, &broken) == broken_head
+            && through(&p, &CapabilityGrants::V1, &broken) == broken_head)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(through(&p, &CapabilityGrants::V2, &broken), 0);
+    // Caught up there, but not everywhere: version 1 still answers.
+    let (version, grants, events) = served_grants(&first, &w, 7).await;
+    assert_eq!(
+        version, 1,
+        "the old version answers while the new one is behind somewhere"
+    );
+    assert_eq!((grants, events), expected);
+    assert_eq!(relaxed(&p.stats().rebuilding), 1);
+    // New receipts reach both versions.
+    grants_and_revocations(&first, &w, 4, 6).await;
+    let head = first.head(&w).await.unwrap().unwrap().seq;
+    common::eventually(20, "both versions fold the new receipts", || {
+        (through(&p, &CapabilityGrants::V1, &w) == head
+            && through(&p, &CapabilityGrants::V2, &w) == head)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(relaxed(&p.stats().switches), 0);
+    let record = tokio::task::block_in_place(|| store.derived().unwrap().get(SERVING_KEY)).unwrap();
+    assert_eq!(
+        Serving::decode(&record.expect("the projector wrote the serving record"))
+            .unwrap()
+            .version("capability_grants"),
+        1
+    );
+    first.stop_projections().await;
+
+    // The receipt repaired, a restarted projector builds version 2 on that
+    // worldline too and switches the queries to it; version 1 is kept for
+    // the grace period (nodes of the previous release answer from it).
+    embedded.raw_put_entry(&context, 3, &original);
+    let second = Worldlines::new(ledger.clone(), Default::default())
+        .unwrap()
+        .with_projector(projector_options(3600));
+    let p = second.projector().unwrap().clone();
+    common::eventually(20, "the switch to version 2", || {
+        (relaxed(&p.stats().switches) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(relaxed(&p.stats().rebuilding), 0);
+    let (version, grants, events) = served_grants(&second, &w, 7).await;
+    assert_eq!(version, 2);
+    let now = fold_with(&second, &[w], &previous_release()).await;
+    assert_eq!((grants, events), v1_grants(&now, &w, head, 7));
+    let v1_kept = v1_keys(&derived_pairs(&store));
+    assert!(v1_kept > 100, "version 1 kept for the grace period");
+    second.stop_projections().await;
+
+    // Past the grace period (0 here), version 1 is deleted: what is left
+    // is exactly one fold with the current versions, and the record.
+    let third = Worldlines::new(ledger.clone(), Default::default())
+        .unwrap()
+        .with_projector(projector_options(0));
+    let p = third.projector().unwrap().clone();
+    common::eventually(20, "version 1 deleted", || {
+        (v1_keys(&derived_pairs(&store)) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(relaxed(&p.stats().retired_keys), v1_kept as u64);
+    assert_eq!(relaxed(&p.stats().switches), 0);
+    assert_one_fold_of_the_current_versions(&third, &store, &[w, broken]).await;
+    third.stop_projections().await;
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_projectors_switching_versions_while_writers_append_leave_exactly_one_fold_of_the_new_versions()
+ {
+    // Two projectors (as two nodes over one database) start on a store the
+    // previous release folded, while four writers append: both fold both
+    // versions, one switches, both delete; what is left must be one fold
+    // of the current versions, whatever the interleaving.
+    let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
+    let store = ledger.store().clone();
+    let writer = Arc::new(Worldlines::new(ledger.clone(), Default::default()).unwrap());
+    let ids = [
+        WorldlineId::derive(b"switch-1"),
+        WorldlineId::derive(b"switch-2"),
+    ];
+    for (i, w) in ids.iter().enumerate() {
+        grants_and_revocations(&writer, w, i as u64, 60).await;
+    }
+    seed_previous_release(&writer, &store, &ids).await;
+    let a = Arc::new(
+        Worldlines::new(ledger.clone(), Default::default())
+            .unwrap()
+            .with_projector(projector_options(0)),
+    );
+    let b = Worldlines::new(ledger.clone(), Default::default())
+        .unwrap()
+        .with_projector(projector_options(0));
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let (wl, w) = (a.clone(), ids[(t % 2) as usize]);
+        tasks.push(tokio::spawn(async move {
+            grants_and_revocations(&wl, &w, 10 + t, 40).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let switches = |wl: &Worldlines| {
+        wl.projector()
+            .unwrap()
+            .stats()
+            .switches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let v1 = converge_ledger_client::worldline::projection_key_prefix(
+        &converge_ledger_client::worldline::capability_grants::CapabilityGrants::V1,
+    );
+    common::eventually(30, "one projector switched and version 1 is gone", || {
+        (switches(&a) + switches(&b) == 1
+            && !derived_pairs(&store)
+                .iter()
+                .any(|(k, _)| k.starts_with(&v1)))
+        .then_some(())
+    })
+    .await;
+    for w in &ids {
+        let head = a.head(w).await.unwrap().unwrap().seq;
+        for wl in [&*a, &b] {
+            let (pos, ()) = wl
+                .query_projection(
+                    w,
+                    &converge_ledger_client::worldline::capability_grants::CapabilityGrants::CURRENT,
+                    head,
+                    None,
+                    |_| Ok(()),
+                )
+                .await
+                .unwrap();
+            assert_eq!((pos.version, pos.through_seq), (2, head));
+            for p in converge_ledger_client::worldline::projections() {
+                wl.query_projection(w, p, head, None, |_| Ok(()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert_one_fold_of_the_current_versions(&a, &store, &ids).await;
+    a.stop_projections().await;
+    b.stop_projections().await;
 }

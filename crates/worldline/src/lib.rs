@@ -44,6 +44,7 @@ pub mod provenance_dag;
 mod receipt;
 mod replay;
 mod rules;
+mod serving;
 mod snapshot;
 mod state;
 #[cfg(test)]
@@ -74,6 +75,9 @@ pub use receipt::{
 };
 pub use replay::{CommitmentLookup, NoLookup, Replay};
 pub use rules::{check_decision, check_outcome_for, check_status};
+pub use serving::{
+    SERVING_KEY, Serving, StoredServing, holds_any, projection_version, stored_keys, superseded,
+};
 pub use snapshot::{
     SNAPSHOT_CHUNK_KEY, SNAPSHOT_KEY, SnapshotBatch, SnapshotHeader, SnapshotReader,
     VerifiedSnapshot, check_state_hash, read_snapshot, snapshot_entries,

@@ -8,7 +8,8 @@
 //! whose writes are stored, a receipt is never folded twice, and a
 //! projection can always be rebuilt from the receipts. A new version of a
 //! projection writes under a new key prefix, beside the old one; readers
-//! switch once it has caught up, and the old prefix is then deleted.
+//! switch once it has caught up, and the old prefix is then deleted
+//! ([`Serving`](crate::Serving)).
 
 use converge_ledger_core::Digest;
 
@@ -17,7 +18,7 @@ use crate::keys::{Key, projection_prefix, worldline_prefix};
 use crate::{KvBatch, KvRead, KvTxn, Receipt, WorldlineError, WorldlineId};
 
 /// One derived view of worldlines.
-pub trait Projection {
+pub trait Projection: Send + Sync {
     /// The name that prefixes its keys; ASCII, without `/`.
     fn name(&self) -> &'static str;
 
@@ -37,7 +38,7 @@ pub fn projections() -> [&'static dyn Projection; 4] {
     [
         &crate::latest_state::LatestState,
         &crate::audit_index::AuditIndex,
-        &crate::capability_grants::CapabilityGrants,
+        &crate::capability_grants::CapabilityGrants::CURRENT,
         &crate::provenance_dag::ProvenanceDag,
     ]
 }

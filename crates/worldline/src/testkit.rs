@@ -202,12 +202,18 @@ pub(crate) fn never_panics_on_mutations(bytes: &[u8], mut check: impl FnMut(&[u8
 /// Folds every receipt of `chain` into all four projections, one atomic
 /// batch per receipt, and returns the store.
 pub(crate) fn fold(chain: &Chain) -> crate::MemoryKv {
+    fold_into(chain, &crate::projections())
+}
+
+/// Folds every receipt of `chain` into `projections`, one atomic batch per
+/// receipt, and returns the store.
+pub(crate) fn fold_into(chain: &Chain, projections: &[&dyn crate::Projection]) -> crate::MemoryKv {
     let mut kv = crate::MemoryKv::new();
     for r in &chain.receipts {
         let mut batch = crate::KvBatch::new();
-        for p in crate::projections() {
+        for p in projections {
             assert_eq!(
-                crate::apply_receipt(p, r, &kv, &mut batch).unwrap(),
+                crate::apply_receipt(*p, r, &kv, &mut batch).unwrap(),
                 crate::Applied::Applied
             );
         }

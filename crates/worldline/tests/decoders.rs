@@ -306,7 +306,11 @@ fn folded() -> (WorldlineId, MemoryKv, Vec<Receipt>) {
     let mut kv = MemoryKv::new();
     for r in l.read_range(&w, 1, head.seq).unwrap() {
         let mut batch = KvBatch::new();
-        for p in projections() {
+        // Every version this code reads, so damage reaches each decoder.
+        for p in projections()
+            .into_iter()
+            .chain(converge_ledger_worldline::superseded())
+        {
             apply_receipt(p, &r, &kv, &mut batch).unwrap();
         }
         kv.apply(batch);
@@ -336,9 +340,14 @@ fn query_everything(
             let _ = audit_index::query(kv, w, &f, audit_index::TimeRange::ALL, d, cursor, 10);
         }
     }
-    let _ = capability_grants::in_force_at_seq(kv, w, None, 3, cursor, 10);
-    let _ = capability_grants::in_force_at_time(kv, w, Some("agent-é"), u64::MAX, cursor, 10);
-    let _ = capability_grants::history(kv, w, None, Direction::Backward, cursor, 10);
+    for grants in [
+        capability_grants::CapabilityGrants::V1,
+        capability_grants::CapabilityGrants::V2,
+    ] {
+        let _ = grants.in_force_at_seq(kv, w, None, 3, cursor, 10);
+        let _ = grants.in_force_at_time(kv, w, Some("agent-é"), u64::MAX, cursor, 10);
+        let _ = grants.history(kv, w, None, Direction::Backward, cursor, 10);
+    }
     for r in receipts {
         let h = r.receipt_hash;
         let _ = audit_index::record(kv, w, r.seq);

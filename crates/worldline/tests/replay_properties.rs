@@ -354,7 +354,9 @@ fn run(seed: u64) {
         );
     }
     for seq in 0..=head.seq {
-        let page = capability_grants::in_force_at_seq(&kv, &w, None, seq, None, 1000).unwrap();
+        let page = capability_grants::CapabilityGrants::CURRENT
+            .in_force_at_seq(&kv, &w, None, seq, None, 1000)
+            .unwrap();
         let got: BTreeMap<(String, String), u64> = page
             .items
             .into_iter()

@@ -286,6 +286,24 @@ pub(crate) fn render(state: &OpsState) -> String {
             "Projection batches not stored because another node had folded those receipts first.",
             stats.conflicts.load(Ordering::Relaxed) as f64,
         );
+        e.single(
+            "converge_ledger_projection_rebuilding",
+            "gauge",
+            "Projections answered from an older version while their current version rebuilds beside it.",
+            stats.rebuilding.load(Ordering::Relaxed) as f64,
+        );
+        e.single(
+            "converge_ledger_projection_version_switches_total",
+            "counter",
+            "Projection versions this node switched the queries to once they had caught up with the version they replace.",
+            stats.switches.load(Ordering::Relaxed) as f64,
+        );
+        e.single(
+            "converge_ledger_projection_retired_keys_total",
+            "counter",
+            "Keys of retired projection versions this node deleted.",
+            stats.retired_keys.load(Ordering::Relaxed) as f64,
+        );
         e.family(
             "converge_ledger_projection_lag_seconds",
             "histogram",

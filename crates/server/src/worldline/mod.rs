@@ -41,8 +41,8 @@ use converge_ledger_worldline::{
 
 pub use json::receipt_json;
 pub use projector::{
-    FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX, PROJECTOR_NICE_DEFAULT, Projector, ProjectorQueue,
-    ProjectorStats,
+    FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX, PROJECTOR_NICE_DEFAULT, Projector,
+    ProjectorOptions, ProjectorQueue, ProjectorStats, RETIRE_AFTER_DEFAULT,
 };
 pub use query::{Position, WAIT_DEFAULT, WAIT_MAX};
 pub(crate) use rpc_projections::Query as ProjectionQuery;
@@ -549,8 +549,18 @@ impl Worldlines {
 
     /// [`Worldlines::with_projections`], with the projector thread `nice`
     /// steps of niceness below the server's (0: the same priority).
-    pub fn with_projections_at(mut self, nice: i32) -> Worldlines {
-        if let Some(p) = Projector::start(self.ledger.store().clone(), self.limits.clone(), nice) {
+    pub fn with_projections_at(self, nice: i32) -> Worldlines {
+        self.with_projector(ProjectorOptions {
+            nice,
+            ..ProjectorOptions::default()
+        })
+    }
+
+    /// [`Worldlines::with_projections`], the projector run as `options`
+    /// say.
+    pub fn with_projector(mut self, options: ProjectorOptions) -> Worldlines {
+        if let Some(p) = Projector::start(self.ledger.store().clone(), self.limits.clone(), options)
+        {
             let p = Arc::new(p);
             let tap = Arc::downgrade(&p);
             self.ledger.tap_appended(Arc::new(move |context: &str| {

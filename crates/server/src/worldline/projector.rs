@@ -28,11 +28,11 @@ use converge_ledger_store::Store;
 use converge_ledger_store::derived::{DerivedKv, DerivedWrite, Guard};
 use converge_ledger_store::stats::{Histogram, SECONDS_BOUNDS};
 use converge_ledger_worldline::{
-    Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, ReceiptReader, WorldlineError,
-    WorldlineId, WorldlineLimits,
+    Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, ReceiptReader, SERVING_KEY, Serving,
+    WorldlineError, WorldlineId, WorldlineLimits, stored_keys,
 };
 use converge_ledger_worldline::{
-    ProjectionCheckpoint, apply_receipt, checkpoint_key, projections, read_checkpoint,
+    ProjectionCheckpoint, apply_receipt, checkpoint_key, read_checkpoint,
 };
 
 use super::{READ_CHUNK, read_entries, store_error};
@@ -48,6 +48,31 @@ use super::{READ_CHUNK, read_entries, store_error};
 pub const PROJECTOR_NICE_DEFAULT: i32 = 5;
 /// The highest niceness Linux has.
 pub const NICE_MAX: i32 = 19;
+/// How long a retired projection version's records are kept after the
+/// queries moved to its successor, by default: the time a rolling upgrade
+/// has to replace the nodes of the earlier release, which still answer
+/// from it (and fold it).
+pub const RETIRE_AFTER_DEFAULT: Duration = Duration::from_secs(3600);
+
+/// How a projector runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectorOptions {
+    /// Steps of niceness below the server's (0: the same priority; at most
+    /// [`NICE_MAX`] in all).
+    pub nice: i32,
+    /// How long a retired projection version's records are kept after the
+    /// switch before they are deleted.
+    pub retire_after: Duration,
+}
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        ProjectorOptions {
+            nice: PROJECTOR_NICE_DEFAULT,
+            retire_after: RETIRE_AFTER_DEFAULT,
+        }
+    }
+}
 
 /// Receipts folded into one write at most.
 pub const FOLD_RECEIPTS_MAX: usize = 1024;
@@ -60,6 +85,14 @@ const GUARD_RETRIES_MAX: usize = 16;
 /// How long a worldline whose storage was unavailable waits before it is
 /// folded again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Keys of a retired projection version deleted per write.
+const RETIRE_KEYS_PER_WRITE: usize = 1024;
+/// How often a projection version that rebuilds is checked for having
+/// caught up everywhere, while the projector has nothing queued.
+const SWITCH_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Maintenance that came due runs after this long even while worldlines
+/// keep the queue busy.
+const MAINTAIN_STARVED: Duration = Duration::from_secs(1);
 
 /// The derived space, as the projections read it.
 pub struct Kv<'a>(pub &'a dyn DerivedKv);
@@ -95,6 +128,14 @@ pub struct ProjectorStats {
     /// being queued (its receipts committed, announced or swept) to its
     /// projections stored up to the head the fold saw.
     pub lag_seconds: Histogram,
+    /// Projection versions this node switched the queries to, once they
+    /// had caught up with the version they replace.
+    pub switches: AtomicU64,
+    /// Keys of retired projection versions this node deleted.
+    pub retired_keys: AtomicU64,
+    /// Projections answered from an older version while their current one
+    /// rebuilds, as this node last read the serving record.
+    pub rebuilding: AtomicU64,
 }
 
 impl Default for ProjectorStats {
@@ -104,6 +145,9 @@ impl Default for ProjectorStats {
             conflicts: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             lag_seconds: Histogram::new(SECONDS_BOUNDS),
+            switches: AtomicU64::new(0),
+            retired_keys: AtomicU64::new(0),
+            rebuilding: AtomicU64::new(0),
         }
     }
 }
@@ -142,6 +186,9 @@ enum Next {
     /// A worldline to fold, and since when it waits.
     Fold(WorldlineId, Instant),
     Sweep,
+    /// Nothing is queued: switch a rebuilt projection version, delete a
+    /// batch of a retired one.
+    Maintain,
 }
 
 /// What the projector thread and the query side share.
@@ -174,8 +221,9 @@ impl Shared {
     }
 
     /// The next worldline to fold, or a sweep once `sweep_at` has passed
-    /// with nothing queued; `None` once stopping.
-    fn next(&self, sweep_at: Instant) -> Option<Next> {
+    /// with nothing queued, or maintenance once `maintain_at` has; `None`
+    /// once stopping.
+    fn next(&self, sweep_at: Instant, maintain_at: Option<Instant>) -> Option<Next> {
         let mut q = self.lock();
         loop {
             if q.stopping {
@@ -197,6 +245,9 @@ impl Shared {
                     q.order.push_back(w);
                 }
             }
+            if maintain_at.is_some_and(|at| now >= at + MAINTAIN_STARVED) {
+                return Some(Next::Maintain);
+            }
             if let Some(w) = q.order.pop_front() {
                 let since = q.queued.remove(&w).unwrap_or(now);
                 return Some(Next::Fold(w, since));
@@ -204,11 +255,15 @@ impl Shared {
             if now >= sweep_at {
                 return Some(Next::Sweep);
             }
+            if maintain_at.is_some_and(|at| now >= at) {
+                return Some(Next::Maintain);
+            }
             let wait = q
                 .later
                 .iter()
                 .map(|(at, _)| *at)
                 .chain([sweep_at])
+                .chain(maintain_at)
                 .min()
                 .map_or(SWEEP_EVERY, |at| at.saturating_duration_since(now));
             q = self
@@ -241,6 +296,7 @@ struct Folder {
     store: Arc<dyn Store>,
     limits: WorldlineLimits,
     shared: Arc<Shared>,
+    retire_after: Duration,
 }
 
 impl Projector {
@@ -249,10 +305,14 @@ impl Projector {
     /// worldline, so projections catch up with receipts written while the
     /// server was down (or before it had projections).
     ///
-    /// The thread runs `nice` steps of niceness below the server's own
-    /// (0: the same priority; at most [`NICE_MAX`] in all). Where the
-    /// system refuses, it says so in the log and runs at the server's.
-    pub fn start(store: Arc<dyn Store>, limits: WorldlineLimits, nice: i32) -> Option<Projector> {
+    /// The thread runs `options.nice` steps of niceness below the
+    /// server's own. Where the system refuses, it says so in the log and
+    /// runs at the server's.
+    pub fn start(
+        store: Arc<dyn Store>,
+        limits: WorldlineLimits,
+        options: ProjectorOptions,
+    ) -> Option<Projector> {
         store.derived()?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -265,11 +325,12 @@ impl Projector {
             store: store.clone(),
             limits,
             shared: shared.clone(),
+            retire_after: options.retire_after,
         };
         let thread = std::thread::Builder::new()
             .name("worldline-projector".into())
             .spawn(move || {
-                lower_priority(nice);
+                lower_priority(options.nice);
                 folder.run()
             })
             .expect("cannot start the projector thread");
@@ -353,29 +414,51 @@ impl Projector {
         read_checkpoint(&Kv(self.kv()), projection, worldline)
     }
 
+    /// The version of the projection called `name` that queries are
+    /// answered from now, and its checkpoint for `worldline`.
+    pub fn answering_checkpoint(
+        &self,
+        name: &str,
+        worldline: &WorldlineId,
+    ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>), WorldlineError> {
+        let kv = Kv(self.kv());
+        let projection = Serving::load(&kv)?.serving.answering(name)?;
+        Ok((projection, read_checkpoint(&kv, projection, worldline)?))
+    }
+
     /// Runs `query` over the derived space at one consistent position of
-    /// `projection`: the checkpoint read before and after must agree, else
-    /// the query runs again (a write moved it). Returns the checkpoint and
-    /// the answer.
+    /// the projection called `name`, in the version queries are answered
+    /// from (handed to `query`): the serving record and that version's
+    /// checkpoint read before and after must agree, else the query runs
+    /// again (a fold moved the checkpoint, or a switch retired the
+    /// version). Returns the version, its checkpoint and the answer.
     pub fn consistent<T>(
         &self,
-        projection: &dyn Projection,
+        name: &str,
         worldline: &WorldlineId,
-        query: impl Fn(&dyn KvRead) -> Result<T, WorldlineError>,
-    ) -> Result<(Option<ProjectionCheckpoint>, T), WorldlineError> {
+        query: impl Fn(&dyn KvRead, &'static dyn Projection) -> Result<T, WorldlineError>,
+    ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>, T), WorldlineError> {
         let kv = Kv(self.kv());
         for _ in 0..64 {
+            let serving = Serving::load(&kv)?;
+            let projection = serving.serving.answering(name)?;
             let before = read_checkpoint(&kv, projection, worldline)?;
-            let answer = query(&kv)?;
+            let answer = query(&kv, projection);
+            let moved = kv.get(SERVING_KEY)? != serving.bytes;
+            if moved {
+                // A switch: the version read may be being deleted, so even
+                // an error may be an artefact of that. Ask again.
+                continue;
+            }
+            let answer = answer?;
             let after = read_checkpoint(&kv, projection, worldline)?;
             if before == after {
-                return Ok((after, answer));
+                return Ok((projection, after, answer));
             }
         }
         Err(WorldlineError::Unavailable {
             message: format!(
-                "the {} projection of worldline {worldline} moved during 64 attempts to read it; retry",
-                projection.name()
+                "the {name} projection of worldline {worldline} moved during 64 attempts to read it; retry"
             ),
         })
     }
@@ -390,14 +473,30 @@ impl Drop for Projector {
 
 impl Folder {
     fn run(self) {
+        self.record_serving();
         self.sweep();
         let mut sweep_at = Instant::now() + SWEEP_EVERY;
-        while let Some(next) = self.shared.next(sweep_at) {
+        // Look once the start-up sweep's folds are done: a version may be
+        // rebuilding, or a retired one may still hold keys.
+        let mut maintain_at = Some(Instant::now());
+        while let Some(next) = self.shared.next(sweep_at, maintain_at) {
             let (next, since) = match next {
                 Next::Fold(w, since) => (w, since),
                 Next::Sweep => {
                     self.sweep();
                     sweep_at = Instant::now() + SWEEP_EVERY;
+                    // Another node may have switched a version meanwhile.
+                    maintain_at.get_or_insert_with(Instant::now);
+                    continue;
+                }
+                Next::Maintain => {
+                    maintain_at = match self.maintain() {
+                        Ok(at) => at,
+                        Err(e) => {
+                            tracing::warn!(error = %e.message(), "projection versions: maintenance failed; retrying");
+                            Some(Instant::now() + RETRY_AFTER)
+                        }
+                    };
                     continue;
                 }
             };
@@ -429,6 +528,226 @@ impl Folder {
                     self.shared.progress.send_modify(|n| *n += 1);
                 }
             }
+        }
+    }
+
+    /// Writes the serving record if the store has none yet (a new store,
+    /// or one written before the record existed: then the projections it
+    /// holds keep answering while their new versions rebuild).
+    fn record_serving(&self) {
+        let kv = self.kv();
+        loop {
+            if self.shared.lock().stopping {
+                return;
+            }
+            let written = Serving::load(&Kv(kv)).and_then(|stored| {
+                if stored.bytes.is_none() {
+                    kv.write_if(
+                        &[(SERVING_KEY.to_vec(), None)],
+                        &[(SERVING_KEY.to_vec(), Some(stored.serving.encode()))],
+                    )
+                    .map_err(store_error)?;
+                }
+                Ok(stored.serving)
+            });
+            match written {
+                Ok(serving) => {
+                    let switching = serving.switching();
+                    self.shared
+                        .stats
+                        .rebuilding
+                        .store(switching.len() as u64, Ordering::Relaxed);
+                    for (old, new) in switching {
+                        match old {
+                            Some(old) => tracing::info!(
+                                projection = new.name(),
+                                answering = old.version(),
+                                rebuilding = new.version(),
+                                "projection answered from its stored version while the new one rebuilds beside it"
+                            ),
+                            None => tracing::warn!(
+                                projection = new.name(),
+                                stored = serving.version(new.name()),
+                                rebuilding = new.version(),
+                                "projection stored at a version this release no longer reads: not answered until the new version has reached every worldline's head"
+                            ),
+                        }
+                    }
+                    return;
+                }
+                Err(e) if e.code() == ErrorCode::Unavailable => {
+                    tracing::warn!(error = %e.message(), "cannot read the projections' serving record; retrying");
+                    std::thread::sleep(RETRY_AFTER);
+                }
+                Err(e) => {
+                    // Folds read the record too, and say so per worldline.
+                    tracing::error!(error = %e.message(), "the projections' serving record is damaged");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn kv(&self) -> &dyn DerivedKv {
+        self.store
+            .derived()
+            .expect("a projector exists only over a derived space")
+    }
+
+    /// Switches the queries of every projection whose new version has
+    /// caught up with the old one on every worldline, and deletes a batch
+    /// of what versions retired longer than `retire_after` ago still
+    /// store. Returns when to look again (`None`: nothing left to do).
+    fn maintain(&self) -> Result<Option<Instant>, WorldlineError> {
+        let kv = self.kv();
+        let stored = Serving::load(&Kv(kv))?;
+        let guard = [(SERVING_KEY.to_vec(), stored.bytes.clone())];
+        let now_ns = wall_clock_ns();
+        let mut next: Option<Instant> = None;
+        for (retired, since_ns) in stored.serving.retired() {
+            let keep_until = since_ns.saturating_add(self.retire_after.as_nanos() as u64);
+            if now_ns < keep_until {
+                // Nodes of the earlier release may still answer from it.
+                let wait = Duration::from_nanos(keep_until - now_ns);
+                next = Some(next.map_or(Instant::now() + wait, |n| n.min(Instant::now() + wait)));
+                continue;
+            }
+            let keys = stored_keys(&Kv(kv), retired, RETIRE_KEYS_PER_WRITE)?;
+            if keys.is_empty() {
+                continue;
+            }
+            let n = keys.len() as u64;
+            let deletes: Vec<DerivedWrite> = keys.into_iter().map(|k| (k, None)).collect();
+            // Guarded by the record that retired the version: a record
+            // moved meanwhile is read again first.
+            if kv.write_if(&guard, &deletes).map_err(store_error)? {
+                self.shared
+                    .stats
+                    .retired_keys
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            // More may be left: again as soon as nothing is queued.
+            return Ok(Some(Instant::now()));
+        }
+        let switching = stored.serving.switching();
+        self.shared
+            .stats
+            .rebuilding
+            .store(switching.len() as u64, Ordering::Relaxed);
+        if switching.is_empty() {
+            return Ok(next);
+        }
+        let mut serving = stored.serving.clone();
+        let mut switched = Vec::new();
+        let mut check_again = SWITCH_CHECK_EVERY;
+        for (old, new) in switching {
+            match self.behind_somewhere(old, new)? {
+                None => {
+                    serving = serving.with(new.name(), new.version(), now_ns);
+                    switched.push((old, new));
+                }
+                Some(w) => {
+                    if self.shared.lock().failed.contains_key(&w) {
+                        // It cannot catch up until repaired: look rarely.
+                        check_again = check_again.max(SWEEP_EVERY);
+                    } else {
+                        self.shared.notify(w);
+                    }
+                }
+            }
+        }
+        if switched.is_empty() {
+            return Ok(Some(Instant::now() + check_again));
+        }
+        let record = [(SERVING_KEY.to_vec(), Some(serving.encode()))];
+        if kv.write_if(&guard, &record).map_err(store_error)? {
+            self.shared
+                .stats
+                .rebuilding
+                .fetch_sub(switched.len() as u64, Ordering::Relaxed);
+            for (old, new) in switched {
+                tracing::info!(
+                    projection = new.name(),
+                    answering = new.version(),
+                    retired = old.map(|o| o.version()),
+                    retire_after_s = self.retire_after.as_secs(),
+                    "projection version caught up on every worldline: queries now answered from it; the retired version is deleted after the grace period"
+                );
+                self.shared.stats.switches.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shared.progress.send_modify(|n| *n += 1);
+        }
+        Ok(Some(Instant::now()))
+    }
+
+    /// The first worldline where `new` has not folded as far as `old` has
+    /// (without `old`, a version this code no longer reads: not up to the
+    /// head), if any.
+    fn behind_somewhere(
+        &self,
+        old: Option<&dyn Projection>,
+        new: &dyn Projection,
+    ) -> Result<Option<WorldlineId>, WorldlineError> {
+        let kv = Kv(self.kv());
+        let mut behind = None;
+        let mut failure = None;
+        self.each_worldline(&mut |w| {
+            let through = |p: &dyn Projection| {
+                read_checkpoint(&kv, p, &w).map(|c| c.map_or(0, |c| c.through_seq))
+            };
+            let target = match old {
+                Some(old) => through(old),
+                None => self
+                    .store
+                    .head(&w.context_id())
+                    .map(|h| h.map_or(0, |h| h.sequence))
+                    .map_err(store_error),
+            };
+            match target.and_then(|t| Ok((t, through(new)?))) {
+                Ok((t, n)) if n < t => {
+                    behind = Some(w);
+                    false
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })
+        .map_err(store_error)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(behind),
+        }
+    }
+
+    /// Calls `visit` with every stored worldline until it returns `false`.
+    fn each_worldline(
+        &self,
+        visit: &mut dyn FnMut(WorldlineId) -> bool,
+    ) -> Result<(), converge_ledger_store::StoreError> {
+        let mut after = converge_ledger_worldline::NAMESPACE.to_owned();
+        loop {
+            let mut page = Vec::new();
+            self.store.contexts(&after, &mut |c, _| {
+                page.push(c.to_owned());
+                page.len() < 1024 && c.starts_with(converge_ledger_worldline::NAMESPACE)
+            })?;
+            let Some(last) = page.last().cloned() else {
+                return Ok(());
+            };
+            for c in &page {
+                if let Ok(w) = WorldlineId::from_context_id(c)
+                    && !visit(w)
+                {
+                    return Ok(());
+                }
+            }
+            if !last.starts_with(converge_ledger_worldline::NAMESPACE) || page.len() < 1024 {
+                return Ok(());
+            }
+            after = last;
         }
     }
 
@@ -467,14 +786,17 @@ impl Folder {
 
     /// Folds `worldline` up to its head as it is now; returns how many
     /// receipts this node folded.
+    ///
+    /// While a projection version rebuilds, the versions queries read are
+    /// brought to the head first (with the rebuilding one only where it has
+    /// caught up with them); the rebuilding version then moves one batch
+    /// at a time, and the worldline goes back to the end of the queue
+    /// between batches, so a rebuild never holds up what other worldlines'
+    /// queries wait for.
     pub fn fold(&self, worldline: &WorldlineId) -> Result<u64, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
-        let kv = self
-            .store
-            .derived()
-            .expect("a projector exists only over a derived space");
-        let all = projections();
+        let kv = self.kv();
         let mut conflicts = 0;
         let mut total = 0;
         loop {
@@ -483,9 +805,26 @@ impl Folder {
                 .head(context)
                 .map_err(store_error)?
                 .map_or(0, |h| h.sequence);
-            let mut guards: Vec<Guard> = Vec::with_capacity(all.len());
-            let mut from = u64::MAX;
-            for p in all {
+            let serving = Serving::load(&Kv(kv))?;
+            let rebuilding: Vec<&'static dyn Projection> = serving
+                .serving
+                .switching()
+                .into_iter()
+                .map(|(_, new)| new)
+                .collect();
+            let all = serving.serving.folded();
+            let mut guards: Vec<Guard> = Vec::with_capacity(all.len() + 1);
+            if !rebuilding.is_empty() {
+                // Folds of a version another node may retire meanwhile are
+                // guarded by the record they read, so that none writes it
+                // again. Only then: on PostgreSQL every guard key is a lock
+                // all nodes' folds would queue on.
+                guards.push((SERVING_KEY.to_vec(), serving.bytes));
+            }
+            let mut live_from = u64::MAX;
+            let mut rebuild_from = u64::MAX;
+            let mut through = Vec::with_capacity(all.len());
+            for &p in &all {
                 let key = checkpoint_key(p, worldline);
                 let value = kv.get(&key).map_err(store_error)?;
                 let seq = match &value {
@@ -498,12 +837,32 @@ impl Folder {
                             .through_seq
                     }
                 };
-                from = from.min(seq);
+                if rebuilding
+                    .iter()
+                    .any(|r| r.name() == p.name() && r.version() == p.version())
+                {
+                    rebuild_from = rebuild_from.min(seq);
+                } else {
+                    live_from = live_from.min(seq);
+                }
+                through.push(seq);
                 guards.push((key, value));
             }
-            if from >= head {
+            // What queries read first; a rebuilding version joins from the
+            // receipt where it has caught up.
+            let (from, rebuild_step) = if live_from < head {
+                (live_from, false)
+            } else if rebuild_from < head {
+                (rebuild_from, true)
+            } else {
                 return Ok(total);
-            }
+            };
+            let folding: Vec<&'static dyn Projection> = all
+                .iter()
+                .zip(&through)
+                .filter(|(_, seq)| **seq >= from)
+                .map(|(p, _)| *p)
+                .collect();
             // The checkpoints just read are what the folds read them as.
             let known = Pinned {
                 kv: Kv(kv),
@@ -532,7 +891,7 @@ impl Folder {
                     let receipt = reader
                         .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
-                    for p in all {
+                    for &p in &folding {
                         if let Err(err) = apply_receipt(p, &receipt, &known, &mut batch) {
                             // Each read sees the latest commit: another
                             // node's fold committed between two of this
@@ -565,6 +924,13 @@ impl Folder {
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
                 total += folded;
+                if rebuild_step {
+                    if at < head {
+                        // Behind the worldlines queued meanwhile.
+                        self.shared.notify(*worldline);
+                    }
+                    return Ok(total);
+                }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 conflicts += 1;
@@ -580,6 +946,14 @@ impl Folder {
             }
         }
     }
+}
+
+/// Nanoseconds since the Unix epoch by the wall clock (shared by nodes,
+/// unlike `Instant`).
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Adds `nice` to the calling thread's niceness (on Linux a thread has its
@@ -623,8 +997,9 @@ impl KvRead for Pinned<'_> {
     }
 }
 
-/// Whether any of `guards` (checkpoint keys and the values a fold read)
-/// holds something else now: another node folded meanwhile.
+/// Whether any of `guards` (checkpoint keys, and the serving record while
+/// a version rebuilds, with the values a fold read) holds something else
+/// now: another node folded, or switched a version, meanwhile.
 fn checkpoints_moved(kv: &dyn DerivedKv, guards: &[Guard]) -> Result<bool, WorldlineError> {
     for (key, read) in guards {
         if kv.get(key).map_err(store_error)? != *read {

@@ -54,15 +54,38 @@ impl Worldlines {
 
     /// Runs `query` over `projection`'s records of `worldline` once the
     /// projection reflects at least receipt `min_seq` (waiting at most
-    /// `wait`, capped at [`WAIT_MAX`]), at one consistent position.
+    /// `wait`, capped at [`WAIT_MAX`]), at one consistent position. For a
+    /// projection with one version; [`Worldlines::query_projection_versioned`]
+    /// hands the query the version it reads.
     pub async fn query_projection<T: Send + 'static>(
         &self,
         worldline: &WorldlineId,
-        projection: &'static (dyn Projection + Sync),
+        projection: &'static dyn Projection,
         min_seq: u64,
         wait: Option<Duration>,
         query: impl Fn(&dyn KvRead) -> Result<T, WorldlineError> + Send + 'static,
     ) -> Result<(Position, T), LedgerError> {
+        self.query_projection_versioned(worldline, projection, min_seq, wait, move |kv, _| {
+            query(kv)
+        })
+        .await
+    }
+
+    /// [`Worldlines::query_projection`] over the version of `projection`
+    /// (named by any of its versions) that queries are answered from: the
+    /// stored one while a new version rebuilds beside it (`docs/design.md`
+    /// §18, "Projection versions"). `query` is handed that version.
+    pub async fn query_projection_versioned<T: Send + 'static>(
+        &self,
+        worldline: &WorldlineId,
+        projection: &'static dyn Projection,
+        min_seq: u64,
+        wait: Option<Duration>,
+        query: impl Fn(&dyn KvRead, &'static dyn Projection) -> Result<T, WorldlineError>
+        + Send
+        + 'static,
+    ) -> Result<(Position, T), LedgerError> {
+        let name = projection.name();
         let projector = self.projector_or_refuse()?.clone();
         let w = *worldline;
         let context = w.context_id();
@@ -92,8 +115,8 @@ impl Worldlines {
             }
             let p = projector.clone();
             let through = blocking(move || {
-                p.checkpoint(projection, &w)
-                    .map(|c| c.map_or(0, |c| c.through_seq))
+                p.answering_checkpoint(name, &w)
+                    .map(|(_, c)| c.map_or(0, |c| c.through_seq))
                     .map_err(to_ledger)
             })
             .await?;
@@ -107,15 +130,14 @@ impl Worldlines {
             }
             if changed.is_err() {
                 return Err(LedgerError::Unavailable(format!(
-                    "the {} projection of worldline {w} reflects receipt {through}, not yet the \
-                     requested {min_seq}; it is catching up: retry, or wait longer",
-                    projection.name()
+                    "the {name} projection of worldline {w} reflects receipt {through}, not yet the \
+                     requested {min_seq}; it is catching up: retry, or wait longer"
                 )));
             }
         }
         let p = projector.clone();
-        let (checkpoint, answer) =
-            blocking(move || p.consistent(projection, &w, query).map_err(to_ledger)).await?;
+        let (answering, checkpoint, answer) =
+            blocking(move || p.consistent(name, &w, query).map_err(to_ledger)).await?;
         let head = self.ledger.head(&context).await?.map_or(0, |h| h.sequence);
         let through_seq = checkpoint.map_or(0, |c| c.through_seq);
         let mut lag_ns = 0;
@@ -134,8 +156,8 @@ impl Worldlines {
         }
         Ok((
             Position {
-                projection: projection.name(),
-                version: projection.version(),
+                projection: answering.name(),
+                version: answering.version(),
                 through_seq,
                 through_hash: checkpoint.map(|c| c.through_hash),
                 head_seq: head.max(through_seq),

@@ -10,14 +10,15 @@ use converge_ledger_worldline::audit_index::{
     self, AuditFilter, AuditIndex, AuditOutcome, AuditRecord, DecisionKind, TimeRange,
 };
 use converge_ledger_worldline::capability_grants::{
-    self, CapabilityGrants, EventRef, Grant, GrantEvent, GrantEventKind,
+    CapabilityGrants, EventRef, Grant, GrantEvent, GrantEventKind,
 };
 use converge_ledger_worldline::latest_state::{self, LatestState};
 use converge_ledger_worldline::provenance_dag::{
     self, CommitmentNode, KeyWrite, Lineage, Node, OutcomeNode, ProvenanceDag,
 };
 use converge_ledger_worldline::{
-    Cursor, Decision, Direction, OutcomeStatus, PAGE_ITEMS_MAX, PolicyRef, WorldlineId,
+    Cursor, Decision, Direction, OutcomeStatus, PAGE_ITEMS_MAX, PolicyRef, WorldlineError,
+    WorldlineId,
 };
 use tonic::Status;
 
@@ -386,45 +387,60 @@ impl Worldlines {
         let (cursor, limit, dir) = (q.cursor, q.limit, direction(r.latest_first));
         let at = r.at.unwrap_or(At::AtSeq(0));
         let (pos, (at_seq, grants, events, next)) = self
-            .query_projection(&w, &CapabilityGrants, q.min_seq, q.wait, move |kv| {
-                let actor = actor.as_deref();
-                match at {
-                    At::History(_) => {
-                        let page =
-                            capability_grants::history(kv, &w, actor, dir, cursor.as_ref(), limit)?;
-                        Ok((0, Vec::new(), page.items, page.next))
+            .query_projection_versioned(
+                &w,
+                &CapabilityGrants::CURRENT,
+                q.min_seq,
+                q.wait,
+                move |kv, answering| {
+                    let actor = actor.as_deref();
+                    let grants =
+                        CapabilityGrants::of_version(answering.version()).ok_or_else(|| {
+                            WorldlineError::Unavailable {
+                                message: format!(
+                                    "capability_grants version {} has no queries here",
+                                    answering.version()
+                                ),
+                            }
+                        })?;
+                    match at {
+                        At::History(_) => {
+                            let page =
+                                grants.history(kv, &w, actor, dir, cursor.as_ref(), limit)?;
+                            Ok((0, Vec::new(), page.items, page.next))
+                        }
+                        At::AtTimeNs(t) => {
+                            let seq = grants.seq_at_time(kv, &w, t)?;
+                            let page = grants.in_force_at_time(
+                                kv,
+                                &w,
+                                actor,
+                                t,
+                                cursor.as_ref(),
+                                limit,
+                            )?;
+                            Ok((seq, page.items, Vec::new(), page.next))
+                        }
+                        At::AtSeq(seq) => {
+                            let seq = if seq == 0 {
+                                converge_ledger_worldline::read_checkpoint(kv, &grants, &w)?
+                                    .map_or(0, |c| c.through_seq)
+                            } else {
+                                seq
+                            };
+                            let page = grants.in_force_at_seq(
+                                kv,
+                                &w,
+                                actor,
+                                seq,
+                                cursor.as_ref(),
+                                limit,
+                            )?;
+                            Ok((seq, page.items, Vec::new(), page.next))
+                        }
                     }
-                    At::AtTimeNs(t) => {
-                        let seq = capability_grants::seq_at_time(kv, &w, t)?;
-                        let page = capability_grants::in_force_at_time(
-                            kv,
-                            &w,
-                            actor,
-                            t,
-                            cursor.as_ref(),
-                            limit,
-                        )?;
-                        Ok((seq, page.items, Vec::new(), page.next))
-                    }
-                    At::AtSeq(seq) => {
-                        let seq = if seq == 0 {
-                            converge_ledger_worldline::read_checkpoint(kv, &CapabilityGrants, &w)?
-                                .map_or(0, |c| c.through_seq)
-                        } else {
-                            seq
-                        };
-                        let page = capability_grants::in_force_at_seq(
-                            kv,
-                            &w,
-                            actor,
-                            seq,
-                            cursor.as_ref(),
-                            limit,
-                        )?;
-                        Ok((seq, page.items, Vec::new(), page.next))
-                    }
-                }
-            })
+                },
+            )
             .await?;
         Ok(pb::QueryGrantsResponse {
             position: position(pos),
