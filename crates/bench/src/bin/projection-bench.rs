@@ -20,6 +20,12 @@
 //!    `--seconds`; after each acknowledged outcome a query with `min_seq`
 //!    = its seq measures when the projection reflects it (the lag, plus
 //!    one query).
+//!
+//! With `--migrate`, step 2 instead folds the receipts as the previous
+//! release did (`capability_grants` version 1, no serving record), and the
+//! server started in step 3 rebuilds version 2 beside it: step 4 runs
+//! first, while it does, and the run ends with the time until the queries
+//! switched to version 2.
 
 /// The allocator the server binary uses, so that what is measured here is
 /// what runs there (unless built with `--features system-allocator`).
@@ -57,6 +63,15 @@ struct Args {
     /// Length of the lag measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Fold the receipts as the previous release did, then measure the lag
+    /// while the server rebuilds capability_grants version 2 beside it, and
+    /// the time until it switches.
+    #[arg(long)]
+    migrate: bool,
+    /// With --migrate: seconds to wait after the previous release's fold,
+    /// before the server starts.
+    #[arg(long, default_value_t = 20)]
+    settle_seconds: u64,
     /// always or never.
     #[arg(long, default_value = "always")]
     fsync: String,
@@ -150,6 +165,186 @@ where
     out
 }
 
+/// Starts a projector on the receipts written and times until every
+/// projection of every worldline reflects its head.
+async fn rebuild(
+    ledger: &Arc<Ledger>,
+    worldlines: &Worldlines,
+    ids: &[WorldlineId],
+    written: u64,
+    projector_nice: i32,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let projecting = Worldlines::new(ledger.clone(), WorldlineLimits::default())?
+        .with_projections_at(projector_nice);
+    let projector = projecting
+        .projector()
+        .expect("embedded storage keeps projections")
+        .clone();
+    let mut heads = Vec::new();
+    for w in ids {
+        heads.push(worldlines.head(w).await?.map_or(0, |h| h.seq));
+    }
+    loop {
+        let p = projector.clone();
+        let ids2 = ids.to_vec();
+        let done = tokio::task::spawn_blocking(move || {
+            ids2.iter()
+                .map(|w| {
+                    projections()
+                        .iter()
+                        .map(|proj| p.checkpoint(*proj, w).unwrap().map_or(0, |c| c.through_seq))
+                        .min()
+                        .unwrap_or(0)
+                })
+                .collect::<Vec<u64>>()
+        })
+        .await?;
+        if done == heads {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuild of 4 projections over {written} receipts: {secs:.1} s, {:.0} receipts/s",
+        written as f64 / secs
+    );
+    projecting.stop_projections().await;
+    drop(projecting);
+
+    Ok(())
+}
+
+/// Folds every receipt of `ids` into the derived space as the previous
+/// release did: capability_grants at version 1, and no serving record.
+async fn seed_previous_release(
+    ledger: &Arc<Ledger>,
+    worldlines: &Worldlines,
+    ids: &[WorldlineId],
+) -> anyhow::Result<()> {
+    use converge_ledger_client::worldline::capability_grants::CapabilityGrants;
+    use converge_ledger_client::worldline::{KvBatch, Projection, apply_receipt};
+    let set: Vec<&'static dyn Projection> = projections()
+        .into_iter()
+        .map(|p| {
+            if p.name() == "capability_grants" {
+                &CapabilityGrants::V1 as &dyn Projection
+            } else {
+                p
+            }
+        })
+        .collect();
+    let store = ledger.store().clone();
+    for w in ids {
+        let head = worldlines.head(w).await?.map_or(0, |h| h.seq);
+        let mut from = 1;
+        while from <= head {
+            let to = head.min(from + 1023);
+            let receipts = worldlines
+                .read_range(w, from, to, usize::MAX, usize::MAX)
+                .await?;
+            let store = store.clone();
+            let set = set.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let kv = store
+                    .derived()
+                    .expect("embedded storage keeps a derived space");
+                let view = Derived(kv);
+                let mut batch = KvBatch::new();
+                for (r, _) in &receipts {
+                    for p in &set {
+                        apply_receipt(*p, r, &view, &mut batch)?;
+                    }
+                }
+                let writes: Vec<_> = batch.into_writes().collect();
+                anyhow::ensure!(kv.write_if(&[], &writes)?, "unguarded write refused");
+                Ok(())
+            })
+            .await??;
+            from = to + 1;
+        }
+    }
+    Ok(())
+}
+
+/// The store's derived space as the projections read it.
+struct Derived<'a>(&'a dyn converge_ledger_store::derived::DerivedKv);
+
+impl converge_ledger_client::worldline::KvRead for Derived<'_> {
+    fn get(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, converge_ledger_client::worldline::WorldlineError> {
+        self.0.get(key).map_err(|e| {
+            converge_ledger_client::worldline::WorldlineError::Unavailable {
+                message: e.to_string(),
+            }
+        })
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        direction: converge_ledger_client::worldline::Direction,
+        limit: usize,
+    ) -> Result<
+        Vec<converge_ledger_client::worldline::KvPair>,
+        converge_ledger_client::worldline::WorldlineError,
+    > {
+        self.0
+            .range(
+                start,
+                end,
+                direction == converge_ledger_client::worldline::Direction::Backward,
+                limit,
+            )
+            .map_err(
+                |e| converge_ledger_client::worldline::WorldlineError::Unavailable {
+                    message: e.to_string(),
+                },
+            )
+    }
+}
+
+/// Appends pairs at `rate` receipts/s to a fresh worldline for `seconds`;
+/// after each acknowledged outcome a query with `min_seq` = its seq times
+/// when the projection reflects it. Returns the times in µs.
+async fn lag(client: &Client, url: &str, rate: u64, seconds: u64) -> anyhow::Result<Vec<f64>> {
+    let w = WorldlineId::derive(b"projection-bench-lag");
+    let pairs = rate / 2 * seconds;
+    let interval = Duration::from_secs_f64(2.0 / rate as f64);
+    let mut lags = Vec::new();
+    let mut ticker = tokio::time::interval(interval);
+    let reader = Client::connect(url).await?;
+    let mut pending = tokio::task::JoinSet::new();
+    for n in 0..pairs {
+        ticker.tick().await;
+        let cm = client
+            .append_commitment(&w, &commitment((1 << 62) | n))
+            .await?;
+        let o = client
+            .append_outcome(&w, &outcome(cm.receipt_hash, n))
+            .await?;
+        let acked = Instant::now();
+        let r = reader.clone();
+        pending.spawn(async move {
+            r.projected_value(&w, &format!("k{}", n % 10_000), o.seq)
+                .await
+                .expect("lag query");
+            acked.elapsed().as_secs_f64() * 1e6
+        });
+        while let Some(done) = pending.try_join_next() {
+            lags.push(done?);
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        lags.push(done?);
+    }
+    Ok(lags)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -195,45 +390,25 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    // 2. Rebuild.
-    let started = Instant::now();
-    let projecting = Worldlines::new(ledger.clone(), WorldlineLimits::default())?
-        .with_projections_at(args.projector_nice);
-    let projector = projecting
-        .projector()
-        .expect("embedded storage keeps projections")
-        .clone();
     let mut heads = Vec::new();
     for w in &ids {
         heads.push(worldlines.head(w).await?.map_or(0, |h| h.seq));
     }
-    loop {
-        let p = projector.clone();
-        let ids2 = ids.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            ids2.iter()
-                .map(|w| {
-                    projections()
-                        .iter()
-                        .map(|proj| p.checkpoint(*proj, w).unwrap().map_or(0, |c| c.through_seq))
-                        .min()
-                        .unwrap_or(0)
-                })
-                .collect::<Vec<u64>>()
-        })
-        .await?;
-        if done == heads {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // 2. Rebuild (or, with --migrate, the previous release's fold).
+    if args.migrate {
+        let started = Instant::now();
+        seed_previous_release(&ledger, &worldlines, &ids).await?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "the previous release's fold (capability_grants version 1) over {written} receipts: {secs:.1} s"
+        );
+        // An upgraded server starts on a store at rest: let the flushes and
+        // compactions of that fold finish first.
+        tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
+    } else {
+        rebuild(&ledger, &worldlines, &ids, written, args.projector_nice).await?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "rebuild of 4 projections over {written} receipts: {secs:.1} s, {:.0} receipts/s",
-        written as f64 / secs
-    );
-    projecting.stop_projections().await;
-    drop(projecting);
 
     // 3. Queries through gRPC.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -251,6 +426,53 @@ async fn main() -> anyhow::Result<()> {
         .await
     });
     let client = Client::connect(&url).await?;
+    if args.migrate {
+        let serving = Instant::now();
+        // When the serving record moves to version 2, polled beside the
+        // lag measurement.
+        let store = ledger.store().clone();
+        let switch = tokio::spawn(async move {
+            loop {
+                let store = store.clone();
+                let version = tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
+                    let kv = store.derived().expect("a derived space");
+                    Ok(
+                        match kv.get(converge_ledger_client::worldline::SERVING_KEY)? {
+                            Some(b) => converge_ledger_client::worldline::Serving::decode(&b)?
+                                .version("capability_grants"),
+                            None => 1,
+                        },
+                    )
+                })
+                .await??;
+                if version == 2 {
+                    return anyhow::Ok(serving.elapsed().as_secs_f64());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        report(
+            &format!(
+                "lag at {} receipts/s while capability_grants version 2 rebuilds beside version 1",
+                args.rate
+            ),
+            lag(&client, &url, args.rate, args.seconds).await?,
+        );
+        let during = serving.elapsed().as_secs_f64();
+        let switched = switch.await??;
+        println!(
+            "queries switched to capability_grants version 2 {switched:.2} s after the server \
+             started ({written} receipts rebuilt); the lag was measured over the first {during:.1} s{}",
+            if switched < during {
+                ", part of it after the switch"
+            } else {
+                ""
+            }
+        );
+        let _ = stop_tx.send(());
+        server.await??;
+        return Ok(());
+    }
     let q = args.queries;
     // State keys that exist (fewer than 10,000 in a small run).
     let keys = per.min(10_000);
@@ -325,42 +547,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 4. Lag at --rate receipts/s.
-    let w = WorldlineId::derive(b"projection-bench-lag");
-    let pairs = args.rate / 2 * args.seconds;
-    let interval = Duration::from_secs_f64(2.0 / args.rate as f64);
-    let mut lags = Vec::new();
-    let mut ticker = tokio::time::interval(interval);
-    let reader = Client::connect(&url).await?;
-    let mut pending = tokio::task::JoinSet::new();
-    for n in 0..pairs {
-        ticker.tick().await;
-        let cm = client
-            .append_commitment(&w, &commitment((1 << 62) | n))
-            .await?;
-        let o = client
-            .append_outcome(&w, &outcome(cm.receipt_hash, n))
-            .await?;
-        let acked = Instant::now();
-        let r = reader.clone();
-        pending.spawn(async move {
-            r.projected_value(&w, &format!("k{}", n % 10_000), o.seq)
-                .await
-                .expect("lag query");
-            acked.elapsed().as_secs_f64() * 1e6
-        });
-        while let Some(done) = pending.try_join_next() {
-            lags.push(done?);
-        }
-    }
-    while let Some(done) = pending.join_next().await {
-        lags.push(done?);
-    }
     report(
         &format!(
             "lag at {} receipts/s (ack of an outcome until a query with its min_seq answers)",
             args.rate
         ),
-        lags,
+        lag(&client, &url, args.rate, args.seconds).await?,
     );
     let _ = stop_tx.send(());
     server.await??;

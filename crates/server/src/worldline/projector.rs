@@ -76,6 +76,9 @@ impl Default for ProjectorOptions {
 
 /// Receipts folded into one write at most.
 pub const FOLD_RECEIPTS_MAX: usize = 1024;
+/// Receipts a rebuilding projection version folds per step: a fold of new
+/// receipts waits for at most one step (a few milliseconds).
+pub const REBUILD_STEP_RECEIPTS: usize = 128;
 /// Bytes of projection writes in one batch, about (a batch is closed after
 /// the receipt that passes this).
 pub const FOLD_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -169,6 +172,14 @@ struct Queue {
     order: VecDeque<WorldlineId>,
     /// The worldlines in `order`, with when each was queued.
     queued: HashMap<WorldlineId, Instant>,
+    /// Worldlines whose rebuilding projection version is behind, folded a
+    /// step at a time only while `order` is empty.
+    rebuild: VecDeque<WorldlineId>,
+    /// The worldlines in `rebuild`.
+    rebuild_queued: std::collections::HashSet<WorldlineId>,
+    /// No rebuild step before this: the last step's end plus its duration,
+    /// so a rebuild takes at most half the projector's time.
+    rebuild_after: Option<Instant>,
     /// Worldlines waiting for storage to come back, and when to retry.
     later: Vec<(Instant, WorldlineId)>,
     /// Worldlines whose receipts cannot be folded, and why: a stored
@@ -185,6 +196,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 enum Next {
     /// A worldline to fold, and since when it waits.
     Fold(WorldlineId, Instant),
+    /// A worldline whose rebuilding version to move one step.
+    Rebuild(WorldlineId),
     Sweep,
     /// Nothing is queued: switch a rebuilt projection version, delete a
     /// batch of a retired one.
@@ -220,6 +233,18 @@ impl Shared {
         }
     }
 
+    /// Queues `worldline` for a step of the projection version it rebuilds.
+    fn queue_rebuild(&self, worldline: WorldlineId) {
+        let mut q = self.lock();
+        if q.stopping || q.failed.contains_key(&worldline) {
+            return;
+        }
+        if q.rebuild_queued.insert(worldline) {
+            q.rebuild.push_back(worldline);
+            self.wake.notify_one();
+        }
+    }
+
     /// The next worldline to fold, or a sweep once `sweep_at` has passed
     /// with nothing queued, or maintenance once `maintain_at` has; `None`
     /// once stopping.
@@ -248,6 +273,15 @@ impl Shared {
             if maintain_at.is_some_and(|at| now >= at + MAINTAIN_STARVED) {
                 return Some(Next::Maintain);
             }
+            // A rebuild step at most half the time (the last step's
+            // duration must pass after it): the folds of new receipts wait
+            // for at most one step, and the rebuild leaves CPU to the
+            // appends and queries it runs beside, busy or not.
+            let step_due = q.rebuild_after.is_none_or(|at| now >= at);
+            if step_due && let Some(w) = q.rebuild.pop_front() {
+                q.rebuild_queued.remove(&w);
+                return Some(Next::Rebuild(w));
+            }
             if let Some(w) = q.order.pop_front() {
                 let since = q.queued.remove(&w).unwrap_or(now);
                 return Some(Next::Fold(w, since));
@@ -264,6 +298,7 @@ impl Shared {
                 .map(|(at, _)| *at)
                 .chain([sweep_at])
                 .chain(maintain_at)
+                .chain(q.rebuild_after.filter(|_| !q.rebuild.is_empty()))
                 .min()
                 .map_or(SWEEP_EVERY, |at| at.saturating_duration_since(now));
             q = self
@@ -356,7 +391,7 @@ impl Projector {
     pub fn queue(&self) -> ProjectorQueue {
         let q = self.shared.lock();
         ProjectorQueue {
-            queued: q.order.len(),
+            queued: q.order.len() + q.rebuild.len(),
             retrying: q.later.len(),
             failed: q.failed.len(),
         }
@@ -480,8 +515,9 @@ impl Folder {
         // rebuilding, or a retired one may still hold keys.
         let mut maintain_at = Some(Instant::now());
         while let Some(next) = self.shared.next(sweep_at, maintain_at) {
-            let (next, since) = match next {
-                Next::Fold(w, since) => (w, since),
+            let (next, since, rebuild) = match next {
+                Next::Fold(w, since) => (w, since, false),
+                Next::Rebuild(w) => (w, Instant::now(), true),
                 Next::Sweep => {
                     self.sweep();
                     sweep_at = Instant::now() + SWEEP_EVERY;
@@ -500,11 +536,16 @@ impl Folder {
                     continue;
                 }
             };
-            match self.fold(&next) {
+            let folded = self.fold(&next, rebuild);
+            if rebuild {
+                let took = since.elapsed();
+                self.shared.lock().rebuild_after = Some(Instant::now() + took);
+            }
+            match folded {
                 // Also when nothing was left to fold (another node did it):
                 // a query waiting here looks again.
                 Ok(folded) => {
-                    if folded > 0 {
+                    if folded > 0 && !rebuild {
                         self.shared
                             .stats
                             .lag_seconds
@@ -788,12 +829,12 @@ impl Folder {
     /// receipts this node folded.
     ///
     /// While a projection version rebuilds, the versions queries read are
-    /// brought to the head first (with the rebuilding one only where it has
-    /// caught up with them); the rebuilding version then moves one batch
-    /// at a time, and the worldline goes back to the end of the queue
-    /// between batches, so a rebuild never holds up what other worldlines'
-    /// queries wait for.
-    pub fn fold(&self, worldline: &WorldlineId) -> Result<u64, WorldlineError> {
+    /// brought to the head (with the rebuilding one only where it has
+    /// caught up with them); a rebuilding version behind them moves only in
+    /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), taken when no
+    /// worldline waits for a fold of the versions queries read, so a
+    /// rebuild never holds up what queries wait for.
+    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<u64, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
         let kv = self.kv();
@@ -853,6 +894,10 @@ impl Folder {
             let (from, rebuild_step) = if live_from < head {
                 (live_from, false)
             } else if rebuild_from < head {
+                if !rebuild {
+                    self.shared.queue_rebuild(*worldline);
+                    return Ok(total);
+                }
                 (rebuild_from, true)
             } else {
                 return Ok(total);
@@ -868,7 +913,12 @@ impl Folder {
                 kv: Kv(kv),
                 pinned: &guards,
             };
-            let until = head.min(from + FOLD_RECEIPTS_MAX as u64);
+            let step = if rebuild_step {
+                REBUILD_STEP_RECEIPTS
+            } else {
+                FOLD_RECEIPTS_MAX
+            };
+            let until = head.min(from + step as u64);
             let mut batch = KvBatch::new();
             let mut folded = 0u64;
             let mut at = from;
@@ -926,8 +976,8 @@ impl Folder {
                 total += folded;
                 if rebuild_step {
                     if at < head {
-                        // Behind the worldlines queued meanwhile.
-                        self.shared.notify(*worldline);
+                        // Behind whatever was queued meanwhile.
+                        self.shared.queue_rebuild(*worldline);
                     }
                     return Ok(total);
                 }
