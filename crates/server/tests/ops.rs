@@ -320,7 +320,13 @@ async fn metrics_show_the_projector_folding_worldline_receipts_with_its_lag() {
     ] {
         assert_eq!(sample(&metrics, counter), Some(0.0), "{counter}");
     }
-    for state in ["queued", "retrying", "failed"] {
+    for state in [
+        "queued",
+        "retrying",
+        "failed",
+        "rebuilding",
+        "rebuild_failed",
+    ] {
         let series = format!("converge_ledger_projection_worldlines{{state=\"{state}\"}}");
         assert!(sample(&metrics, &series).is_some(), "{series} missing");
     }

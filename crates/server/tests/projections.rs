@@ -1303,6 +1303,13 @@ async fn a_new_projection_version_rebuilds_beside_the_old_one_which_answers_unti
     })
     .await;
     assert_eq!(through(&p, &CapabilityGrants::V2, &broken), 0);
+    // Only the rebuild of that worldline stopped; its live versions go on.
+    common::eventually(20, "the rebuild of the damaged worldline stopped", || {
+        (p.queue().rebuild_failed == 1).then_some(())
+    })
+    .await;
+    assert_eq!(p.queue().failed, 0);
+    assert!(p.failure(&broken).is_none());
     // Caught up there, but not everywhere: version 1 still answers.
     let (version, grants, events) = served_grants(&first, &w, 7).await;
     assert_eq!(

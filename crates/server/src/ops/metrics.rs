@@ -318,12 +318,14 @@ pub(crate) fn render(state: &OpsState) -> String {
         e.family(
             "converge_ledger_projection_worldlines",
             "gauge",
-            "Worldlines the projector holds, by state: queued to be folded, retrying (storage unavailable), failed (a stored receipt breaks a rule; see worldline verify).",
+            "Worldlines the projector holds, by state: queued to be folded, retrying (storage unavailable), failed (a stored receipt breaks a rule; see worldline verify), rebuilding (queued for a step of a projection version being rebuilt), rebuild_failed (that version refused a receipt; the version queries read goes on).",
         );
         for (state, n) in [
             ("queued", q.queued),
             ("retrying", q.retrying),
             ("failed", q.failed),
+            ("rebuilding", q.rebuilding),
+            ("rebuild_failed", q.rebuild_failed),
         ] {
             e.sample(
                 "converge_ledger_projection_worldlines",

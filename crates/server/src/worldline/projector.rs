@@ -165,6 +165,12 @@ pub struct ProjectorQueue {
     pub retrying: usize,
     /// Stopped: a stored receipt does not decode or breaks a rule.
     pub failed: usize,
+    /// Queued for a step of the projection version they rebuild.
+    pub rebuilding: usize,
+    /// Whose projection version being rebuilt refused a receipt: the
+    /// versions queries read go on; that version does not (nor the switch
+    /// to it) until the projector restarts.
+    pub rebuild_failed: usize,
 }
 
 #[derive(Default)]
@@ -173,8 +179,10 @@ struct Queue {
     /// The worldlines in `order`, with when each was queued.
     queued: HashMap<WorldlineId, Instant>,
     /// Worldlines whose rebuilding projection version is behind, folded a
-    /// step at a time only while `order` is empty.
+    /// step at a time (see `Shared::next`).
     rebuild: VecDeque<WorldlineId>,
+    /// Worldlines whose rebuilding version refused a receipt, and why.
+    rebuild_failed: HashMap<WorldlineId, String>,
     /// The worldlines in `rebuild`.
     rebuild_queued: std::collections::HashSet<WorldlineId>,
     /// No rebuild step before this: the last step's end plus its duration,
@@ -236,7 +244,10 @@ impl Shared {
     /// Queues `worldline` for a step of the projection version it rebuilds.
     fn queue_rebuild(&self, worldline: WorldlineId) {
         let mut q = self.lock();
-        if q.stopping || q.failed.contains_key(&worldline) {
+        if q.stopping
+            || q.failed.contains_key(&worldline)
+            || q.rebuild_failed.contains_key(&worldline)
+        {
             return;
         }
         if q.rebuild_queued.insert(worldline) {
@@ -391,9 +402,11 @@ impl Projector {
     pub fn queue(&self) -> ProjectorQueue {
         let q = self.shared.lock();
         ProjectorQueue {
-            queued: q.order.len() + q.rebuild.len(),
+            queued: q.order.len(),
             retrying: q.later.len(),
             failed: q.failed.len(),
+            rebuilding: q.rebuild.len(),
+            rebuild_failed: q.rebuild_failed.len(),
         }
     }
 
@@ -560,6 +573,15 @@ impl Folder {
                         .later
                         .push((Instant::now() + RETRY_AFTER, next));
                 }
+                Err(e) if rebuild => {
+                    // The versions queries read are at the head (a step
+                    // folds them first): only the rebuild stops here.
+                    tracing::error!(worldline = %next, error = %e.message(), "projection version rebuild stopped; the version queries read goes on");
+                    self.shared
+                        .lock()
+                        .rebuild_failed
+                        .insert(next, e.message().to_owned());
+                }
                 Err(e) => {
                     tracing::error!(worldline = %next, error = %e.message(), "projection stopped");
                     self.shared
@@ -678,6 +700,10 @@ impl Folder {
         if switching.is_empty() {
             return Ok(next);
         }
+        if !self.shared.lock().rebuild.is_empty() {
+            // Still rebuilding here: no scan of every worldline yet.
+            return Ok(Some(Instant::now() + SWITCH_CHECK_EVERY));
+        }
         let mut serving = stored.serving.clone();
         let mut switched = Vec::new();
         let mut check_again = SWITCH_CHECK_EVERY;
@@ -688,7 +714,11 @@ impl Folder {
                     switched.push((old, new));
                 }
                 Some(w) => {
-                    if self.shared.lock().failed.contains_key(&w) {
+                    let stuck = {
+                        let q = self.shared.lock();
+                        q.failed.contains_key(&w) || q.rebuild_failed.contains_key(&w)
+                    };
+                    if stuck {
                         // It cannot catch up until repaired: look rarely.
                         check_again = check_again.max(SWEEP_EVERY);
                     } else {
@@ -831,9 +861,9 @@ impl Folder {
     /// While a projection version rebuilds, the versions queries read are
     /// brought to the head (with the rebuilding one only where it has
     /// caught up with them); a rebuilding version behind them moves only in
-    /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), taken when no
-    /// worldline waits for a fold of the versions queries read, so a
-    /// rebuild never holds up what queries wait for.
+    /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), at most half the
+    /// projector's time (`Shared::next`), so a rebuild holds up what
+    /// queries wait for by at most one step.
     pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<u64, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
