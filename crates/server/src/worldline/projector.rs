@@ -1013,6 +1013,12 @@ impl Folder {
                 }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                if rebuild_step {
+                    // Another node built this step: one step per turn
+                    // still, so folds of new receipts wait for no more.
+                    self.shared.queue_rebuild(*worldline);
+                    return Ok(total);
+                }
                 conflicts += 1;
                 if conflicts >= GUARD_RETRIES_MAX {
                     // Another node keeps folding this worldline: leave it to
