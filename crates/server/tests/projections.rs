@@ -865,38 +865,7 @@ async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
     for t in 0..8u64 {
         let (wl, w) = (a.clone(), ids[(t % 2) as usize]);
         tasks.push(tokio::spawn(async move {
-            for n in 0..150u64 {
-                let k = t * 1000 + n;
-                let cap = format!("cap-{}", k % 5);
-                let (grant, revoke): (&[&str], &[&str]) = if n % 3 == 2 {
-                    (&[], &[cap.as_str()])
-                } else {
-                    (&[cap.as_str()], &[])
-                };
-                let c = wl
-                    .append_commitment(
-                        &w,
-                        &commitment(
-                            k,
-                            &format!("actor-{}", k % 3),
-                            Decision::Accepted,
-                            grant,
-                            revoke,
-                        ),
-                    )
-                    .await
-                    .unwrap();
-                wl.append_outcome(
-                    &w,
-                    &outcome(
-                        &c.receipt,
-                        OutcomeStatus::Succeeded,
-                        vec![put(&format!("k{}", k % 7), &k.to_string())],
-                    ),
-                )
-                .await
-                .unwrap();
-            }
+            grants_and_revocations(&wl, &w, t, 150).await;
         }));
     }
     for t in tasks {
@@ -930,26 +899,7 @@ async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     eprintln!("folded by a: {}, by b: {}", stats(&a), stats(&b));
-    let mut expected = folded_from_scratch(&a, &ids).await;
-    expected.push((
-        converge_ledger_client::worldline::SERVING_KEY.to_vec(),
-        converge_ledger_client::worldline::Serving::current().encode(),
-    ));
-    expected.sort();
-    let store = ledger.store().clone();
-    let stored = tokio::task::block_in_place(|| {
-        store
-            .derived()
-            .unwrap()
-            .range(&[], &[0xff; 64], false, usize::MAX)
-            .unwrap()
-    });
-    assert_eq!(
-        stored.len(),
-        expected.len(),
-        "as many records as one fold writes"
-    );
-    assert!(stored == expected, "the records are exactly one fold's");
+    assert_one_fold_of_the_current_versions(&a, ledger.store(), &ids).await;
     a.stop_projections().await;
     b.stop_projections().await;
 }
