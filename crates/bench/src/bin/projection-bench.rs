@@ -250,7 +250,7 @@ async fn seed_previous_release(
                 let kv = store
                     .derived()
                     .expect("embedded storage keeps a derived space");
-                let view = Derived(kv);
+                let view = converge_ledger_server::DerivedRead(kv);
                 let mut batch = KvBatch::new();
                 for (r, _) in &receipts {
                     for p in &set {
@@ -266,46 +266,6 @@ async fn seed_previous_release(
         }
     }
     Ok(())
-}
-
-/// The store's derived space as the projections read it.
-struct Derived<'a>(&'a dyn converge_ledger_store::derived::DerivedKv);
-
-impl converge_ledger_client::worldline::KvRead for Derived<'_> {
-    fn get(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, converge_ledger_client::worldline::WorldlineError> {
-        self.0.get(key).map_err(|e| {
-            converge_ledger_client::worldline::WorldlineError::Unavailable {
-                message: e.to_string(),
-            }
-        })
-    }
-
-    fn range(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        direction: converge_ledger_client::worldline::Direction,
-        limit: usize,
-    ) -> Result<
-        Vec<converge_ledger_client::worldline::KvPair>,
-        converge_ledger_client::worldline::WorldlineError,
-    > {
-        self.0
-            .range(
-                start,
-                end,
-                direction == converge_ledger_client::worldline::Direction::Backward,
-                limit,
-            )
-            .map_err(
-                |e| converge_ledger_client::worldline::WorldlineError::Unavailable {
-                    message: e.to_string(),
-                },
-            )
-    }
 }
 
 /// Appends pairs at `rate` receipts/s to a fresh worldline for `seconds`;
