@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::LedgerCodec")
+        // Entry records reach the client as a slice of the received
+        // message, not a copy of it.
+        .bytes(".converge.ledger.v1.ReadResponse.records")
         .compile_fds(fds)?;
 
     if std::env::var_os("CARGO_FEATURE_CONTRACT").is_some() {

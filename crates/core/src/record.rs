@@ -51,9 +51,24 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Decodes a record, checking its CRC first. Does not check the hash chain;
-/// that is the caller's job where it matters (verification, Load).
-pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+/// Checks a record's CRC and version without decoding it, and returns the
+/// sequence it holds: for handing stored records on as they are, with the
+/// same corruption check [`decode`] makes.
+pub fn check(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let body = checked_body(bytes)?;
+    match body {
+        [RECORD_VERSION, seq @ ..] if seq.len() >= 8 => Ok(u64::from_be_bytes(
+            seq[..8].try_into().expect("eight bytes"),
+        )),
+        [v, ..] if *v != RECORD_VERSION => Err(DecodeError(format!(
+            "entry record has version {v}; this build reads version {RECORD_VERSION}"
+        ))),
+        _ => Err(DecodeError("entry record ends before its sequence".into())),
+    }
+}
+
+/// The record without its CRC, once the CRC matches.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if bytes.len() < 4 {
         return Err(DecodeError(
             "entry record is shorter than its checksum".into(),
@@ -67,6 +82,13 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
             "entry record checksum mismatch (stored {stored:08x}, computed {actual:08x}): the bytes were corrupted"
         )));
     }
+    Ok(body)
+}
+
+/// Decodes a record, checking its CRC first. Does not check the hash chain;
+/// that is the caller's job where it matters (verification, Load).
+pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    let body = checked_body(bytes)?;
     let mut r = Reader::new(body, "entry record");
     let v = r.u8()?;
     if v != RECORD_VERSION {
@@ -127,6 +149,26 @@ mod tests {
     fn round_trip() {
         let e = sample();
         assert_eq!(decode(&encode(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn check_returns_the_sequence_and_refuses_what_decode_refuses_for_its_crc_or_version() {
+        let e = sample();
+        let bytes = encode(&e);
+        assert_eq!(check(&bytes).unwrap(), e.sequence);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(check(&b).is_err(), "a flip at {i} went unnoticed");
+        }
+        for n in 0..bytes.len() {
+            assert!(check(&bytes[..n]).is_err(), "a cut at {n} went unnoticed");
+        }
+        let mut other = bytes[..bytes.len() - 4].to_vec();
+        other[0] = 2;
+        let crc = crc32fast::hash(&other);
+        other.extend_from_slice(&crc.to_be_bytes());
+        assert!(check(&other).unwrap_err().0.contains("version 2"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use hub::{Hub, HubLimits, Live, Subscription};
 pub use keys::{KeyError, load_or_create_key, random_seed};
 pub use ledger::{
     Appended, AppendedBatch, ConsistencyProof, InclusionProof, Ledger, Loaded, PendingAppend,
-    Snapshot, SnapshotInfo, WatchStream,
+    RecordsChunk, Snapshot, SnapshotInfo, WatchStream,
 };
 pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};

@@ -51,6 +51,8 @@ struct Reading {
     /// Entries the caller still wants.
     remaining: u64,
     chunk_bytes: usize,
+    /// Send entry records (`READ_ENCODING_RECORDS`) instead of messages.
+    records: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -61,6 +63,29 @@ impl Reading {
             return Ok(None);
         }
         let want = self.remaining.min(READ_CHUNK_ENTRIES as u64) as usize;
+        if self.records {
+            let chunk = self
+                .ledger
+                .read_records_chunk(
+                    &self.context,
+                    self.after,
+                    self.latest,
+                    self.key.as_deref(),
+                    want,
+                    self.chunk_bytes,
+                )
+                .await?;
+            if chunk.count == 0 {
+                return Ok(None);
+            }
+            self.after = chunk.last;
+            self.remaining -= chunk.count;
+            return Ok(Some(pb::ReadResponse {
+                entries: Vec::new(),
+                latest_sequence: self.latest,
+                records: chunk.framed.into(),
+            }));
+        }
         let (entries, _) = self
             .ledger
             .read_chunk(
@@ -80,6 +105,7 @@ impl Reading {
         Ok(Some(pb::ReadResponse {
             entries: entries.into_iter().map(entry_into_proto).collect(),
             latest_sequence: self.latest,
+            records: Default::default(),
         }))
     }
 }
@@ -164,6 +190,17 @@ impl LedgerService for LedgerApi {
         let caller = self.auth.authenticate(&request)?;
         let r = request.into_inner();
         caller.require(Right::Read, &r.context_id)?;
+        let records = match pb::ReadEncoding::try_from(r.encoding) {
+            Ok(pb::ReadEncoding::Entries) => false,
+            Ok(pb::ReadEncoding::Records) => true,
+            Err(_) => {
+                return Err(LedgerError::InvalidArgument(format!(
+                    "encoding {} is not a ReadEncoding: READ_ENCODING_ENTRIES (0) or READ_ENCODING_RECORDS (1)",
+                    r.encoding
+                ))
+                .into());
+            }
+        };
         let latest = self.ledger.read_head(&r.context_id, &r.key).await?;
         let permit = self.ledger.open_stream()?;
         // Never above the response limit (one entry always fits in it).
@@ -176,6 +213,7 @@ impl LedgerService for LedgerApi {
             latest,
             remaining: if r.limit == 0 { u64::MAX } else { r.limit },
             chunk_bytes,
+            records,
             _permit: permit,
         };
         // A pull stream: each message is read from storage when the

@@ -715,3 +715,182 @@ async fn a_streamed_snapshot_cuts_pieces_before_a_large_entry() {
     assert!(a == b && a.len() == 1102);
     s.stop().await;
 }
+
+/// The entry records of a `READ_ENCODING_RECORDS` message, split at their
+/// length prefixes.
+fn split_records(mut bytes: &[u8]) -> Vec<converge_ledger_client::Entry> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>().expect("a length");
+        let (record, rest) = rest.split_at(u32::from_be_bytes(*len) as usize);
+        out.push(converge_ledger_core::record::decode(record).expect("a record"));
+        bytes = rest;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_read_in_entry_records_carries_exactly_the_entries_get_returns_and_an_unknown_encoding_is_refused()
+ {
+    use converge_ledger_proto::ledger::v1 as ext;
+    use ext::ledger_service_client::LedgerServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(
+        Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap()),
+        LedgerConfig {
+            limits: Limits {
+                payload_bytes_max: 1024,
+                key_bytes_max: 64,
+                metadata_bytes_max: 256,
+                ..Limits::default()
+            },
+            response_bytes_max: 16 * 1024,
+            ..LedgerConfig::default()
+        },
+    )
+    .await;
+    let c = client(&s).await;
+    for i in 0..300u32 {
+        let mut o = opts();
+        if i % 3 == 0 {
+            o.metadata = Metadata::from([("n".to_owned(), i.to_string())]);
+        }
+        let key = if i % 2 == 0 { "even" } else { "odd" };
+        c.append("ctx", key, vec![i as u8; 100 + i as usize], o)
+            .await
+            .unwrap();
+    }
+    let mut raw = LedgerServiceClient::connect(s.url()).await.unwrap();
+    let cases = [
+        GetOptions::default(),
+        GetOptions {
+            key: Some("odd".into()),
+            after: 10,
+            limit: 50,
+        },
+        GetOptions {
+            after: 200,
+            ..Default::default()
+        },
+    ];
+    for options in cases {
+        // Get, in pages that fit its message limit.
+        let mut expected: Vec<converge_ledger_client::Entry> = Vec::new();
+        loop {
+            let want = match options.limit {
+                0 => 20,
+                n => (n - expected.len() as u32).min(20),
+            };
+            if want == 0 {
+                break;
+            }
+            let page = GetOptions {
+                key: options.key.clone(),
+                after: expected.last().map_or(options.after, |e| e.sequence),
+                limit: want,
+            };
+            let entries = c.get("ctx", page).await.unwrap().entries;
+            if entries.is_empty() {
+                break;
+            }
+            expected.extend(entries);
+        }
+        let mut stream = raw
+            .read(ext::ReadRequest {
+                context_id: "ctx".into(),
+                key: options.key.clone().unwrap_or_default(),
+                after_sequence: options.after,
+                limit: options.limit as u64,
+                encoding: ext::ReadEncoding::Records as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut got, mut messages) = (Vec::new(), 0);
+        while let Some(msg) = stream.message().await.unwrap() {
+            assert!(msg.entries.is_empty(), "records only");
+            assert_eq!(msg.latest_sequence, 300);
+            assert!(msg.records.len() <= 16 * 1024, "{}", msg.records.len());
+            got.extend(split_records(&msg.records));
+            messages += 1;
+        }
+        assert_eq!(got, expected, "{options:?}");
+        assert!(!expected.is_empty());
+        if options.limit == 0 && options.key.is_none() && options.after == 0 {
+            assert!(messages > 1, "the response limit splits the stream");
+        }
+        // The SDK reads in records and checks every one.
+        let mut sdk = Vec::new();
+        c.read_all("ctx", options.clone(), |e| sdk.push(e))
+            .await
+            .unwrap();
+        assert_eq!(sdk, expected, "{options:?}");
+    }
+    let err = raw
+        .read(ext::ReadRequest {
+            context_id: "ctx".into(),
+            encoding: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("encoding 7") && err.message().contains("READ_ENCODING_RECORDS"),
+        "{}",
+        err.message()
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_in_entry_records_refuses_a_damaged_or_misplaced_stored_record_with_data_loss() {
+    use converge_ledger_proto::ledger::v1 as ext;
+    use ext::ledger_service_client::LedgerServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(EmbeddedOptions::new(dir.path())).unwrap());
+    let s = TestServer::start(store.clone(), LedgerConfig::default()).await;
+    let c = client(&s).await;
+    for i in 0..5u8 {
+        c.append("ctx", "k", vec![i; 10], opts()).await.unwrap();
+    }
+    let read = |after: u64| ext::ReadRequest {
+        context_id: "ctx".into(),
+        after_sequence: after,
+        encoding: ext::ReadEncoding::Records as i32,
+        ..Default::default()
+    };
+    let mut raw = LedgerServiceClient::connect(s.url()).await.unwrap();
+    let read_all = async |raw: &mut LedgerServiceClient<_>, after| {
+        let mut stream = raw.read(read(after)).await?.into_inner();
+        let mut n = 0;
+        while let Some(msg) = stream.message().await? {
+            n += split_records(&msg.records).len();
+        }
+        Ok::<usize, tonic::Status>(n)
+    };
+    assert_eq!(read_all(&mut raw, 0).await.unwrap(), 5);
+
+    let mut damaged = store.raw_entry("ctx", 3).unwrap();
+    let intact = damaged.clone();
+    damaged[20] ^= 0x01;
+    store.raw_put_entry("ctx", 3, &damaged);
+    let err = read_all(&mut raw, 0).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{}", err.message());
+    assert!(err.message().contains("checksum"), "{}", err.message());
+    // What lies after the damage still reads.
+    assert_eq!(read_all(&mut raw, 3).await.unwrap(), 2);
+
+    store.raw_put_entry("ctx", 3, &intact);
+    store.raw_put_entry("ctx", 4, &intact);
+    let err = read_all(&mut raw, 0).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{}", err.message());
+    assert!(
+        err.message().contains("stored under sequence 4 says 3"),
+        "{}",
+        err.message()
+    );
+    s.stop().await;
+}

@@ -309,6 +309,59 @@ impl EmbeddedStore {
         self.read().contexts.get(context).map(|c| c.id)
     }
 
+    /// The stored records `scan` selects, in sequence order, until `visit`
+    /// returns `false` (or an error).
+    fn scan_stored(
+        &self,
+        context: &str,
+        scan: Scan<'_>,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(id) = self.id_of(context) else {
+            return Ok(());
+        };
+        if scan.after >= scan.until {
+            return Ok(());
+        }
+        match scan.key {
+            None => {
+                let range = entry_key(id, scan.after + 1)..=entry_key(id, scan.until);
+                for item in self.entries.range(range) {
+                    let (k, v) = item.into_inner().map_err(io)?;
+                    let seq = be_u64(&k[4..]).ok_or_else(|| io("malformed entry key"))?;
+                    if !visit(seq, &v)? {
+                        break;
+                    }
+                }
+            }
+            Some(key) => {
+                let prefix = by_key_prefix(id, key);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&(scan.after + 1).to_be_bytes());
+                let mut to = prefix.clone();
+                to.extend_from_slice(&scan.until.to_be_bytes());
+                for item in self.by_key.range(from..=to) {
+                    let k = item.key().map_err(io)?;
+                    let seq =
+                        be_u64(&k[prefix.len()..]).ok_or_else(|| io("malformed index key"))?;
+                    let v = self
+                        .entries
+                        .get(entry_key(id, seq))
+                        .map_err(io)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            context: context.to_owned(),
+                            sequence: seq,
+                            reason: "the key index names an entry that is missing".into(),
+                        })?;
+                    if !visit(seq, &v)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn decode_entry(
         &self,
         context: &str,
@@ -542,49 +595,31 @@ impl Store for EmbeddedStore {
         scan: Scan<'_>,
         visit: &mut dyn FnMut(Entry) -> bool,
     ) -> Result<(), StoreError> {
-        let Some(id) = self.id_of(context) else {
-            return Ok(());
-        };
-        if scan.after >= scan.until {
-            return Ok(());
-        }
-        match scan.key {
-            None => {
-                let range = entry_key(id, scan.after + 1)..=entry_key(id, scan.until);
-                for item in self.entries.range(range) {
-                    let (k, v) = item.into_inner().map_err(io)?;
-                    let seq = be_u64(&k[4..]).ok_or_else(|| io("malformed entry key"))?;
-                    if !visit(self.decode_entry(context, seq, &v)?) {
-                        break;
-                    }
-                }
+        self.scan_stored(context, scan, |seq, bytes| {
+            Ok(visit(self.decode_entry(context, seq, bytes)?))
+        })
+    }
+
+    fn scan_records(
+        &self,
+        context: &str,
+        scan: Scan<'_>,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scan_stored(context, scan, |seq, bytes| {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                context: context.to_owned(),
+                sequence: seq,
+                reason,
+            };
+            let stored = record::check(bytes).map_err(|e| corrupt(e.0))?;
+            if stored != seq {
+                return Err(corrupt(format!(
+                    "record stored under sequence {seq} says {stored}"
+                )));
             }
-            Some(key) => {
-                let prefix = by_key_prefix(id, key);
-                let mut from = prefix.clone();
-                from.extend_from_slice(&(scan.after + 1).to_be_bytes());
-                let mut to = prefix.clone();
-                to.extend_from_slice(&scan.until.to_be_bytes());
-                for item in self.by_key.range(from..=to) {
-                    let k = item.key().map_err(io)?;
-                    let seq =
-                        be_u64(&k[prefix.len()..]).ok_or_else(|| io("malformed index key"))?;
-                    let v = self
-                        .entries
-                        .get(entry_key(id, seq))
-                        .map_err(io)?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            context: context.to_owned(),
-                            sequence: seq,
-                            reason: "the key index names an entry that is missing".into(),
-                        })?;
-                    if !visit(self.decode_entry(context, seq, &v)?) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+            Ok(visit(seq, bytes))
+        })
     }
 
     fn entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError> {

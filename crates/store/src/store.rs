@@ -59,6 +59,24 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(Entry) -> bool,
     ) -> Result<(), StoreError>;
 
+    /// [`Store::scan`], visiting each entry as its record
+    /// (`converge_ledger_core::record`) with its sequence. Backends that store
+    /// records hand them on as stored, with their CRC checked; the default
+    /// encodes each entry `scan` visits.
+    fn scan_records(
+        &self,
+        context: &str,
+        scan: Scan<'_>,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        self.scan(context, scan, &mut |e| {
+            buf.clear();
+            converge_ledger_core::record::encode_into(&e, &mut buf);
+            visit(e.sequence, &buf)
+        })
+    }
+
     /// One entry by sequence.
     fn entry(&self, context: &str, sequence: u64) -> Result<Option<Entry>, StoreError>;
 

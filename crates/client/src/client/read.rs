@@ -1,6 +1,6 @@
 //! Reads, and the checks every received entry passes.
 
-use converge_ledger_core::{Digest, Entry};
+use converge_ledger_core::{Digest, Entry, record};
 use converge_ledger_proto::context::v1 as pb;
 use converge_ledger_proto::ledger::v1 as ext;
 
@@ -65,6 +65,7 @@ impl Client {
             key: options.key.unwrap_or_default(),
             after_sequence: options.after,
             limit: options.limit as u64,
+            encoding: ext::ReadEncoding::Records as i32,
         };
         let (key_filtered, after, limited) = (
             !request.key.is_empty(),
@@ -84,8 +85,18 @@ impl Client {
         };
         while let Some(msg) = stream.message().await? {
             latest = msg.latest_sequence;
+            if !msg.records.is_empty() && !msg.entries.is_empty() {
+                return Err(ClientError::Protocol(
+                    "a Read message carried both entry messages and entry records".into(),
+                ));
+            }
             for e in msg.entries {
                 let e = entry_from_proto(e)?;
+                check.check(&e)?;
+                visit(e);
+            }
+            for e in Records(&msg.records) {
+                let e = e?;
                 check.check(&e)?;
                 visit(e);
             }
@@ -118,6 +129,43 @@ impl Client {
             )));
         }
         Ok((r.context_id, entry))
+    }
+}
+
+/// The entries of a `READ_ENCODING_RECORDS` message: u32 big-endian length
+/// ‖ entry record, one after the other. Each record's CRC is checked as it
+/// decodes; hashes and links are the caller's [`EntryCheck`].
+pub(crate) struct Records<'a>(pub(crate) &'a [u8]);
+
+impl Iterator for Records<'_> {
+    type Item = Result<Entry, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = self.0.split_first_chunk::<4>() else {
+            self.0 = &[];
+            return Some(Err(ClientError::Protocol(
+                "a Read message's records end inside a length".into(),
+            )));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > rest.len() {
+            self.0 = &[];
+            return Some(Err(ClientError::Protocol(format!(
+                "a Read message's record claims {len} bytes; {} remain",
+                rest.len()
+            ))));
+        }
+        let (bytes, rest) = rest.split_at(len);
+        self.0 = rest;
+        // A record that does not decode (its CRC first) was damaged on the
+        // way or by the server: the same class as an entry whose hash does
+        // not recompute.
+        Some(record::decode(bytes).map_err(|e| {
+            ClientError::Verification(format!("a Read message's entry record: {}", e.0))
+        }))
     }
 }
 
@@ -234,4 +282,77 @@ pub(crate) fn entry_from_proto(e: pb::Entry) -> Result<Entry, ClientError> {
         prev_hash,
         hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use converge_ledger_core::{Head, NewEntry};
+
+    use super::*;
+
+    fn framed(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            let r = record::encode(e);
+            out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+            out.extend_from_slice(&r);
+        }
+        out
+    }
+
+    fn chain(n: u8) -> Vec<Entry> {
+        let mut head = Head::empty("c");
+        (0..n)
+            .map(|i| {
+                let e = head.next_entry(
+                    "c",
+                    NewEntry {
+                        key: "k".into(),
+                        payload: vec![i; 3],
+                        ..NewEntry::default()
+                    },
+                    i as u64,
+                );
+                head.advance(&e);
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_decode_in_order_and_every_cut_or_flipped_byte_is_an_error_never_an_entry_too_many() {
+        let entries = chain(3);
+        let bytes = framed(&entries);
+        let got: Vec<Entry> = Records(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(got, entries);
+        assert_eq!(Records(&[]).count(), 0);
+        let frame = bytes.len() / 3;
+        for cut in 1..bytes.len() {
+            let r: Vec<_> = Records(&bytes[..cut]).collect();
+            let whole = cut / frame;
+            assert_eq!(
+                r.iter().filter(|x| x.is_ok()).count(),
+                whole,
+                "cut at {cut}"
+            );
+            if cut % frame == 0 {
+                assert_eq!(r.len(), whole, "cut at {cut}");
+            } else {
+                assert!(r.last().is_some_and(|l| l.is_err()), "cut at {cut}");
+                assert_eq!(r.len(), whole + 1, "one error, then nothing: cut at {cut}");
+            }
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            let r: Result<Vec<Entry>, _> = Records(&b).collect();
+            assert!(r.is_err(), "a flip at {i} went unnoticed");
+        }
+        let mut b = bytes.clone();
+        b[4 + 9] ^= 0x01;
+        assert!(matches!(
+            Records(&b).next(),
+            Some(Err(ClientError::Verification(m))) if m.contains("checksum")
+        ));
+    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Hub, LedgerConfig, LedgerError};
 
-pub use read::{ConsistencyProof, InclusionProof};
+pub use read::{ConsistencyProof, InclusionProof, RecordsChunk};
 pub use snapshot::{Loaded, Snapshot, SnapshotInfo};
 pub use watch::WatchStream;
 pub use write::{Appended, AppendedBatch, PendingAppend};

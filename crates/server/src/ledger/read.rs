@@ -77,6 +77,25 @@ impl Ledger {
         .await
     }
 
+    /// [`Ledger::read_chunk`] with the entries as the extension `Read`'s
+    /// `READ_ENCODING_RECORDS` carries them: each entry record preceded by
+    /// its u32 big-endian length, as the store holds it where it can. Also
+    /// returns the number of entries and the last one's sequence (0: none).
+    pub async fn read_records_chunk(
+        &self,
+        context: &str,
+        after: u64,
+        until: u64,
+        key: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<RecordsChunk, LedgerError> {
+        let page = Page::new(context, after, Some(until), key, max_entries, max_bytes);
+        let store = self.store.clone();
+        self.read_call(key, move || page.read_records(store.as_ref(), until))
+            .await
+    }
+
     /// One page of a read: the head sequence of `context` (0: no entries)
     /// and, up to it, what [`Ledger::read_chunk`] returns after `after`,
     /// in one call to the store (one hand-off to the blocking pool).
@@ -226,6 +245,17 @@ impl Ledger {
     }
 }
 
+/// Framed entry records (see [`Ledger::read_records_chunk`]).
+#[derive(Debug, Default)]
+pub struct RecordsChunk {
+    /// u32 big-endian length ‖ record, per entry.
+    pub framed: Vec<u8>,
+    /// Entries in `framed`.
+    pub count: u64,
+    /// Sequence of the last of them (0: none).
+    pub last: u64,
+}
+
 /// What [`Ledger::read_chunk`] and [`Ledger::read_page`] read, owned so
 /// it can move to the blocking pool.
 struct Page {
@@ -286,5 +316,40 @@ impl Page {
             true
         })?;
         Ok((until, out, truncated))
+    }
+
+    /// [`Page::read`] up to `until`, as framed records. A frame counts
+    /// towards `max_bytes` with its length prefix; it is never larger than
+    /// the entry's `approximate_size`, which bounds the same read in entry
+    /// messages.
+    fn read_records(
+        &self,
+        store: &dyn converge_ledger_store::Store,
+        until: u64,
+    ) -> Result<RecordsChunk, LedgerError> {
+        let mut out = RecordsChunk::default();
+        let scan = Scan {
+            after: self.after,
+            until,
+            key: self.key.as_deref(),
+        };
+        store.scan_records(&self.context, scan, &mut |seq, record| {
+            let size = record.len() + 4;
+            if out.count as usize >= self.max_entries
+                || (out.count > 0 && out.framed.len() + size > self.max_bytes)
+            {
+                return false;
+            }
+            if out.framed.capacity() == 0 {
+                out.framed.reserve(self.max_bytes.min(1024 * 1024));
+            }
+            out.framed
+                .extend_from_slice(&(record.len() as u32).to_be_bytes());
+            out.framed.extend_from_slice(record);
+            out.count += 1;
+            out.last = seq;
+            true
+        })?;
+        Ok(out)
     }
 }
