@@ -104,8 +104,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn string32(&mut self, max: usize, field: &str) -> Result<String, DecodeError> {
+        self.str32(max, field).map(str::to_owned)
+    }
+
+    /// [`Reader::string32`] without the copy.
+    pub(crate) fn str32(&mut self, max: usize, field: &str) -> Result<&'a str, DecodeError> {
         let b = self.bytes32(max, field)?;
-        String::from_utf8(b.to_vec())
+        std::str::from_utf8(b)
             .map_err(|_| DecodeError(format!("{} has a {field} that is not UTF-8", self.what)))
     }
 }

@@ -51,20 +51,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Checks a record's CRC and version without decoding it, and returns the
-/// sequence it holds: for handing stored records on as they are, with the
-/// same corruption check [`decode`] makes.
+/// Checks a record as [`decode`] does (CRC, version, every length, UTF-8,
+/// nothing left over) without copying any field out of it, and returns the
+/// sequence it holds: for handing stored records on as they are.
 pub fn check(bytes: &[u8]) -> Result<u64, DecodeError> {
-    let body = checked_body(bytes)?;
-    match body {
-        [RECORD_VERSION, seq @ ..] if seq.len() >= 8 => Ok(u64::from_be_bytes(
-            seq[..8].try_into().expect("eight bytes"),
-        )),
-        [v, ..] if *v != RECORD_VERSION => Err(DecodeError(format!(
-            "entry record has version {v}; this build reads version {RECORD_VERSION}"
-        ))),
-        _ => Err(DecodeError("entry record ends before its sequence".into())),
-    }
+    parse(checked_body(bytes)?, |_, _| {}).map(|f| f.sequence)
 }
 
 /// The record without its CRC, once the CRC matches.
@@ -85,10 +76,23 @@ fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     Ok(body)
 }
 
-/// Decodes a record, checking its CRC first. Does not check the hash chain;
-/// that is the caller's job where it matters (verification, Load).
-pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
-    let body = checked_body(bytes)?;
+/// A record's fields, borrowed from its bytes.
+struct Fields<'a> {
+    sequence: u64,
+    appended_at_ns: u64,
+    lamport: u64,
+    prev_hash: crate::Digest,
+    hash: crate::Digest,
+    key: &'a str,
+    payload: &'a [u8],
+}
+
+/// Reads a record body (CRC already checked), handing each metadata pair to
+/// `pair` in stored order.
+fn parse<'a>(
+    body: &'a [u8],
+    mut pair: impl FnMut(&'a str, &'a str),
+) -> Result<Fields<'a>, DecodeError> {
     let mut r = Reader::new(body, "entry record");
     let v = r.u8()?;
     if v != RECORD_VERSION {
@@ -101,27 +105,44 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
     let lamport = r.u64()?;
     let prev_hash = r.digest()?;
     let hash = r.digest()?;
-    let key = r.string32(FIELD_BYTES_MAX, "key")?;
+    let key = r.str32(FIELD_BYTES_MAX, "key")?;
     let count = r.u32()? as usize;
-    let mut metadata = Metadata::new();
     for _ in 0..count {
-        let k = r.string32(FIELD_BYTES_MAX, "metadata key")?;
-        let v = r.string32(FIELD_BYTES_MAX, "metadata value")?;
-        metadata.insert(k, v);
+        let k = r.str32(FIELD_BYTES_MAX, "metadata key")?;
+        let v = r.str32(FIELD_BYTES_MAX, "metadata value")?;
+        pair(k, v);
     }
-    let payload = r.bytes32(FIELD_BYTES_MAX, "payload")?.to_vec();
+    let payload = r.bytes32(FIELD_BYTES_MAX, "payload")?;
     if r.remaining() != 0 {
         return Err(DecodeError("entry record has trailing bytes".into()));
     }
-    Ok(Entry {
+    Ok(Fields {
         sequence,
-        key,
-        payload,
-        metadata,
         appended_at_ns,
         lamport,
         prev_hash,
         hash,
+        key,
+        payload,
+    })
+}
+
+/// Decodes a record, checking its CRC first. Does not check the hash chain;
+/// that is the caller's job where it matters (verification, Load).
+pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    let mut metadata = Metadata::new();
+    let f = parse(checked_body(bytes)?, |k, v| {
+        metadata.insert(k.to_owned(), v.to_owned());
+    })?;
+    Ok(Entry {
+        sequence: f.sequence,
+        key: f.key.to_owned(),
+        payload: f.payload.to_vec(),
+        metadata,
+        appended_at_ns: f.appended_at_ns,
+        lamport: f.lamport,
+        prev_hash: f.prev_hash,
+        hash: f.hash,
     })
 }
 
@@ -152,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn check_returns_the_sequence_and_refuses_what_decode_refuses_for_its_crc_or_version() {
+    fn check_returns_the_sequence_and_refuses_what_decode_refuses_without_copying_fields() {
         let e = sample();
         let bytes = encode(&e);
         assert_eq!(check(&bytes).unwrap(), e.sequence);
@@ -169,6 +190,23 @@ mod tests {
         let crc = crc32fast::hash(&other);
         other.extend_from_slice(&crc.to_be_bytes());
         assert!(check(&other).unwrap_err().0.contains("version 2"));
+        // Well-formed CRC, malformed inside: refused like decode refuses it.
+        let recrc = |mut body: Vec<u8>| {
+            let crc = crc32fast::hash(&body);
+            body.extend_from_slice(&crc.to_be_bytes());
+            body
+        };
+        let body = &bytes[..bytes.len() - 4];
+        let trailing = recrc([body, &[0]].concat());
+        assert!(check(&trailing).unwrap_err().0.contains("trailing"));
+        assert!(decode(&trailing).is_err());
+        // The key's first byte (after version, three u64, two digests and
+        // the key's length) made invalid UTF-8.
+        let mut not_utf8 = body.to_vec();
+        not_utf8[1 + 24 + 64 + 4] = 0xff;
+        let not_utf8 = recrc(not_utf8);
+        assert!(check(&not_utf8).unwrap_err().0.contains("UTF-8"));
+        assert!(decode(&not_utf8).is_err());
     }
 
     #[test]

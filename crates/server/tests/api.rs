@@ -716,6 +716,24 @@ async fn a_streamed_snapshot_cuts_pieces_before_a_large_entry() {
     s.stop().await;
 }
 
+/// An entry as a `READ_ENCODING_ENTRIES` message carries it, with its id
+/// checked against its hash.
+fn from_message(e: converge_ledger_proto::context::v1::Entry) -> converge_ledger_client::Entry {
+    let digest = |b: Vec<u8>| converge_ledger_client::Digest(b.try_into().expect("32 bytes"));
+    let entry = converge_ledger_client::Entry {
+        sequence: e.sequence,
+        key: e.key,
+        payload: e.payload,
+        metadata: e.metadata.into_iter().collect(),
+        appended_at_ns: e.appended_at_ns,
+        lamport: e.lamport,
+        prev_hash: digest(e.prev_hash),
+        hash: digest(e.hash),
+    };
+    assert_eq!(e.id, entry.hash.to_hex());
+    entry
+}
+
 /// The entry records of a `READ_ENCODING_RECORDS` message, split at their
 /// length prefixes.
 fn split_records(mut bytes: &[u8]) -> Vec<converge_ledger_client::Entry> {
@@ -730,7 +748,7 @@ fn split_records(mut bytes: &[u8]) -> Vec<converge_ledger_client::Entry> {
 }
 
 #[tokio::test]
-async fn a_read_in_entry_records_carries_exactly_the_entries_get_returns_and_an_unknown_encoding_is_refused()
+async fn a_read_carries_exactly_what_get_returns_in_records_and_in_messages_within_the_response_limit_and_refuses_an_unknown_encoding()
  {
     use converge_ledger_proto::ledger::v1 as ext;
     use ext::ledger_service_client::LedgerServiceClient;
@@ -796,29 +814,42 @@ async fn a_read_in_entry_records_carries_exactly_the_entries_get_returns_and_an_
             }
             expected.extend(entries);
         }
-        let mut stream = raw
-            .read(ext::ReadRequest {
-                context_id: "ctx".into(),
-                key: options.key.clone().unwrap_or_default(),
-                after_sequence: options.after,
-                limit: options.limit as u64,
-                encoding: ext::ReadEncoding::Records as i32,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let (mut got, mut messages) = (Vec::new(), 0);
-        while let Some(msg) = stream.message().await.unwrap() {
-            assert!(msg.entries.is_empty(), "records only");
-            assert_eq!(msg.latest_sequence, 300);
-            assert!(msg.records.len() <= 16 * 1024, "{}", msg.records.len());
-            got.extend(split_records(&msg.records));
-            messages += 1;
-        }
-        assert_eq!(got, expected, "{options:?}");
         assert!(!expected.is_empty());
-        if options.limit == 0 && options.key.is_none() && options.after == 0 {
-            assert!(messages > 1, "the response limit splits the stream");
+        for encoding in [ext::ReadEncoding::Records, ext::ReadEncoding::Entries] {
+            let mut stream = raw
+                .read(ext::ReadRequest {
+                    context_id: "ctx".into(),
+                    key: options.key.clone().unwrap_or_default(),
+                    after_sequence: options.after,
+                    limit: options.limit as u64,
+                    encoding: encoding as i32,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let (mut got, mut messages) = (Vec::new(), 0);
+            while let Some(msg) = stream.message().await.unwrap() {
+                assert_eq!(msg.latest_sequence, 300);
+                // Both encodings keep a message within the response limit
+                // (and its small framing).
+                let size = prost::Message::encoded_len(&msg);
+                assert!(size <= 16 * 1024 + 64, "{encoding:?}: {size} bytes");
+                match encoding {
+                    ext::ReadEncoding::Records => {
+                        assert!(msg.entries.is_empty(), "records only");
+                        got.extend(split_records(&msg.records));
+                    }
+                    ext::ReadEncoding::Entries => {
+                        assert!(msg.records.is_empty(), "entry messages only");
+                        got.extend(msg.entries.into_iter().map(from_message));
+                    }
+                }
+                messages += 1;
+            }
+            assert_eq!(got, expected, "{encoding:?} {options:?}");
+            if options.limit == 0 && options.key.is_none() && options.after == 0 {
+                assert!(messages > 1, "the response limit splits the stream");
+            }
         }
         // The SDK reads in records and checks every one.
         let mut sdk = Vec::new();

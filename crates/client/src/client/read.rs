@@ -17,10 +17,10 @@ impl Client {
             after_sequence: options.after,
             limit: options.limit,
         };
-        let (filtered, after, unlimited) = (
-            !request.key.is_empty(),
+        let (key, after, limit) = (
+            (!request.key.is_empty()).then_some(request.key.as_str()),
             request.after_sequence,
-            request.limit == 0,
+            request.limit,
         );
         self.retry(|| {
             let mut c = self.context.clone();
@@ -32,14 +32,15 @@ impl Client {
                     .into_iter()
                     .map(entry_from_proto)
                     .collect::<Result<_, _>>()?;
-                let mut check = match filtered {
-                    false => EntryCheck::contiguous(context, after),
-                    true => EntryCheck::new(context),
-                };
+                let mut check = match &key {
+                    None => EntryCheck::contiguous(context, after),
+                    Some(k) => EntryCheck::only_key(context, k, after),
+                }
+                .at_most(limit as u64);
                 for e in &entries {
                     check.check(e)?;
                 }
-                if unlimited {
+                if limit == 0 {
                     check.finish(resp.latest_sequence)?;
                 }
                 Ok(GetResult {
@@ -67,10 +68,10 @@ impl Client {
             limit: options.limit as u64,
             encoding: ext::ReadEncoding::Records as i32,
         };
-        let (key_filtered, after, limited) = (
-            !request.key.is_empty(),
+        let (key, after, limit) = (
+            (!request.key.is_empty()).then(|| request.key.clone()),
             request.after_sequence,
-            request.limit != 0,
+            request.limit,
         );
         let mut stream = self
             .ledger
@@ -79,29 +80,16 @@ impl Client {
             .await?
             .into_inner();
         let mut latest = 0;
-        let mut check = match key_filtered {
-            false => EntryCheck::contiguous(context, after),
-            true => EntryCheck::new(context),
-        };
+        let mut check = match &key {
+            None => EntryCheck::contiguous(context, after),
+            Some(k) => EntryCheck::only_key(context, k, after),
+        }
+        .at_most(limit);
         while let Some(msg) = stream.message().await? {
             latest = msg.latest_sequence;
-            if !msg.records.is_empty() && !msg.entries.is_empty() {
-                return Err(ClientError::Protocol(
-                    "a Read message carried both entry messages and entry records".into(),
-                ));
-            }
-            for e in msg.entries {
-                let e = entry_from_proto(e)?;
-                check.check(&e)?;
-                visit(e);
-            }
-            for e in Records(&msg.records) {
-                let e = e?;
-                check.check(&e)?;
-                visit(e);
-            }
+            accept(msg, &mut check, &mut visit)?;
         }
-        if !limited {
+        if limit == 0 {
             check.finish(latest)?;
         }
         Ok(latest)
@@ -130,6 +118,32 @@ impl Client {
         }
         Ok((r.context_id, entry))
     }
+}
+
+/// Checks the entries of one Read message, in either encoding (a server
+/// that predates `ReadRequest.encoding` sends Entry messages), and hands
+/// each to `visit` once it passed.
+fn accept(
+    msg: ext::ReadResponse,
+    check: &mut EntryCheck<'_>,
+    visit: &mut impl FnMut(Entry),
+) -> Result<(), ClientError> {
+    if !msg.records.is_empty() && !msg.entries.is_empty() {
+        return Err(ClientError::Protocol(
+            "a Read message carried both entry messages and entry records".into(),
+        ));
+    }
+    for e in msg.entries {
+        let e = entry_from_proto(e)?;
+        check.check(&e)?;
+        visit(e);
+    }
+    for e in Records(&msg.records) {
+        let e = e?;
+        check.check(&e)?;
+        visit(e);
+    }
+    Ok(())
 }
 
 /// The entries of a `READ_ENCODING_RECORDS` message: u32 big-endian length
@@ -177,6 +191,12 @@ pub(crate) struct EntryCheck<'a> {
     /// For unfiltered reads: the sequence the next entry must have (a
     /// server that skips entries is caught).
     next: Option<u64>,
+    /// For key-filtered reads: the key every entry must have, and the
+    /// sequence every entry must be above.
+    key: Option<(&'a str, u64)>,
+    /// At most this many entries (0: no limit), and how many came.
+    limit: u64,
+    seen: u64,
 }
 
 impl<'a> EntryCheck<'a> {
@@ -187,6 +207,9 @@ impl<'a> EntryCheck<'a> {
             context,
             last: None,
             next: None,
+            key: None,
+            limit: 0,
+            seen: 0,
         }
     }
 
@@ -196,15 +219,32 @@ impl<'a> EntryCheck<'a> {
             context,
             last: None,
             next: Some(after + 1),
+            key: None,
+            limit: 0,
+            seen: 0,
         }
+    }
+
+    /// For a read filtered by `key`: every entry must have that key and a
+    /// sequence above `after` (gaps are expected).
+    pub(crate) fn only_key(context: &'a str, key: &'a str, after: u64) -> Self {
+        Self {
+            key: Some((key, after)),
+            ..Self::new(context)
+        }
+    }
+
+    /// Also refuses more than `limit` entries (0: no limit).
+    pub(crate) fn at_most(self, limit: u64) -> Self {
+        Self { limit, ..self }
     }
 
     /// Continues a check after `last` (a resumed watch).
     pub(crate) fn resume(context: &'a str, last: Option<(u64, Digest)>, next: Option<u64>) -> Self {
         Self {
-            context,
             last,
             next,
+            ..Self::new(context)
         }
     }
 
@@ -232,6 +272,27 @@ impl<'a> EntryCheck<'a> {
                 "entry {} of {:?} hashes to {computed}, not to the {} it claims",
                 e.sequence, self.context, e.hash
             )));
+        }
+        self.seen += 1;
+        if self.limit != 0 && self.seen > self.limit {
+            return Err(ClientError::Verification(format!(
+                "the server sent more than the {} entries of {:?} asked for",
+                self.limit, self.context
+            )));
+        }
+        if let Some((key, after)) = self.key {
+            if e.key != key {
+                return Err(ClientError::Verification(format!(
+                    "entry {} of {:?} has key {:?}; the read asked for key {key:?}",
+                    e.sequence, self.context, e.key
+                )));
+            }
+            if e.sequence <= after {
+                return Err(ClientError::Verification(format!(
+                    "entry {} of {:?} came in a read of entries after {after}",
+                    e.sequence, self.context
+                )));
+            }
         }
         if let Some(n) = self.next {
             if e.sequence != n {
@@ -317,6 +378,131 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    fn entry_to_proto(e: Entry) -> pb::Entry {
+        pb::Entry {
+            id: e.hash.to_hex(),
+            key: e.key,
+            payload: e.payload,
+            sequence: e.sequence,
+            appended_at_ns: e.appended_at_ns,
+            metadata: e.metadata.into_iter().collect(),
+            lamport: e.lamport,
+            hash: e.hash.0.to_vec(),
+            prev_hash: e.prev_hash.0.to_vec(),
+        }
+    }
+
+    fn message(entries: &[Entry], as_records: bool) -> ext::ReadResponse {
+        ext::ReadResponse {
+            entries: if as_records {
+                Vec::new()
+            } else {
+                entries.iter().cloned().map(entry_to_proto).collect()
+            },
+            latest_sequence: entries.len() as u64,
+            records: if as_records {
+                framed(entries).into()
+            } else {
+                Default::default()
+            },
+        }
+    }
+
+    fn accepted(msgs: Vec<ext::ReadResponse>, context: &str) -> Result<Vec<Entry>, ClientError> {
+        let mut check = EntryCheck::contiguous(context, 0);
+        let mut got = Vec::new();
+        for m in msgs {
+            accept(m, &mut check, &mut |e| got.push(e))?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn a_read_accepts_entries_in_either_encoding_and_refuses_another_context_a_gap_a_broken_link_or_both_encodings_at_once()
+     {
+        let entries = chain(6);
+        for as_records in [true, false] {
+            // Either encoding, and a server that switches between messages.
+            let msgs = vec![
+                message(&entries[..3], as_records),
+                message(&entries[3..], !as_records),
+            ];
+            assert_eq!(accepted(msgs, "c").unwrap(), entries);
+            let refused = |msgs, context| {
+                let err = accepted(msgs, context).unwrap_err();
+                assert!(matches!(err, ClientError::Verification(_)), "{err}");
+            };
+            refused(vec![message(&entries, as_records)], "d");
+            let gap = [&entries[..2], &entries[3..]].concat();
+            refused(vec![message(&gap, as_records)], "c");
+            let mut unlinked = entries.clone();
+            unlinked[3].prev_hash = unlinked[1].hash;
+            unlinked[3].hash = unlinked[3].compute_hash("c");
+            refused(vec![message(&unlinked, as_records)], "c");
+        }
+        let mut both = message(&entries[..3], false);
+        both.records = framed(&entries[3..]).into();
+        assert!(matches!(
+            accepted(vec![both], "c"),
+            Err(ClientError::Protocol(m)) if m.contains("both")
+        ));
+    }
+
+    #[test]
+    fn a_filtered_or_limited_read_refuses_another_key_an_entry_at_or_before_its_start_or_one_past_its_limit()
+     {
+        let mut head = Head::empty("c");
+        let entries: Vec<Entry> = (0..6u8)
+            .map(|i| {
+                let e = head.next_entry(
+                    "c",
+                    NewEntry {
+                        key: if i % 2 == 0 { "a" } else { "b" }.into(),
+                        payload: vec![i],
+                        ..NewEntry::default()
+                    },
+                    i as u64,
+                );
+                head.advance(&e);
+                e
+            })
+            .collect();
+        let of = |key: &str| -> Vec<Entry> {
+            entries.iter().filter(|e| e.key == key).cloned().collect()
+        };
+        let run = |mut check: EntryCheck<'_>, sent: &[Entry]| -> Result<usize, ClientError> {
+            let mut n = 0;
+            accept(message(sent, true), &mut check, &mut |_| n += 1)?;
+            Ok(n)
+        };
+        assert_eq!(run(EntryCheck::only_key("c", "a", 0), &of("a")).unwrap(), 3);
+        assert_eq!(
+            run(EntryCheck::only_key("c", "a", 1), &of("a")[1..]).unwrap(),
+            2
+        );
+        let refused = |r: Result<usize, ClientError>, what: &str| {
+            assert!(
+                matches!(&r, Err(ClientError::Verification(m)) if m.contains(what)),
+                "{r:?}"
+            );
+        };
+        refused(
+            run(EntryCheck::only_key("c", "a", 0), &entries[..2]),
+            "has key",
+        );
+        refused(run(EntryCheck::only_key("c", "a", 1), &of("a")), "after 1");
+        let limited = EntryCheck::only_key("c", "a", 0).at_most(2);
+        refused(run(limited, &of("a")), "more than the 2");
+        assert_eq!(
+            run(EntryCheck::contiguous("c", 0).at_most(6), &entries).unwrap(),
+            6
+        );
+        refused(
+            run(EntryCheck::contiguous("c", 0).at_most(5), &entries),
+            "more than the 5",
+        );
     }
 
     #[test]

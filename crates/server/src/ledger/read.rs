@@ -340,9 +340,6 @@ impl Page {
             {
                 return false;
             }
-            if out.framed.capacity() == 0 {
-                out.framed.reserve(self.max_bytes.min(1024 * 1024));
-            }
             out.framed
                 .extend_from_slice(&(record.len() as u32).to_be_bytes());
             out.framed.extend_from_slice(record);
