@@ -24,8 +24,12 @@
 //! entries/s decoded by the client; and, against each ledger target, one
 //! SDK client appending from `--pipelined-tasks` tasks over its one
 //! connection, which it pipelines through AppendStream (reported beside
-//! Redis's unary appends from 64 clients). Ratios are printed against the
-//! trivial server and against Redis.
+//! Redis's unary appends from 64 clients); and watch lag: one connection
+//! appending at `--watch-rate` a second while another watches the context
+//! (contract `Watch`, Redis `XREAD BLOCK`), from each append's send to the
+//! watcher's receipt, checked against the trivial server's sequential
+//! Append p50 of the same run (memory) and 2 ms at p99 (`always`). Ratios
+//! are printed against the trivial server and against Redis.
 
 /// The allocator the server binary uses, so that what is measured here is
 /// what runs there (unless built with `--features system-allocator`).
@@ -86,6 +90,12 @@ struct Args {
     /// through AppendStream, against each ledger target (0: none).
     #[arg(long, default_value_t = 64)]
     pipelined_tasks: usize,
+    /// Appends per second of the watch-lag workload: one connection appends
+    /// at this pace to a fresh context while another watches it (contract
+    /// `Watch`, Redis `XREAD BLOCK`); the lag is from the append's send to
+    /// the watcher's receipt (0: no watch workload).
+    #[arg(long, default_value_t = 1000)]
+    watch_rate: u64,
     /// Runs the trivial server on this address and nothing else (what the
     /// benchmark starts as its own process).
     #[arg(long, hide = true)]
@@ -522,6 +532,126 @@ async fn streamed_read(url: &str, context: &str, n: u64, seconds: u64) -> anyhow
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Watch lag at a paced append rate: one connection appends to a fresh
+/// `context` `rate` times a second for `seconds` (each append awaited before
+/// the next, as a client that reads its acknowledgement would), another
+/// watches it. The k-th entry the watcher receives is the k-th append (a
+/// fresh context has no other writer; the ledger's sequences are checked);
+/// its lag is from that append's send to the receipt. Returns the lags'
+/// p50 and p99 in µs and how many were measured.
+async fn watch_lag(
+    target: &Target,
+    context: &str,
+    rate: u64,
+    seconds: u64,
+    payload: Arc<Vec<u8>>,
+) -> anyhow::Result<(f64, f64, usize)> {
+    let sends: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let total = (rate * seconds).max(1) as usize;
+    // The watcher counts every entry from the start of the context; the
+    // first append waits until the watch is established (its own entry
+    // arrives), so no lag includes setting the watch up.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let (target, context, sends) = (target.clone(), context.to_owned(), sends.clone());
+        tokio::spawn(async move {
+            let mut lags = Vec::with_capacity(total);
+            let mut ready = Some(ready_tx);
+            let mut on_entry = |k: usize, lags: &mut Vec<u32>| {
+                let now = Instant::now();
+                if k == 0 {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                    return;
+                }
+                let sent = sends.lock().expect("not poisoned")[k - 1];
+                lags.push(now.duration_since(sent).as_micros() as u32);
+            };
+            match &target {
+                Target::Grpc { url, .. } => {
+                    let channel = Channel::from_shared(url.clone())?.connect().await?;
+                    let mut stream = ContextServiceClient::new(channel)
+                        .watch(pb::WatchRequest {
+                            context_id: context.clone(),
+                            key: String::new(),
+                            from_sequence: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    for k in 0..=total {
+                        let event = stream
+                            .message()
+                            .await?
+                            .context("the watch ended before the last append")?;
+                        let seq = event.entry.map_or(0, |e| e.sequence);
+                        if seq != k as u64 + 1 {
+                            bail!("watch of {context}: entry {seq} arrived as the {}th", k + 1);
+                        }
+                        on_entry(k, &mut lags);
+                    }
+                }
+                Target::Redis { addr } => {
+                    let mut r = Redis::connect(addr).await?;
+                    let mut last = b"0".to_vec();
+                    let mut k = 0;
+                    while k <= total {
+                        let reply = r
+                            .call(&[
+                                b"XREAD",
+                                b"BLOCK",
+                                b"0",
+                                b"STREAMS",
+                                context.as_bytes(),
+                                &last,
+                            ])
+                            .await?;
+                        // [[stream, [[id, [field, value]], ...]]]
+                        let Resp::Array(streams) = reply else {
+                            bail!("XREAD: not an array");
+                        };
+                        let Some(Resp::Array(stream)) = streams.into_iter().next() else {
+                            bail!("XREAD: no stream in the reply");
+                        };
+                        let Some(Resp::Array(entries)) = stream.into_iter().nth(1) else {
+                            bail!("XREAD: no entries in the reply");
+                        };
+                        for e in entries {
+                            let Resp::Array(e) = e else {
+                                bail!("XREAD: an entry that is not an array");
+                            };
+                            let Some(Resp::Bulk(Some(id))) = e.into_iter().next() else {
+                                bail!("XREAD: an entry without an id");
+                            };
+                            last = id;
+                            on_entry(k, &mut lags);
+                            k += 1;
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(lags)
+        })
+    };
+    let mut c = Conn::open(target).await?;
+    c.append(context, &payload).await?;
+    ready_rx
+        .await
+        .context("the watcher stopped before its first entry")?;
+    let start = tokio::time::Instant::now();
+    for k in 0..total {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate as f64)).await;
+        sends.lock().expect("not poisoned").push(Instant::now());
+        c.append(context, &payload).await?;
+    }
+    let mut lags = tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .context("the watcher did not see every append within 30 s")???;
+    lags.sort_unstable();
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize] as f64;
+    Ok((at(0.5), at(0.99), lags.len()))
+}
+
 /// A rate already recorded in the JSON summary.
 fn rates_of(json: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
     json.get(key).and_then(serde_json::Value::as_f64)
@@ -667,6 +797,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut streamed_reads: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     let mut pipes: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
+    let mut watches: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut fsyncs = Vec::new();
     for round in 0..args.rounds {
         let f = fsync_p50_us(dir.path())?;
@@ -710,6 +841,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     args.pipelined_tasks, s.0, s.1, s.2
                 );
                 pipes.entry(*name).or_default().push(s);
+            }
+        }
+        if args.watch_rate > 0 {
+            for t in targets.iter().filter(|t| t.name() != "trivial") {
+                let context = format!("watch-{round}");
+                let (p50, p99, n) =
+                    watch_lag(t, &context, args.watch_rate, args.seconds, payload.clone()).await?;
+                eprintln!(
+                    "round {round}: watch lag at {}/s, {}: p50 {p50:.0} us, p99 {p99:.0} us ({n} entries)",
+                    args.watch_rate,
+                    t.name()
+                );
+                watches.entry(t.name()).or_default().push((p50, p99));
             }
         }
         if args.read_entries > 0 {
@@ -839,6 +983,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 None => String::new(),
             };
             println!("{name:<10} {rate:.0}/s (p50 {p50:.0} us, p99 {p99:.0} us){against}");
+        }
+    }
+    if !watches.is_empty() {
+        println!(
+            "\nwatch lag, one appender at {}/s and one watcher (send to receipt), medians of the rounds:",
+            args.watch_rate
+        );
+        let trivial = samples
+            .get(&(1, "trivial"))
+            .map(|t| median(t.iter().map(|x| x.1).collect()));
+        for (name, v) in &watches {
+            let p50 = median(v.iter().map(|x| x.0).collect());
+            let p99 = median(v.iter().map(|x| x.1).collect());
+            json.insert(format!("watch_lag_{name}_p50_us"), p50.into());
+            json.insert(format!("watch_lag_{name}_p99_us"), p99.into());
+            let target = match (*name, trivial) {
+                ("memory", Some(t)) => format!(
+                    ", target p50 <= the trivial server's sequential Append p50 ({t:.0} us): {}",
+                    if p50 <= t { "met" } else { "missed" }
+                ),
+                ("always", _) => format!(
+                    ", target p99 <= 2000 us: {}",
+                    if p99 <= 2000.0 { "met" } else { "missed" }
+                ),
+                _ => String::new(),
+            };
+            println!("{name:<10} p50 {p50:.0} us, p99 {p99:.0} us{target}");
         }
     }
     if !reads.is_empty() {
