@@ -201,11 +201,22 @@ struct Queue {
 /// was not told about (another node's, while the notifications were down).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// What one [`Folder::fold`] folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Folded {
+    /// Receipts folded into the versions queries read.
+    pub live: u64,
+    /// Receipts folded in all (a rebuild step's too).
+    pub total: u64,
+}
+
 enum Next {
     /// A worldline to fold, and since when it waits.
     Fold(WorldlineId, Instant),
-    /// A worldline whose rebuilding version to move one step.
-    Rebuild(WorldlineId),
+    /// A worldline whose rebuilding version to move one step, and since
+    /// when its new receipts wait if it was also queued for a fold (the
+    /// step folds them first, into the versions queries read).
+    Rebuild(WorldlineId, Option<Instant>),
     Sweep,
     /// Nothing is queued: switch a rebuilt projection version, delete a
     /// batch of a retired one.
@@ -291,7 +302,15 @@ impl Shared {
             let step_due = q.rebuild_after.is_none_or(|at| now >= at);
             if step_due && let Some(w) = q.rebuild.pop_front() {
                 q.rebuild_queued.remove(&w);
-                return Some(Next::Rebuild(w));
+                // The step brings the versions queries read to the head
+                // first, so it does the fold queued for this worldline:
+                // that fold's wait is measured by the step, and the fold
+                // leaves the queue.
+                let since = q.queued.remove(&w);
+                if since.is_some() {
+                    q.order.retain(|o| *o != w);
+                }
+                return Some(Next::Rebuild(w, since));
             }
             if let Some(w) = q.order.pop_front() {
                 let since = q.queued.remove(&w).unwrap_or(now);
@@ -528,9 +547,10 @@ impl Folder {
         // rebuilding, or a retired one may still hold keys.
         let mut maintain_at = Some(Instant::now());
         while let Some(next) = self.shared.next(sweep_at, maintain_at) {
+            let started = Instant::now();
             let (next, since, rebuild) = match next {
-                Next::Fold(w, since) => (w, since, false),
-                Next::Rebuild(w) => (w, Instant::now(), true),
+                Next::Fold(w, since) => (w, Some(since), false),
+                Next::Rebuild(w, since) => (w, since, true),
                 Next::Sweep => {
                     self.sweep();
                     sweep_at = Instant::now() + SWEEP_EVERY;
@@ -551,14 +571,18 @@ impl Folder {
             };
             let folded = self.fold(&next, rebuild);
             if rebuild {
-                let took = since.elapsed();
+                let took = started.elapsed();
                 self.shared.lock().rebuild_after = Some(Instant::now() + took);
             }
             match folded {
                 // Also when nothing was left to fold (another node did it):
                 // a query waiting here looks again.
                 Ok(folded) => {
-                    if folded > 0 && !rebuild {
+                    // Receipts folded into the versions queries read, also
+                    // by a rebuild step, waited since they were queued.
+                    if folded.live > 0
+                        && let Some(since) = since
+                    {
                         self.shared
                             .stats
                             .lag_seconds
@@ -856,7 +880,8 @@ impl Folder {
     }
 
     /// Folds `worldline` up to its head as it is now; returns how many
-    /// receipts this node folded.
+    /// receipts this node folded, and how many of them into the versions
+    /// queries read.
     ///
     /// While a projection version rebuilds, the versions queries read are
     /// brought to the head (with the rebuilding one only where it has
@@ -864,12 +889,13 @@ impl Folder {
     /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), at most half the
     /// projector's time (`Shared::next`), so a rebuild holds up what
     /// queries wait for by at most one step.
-    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<u64, WorldlineError> {
+    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<Folded, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
         let kv = self.kv();
         let mut conflicts = 0;
         let mut total = 0;
+        let mut live = 0;
         loop {
             let head = self
                 .store
@@ -926,11 +952,11 @@ impl Folder {
             } else if rebuild_from < head {
                 if !rebuild {
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(total);
+                    return Ok(Folded { live, total });
                 }
                 (rebuild_from, true)
             } else {
-                return Ok(total);
+                return Ok(Folded { live, total });
             };
             let folding: Vec<&'static dyn Projection> = all
                 .iter()
@@ -1004,12 +1030,15 @@ impl Folder {
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
                 total += folded;
+                if !rebuild_step {
+                    live += folded;
+                }
                 if rebuild_step {
                     if at < head {
                         // Behind whatever was queued meanwhile.
                         self.shared.queue_rebuild(*worldline);
                     }
-                    return Ok(total);
+                    return Ok(Folded { live, total });
                 }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1017,7 +1046,7 @@ impl Folder {
                     // Another node built this step: one step per turn
                     // still, so folds of new receipts wait for no more.
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(total);
+                    return Ok(Folded { live, total });
                 }
                 conflicts += 1;
                 if conflicts >= GUARD_RETRIES_MAX {
@@ -1027,7 +1056,7 @@ impl Folder {
                         .lock()
                         .later
                         .push((Instant::now() + RETRY_AFTER, *worldline));
-                    return Ok(total);
+                    return Ok(Folded { live, total });
                 }
             }
         }
@@ -1093,4 +1122,51 @@ fn checkpoints_moved(kv: &dyn DerivedKv, guards: &[Guard]) -> Result<bool, World
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            progress: tokio::sync::watch::channel(0).0,
+            stats: ProjectorStats::default(),
+            swept: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn a_rebuild_step_takes_over_the_fold_queued_for_its_worldline_with_the_time_it_was_queued() {
+        let s = shared();
+        let (a, b) = (WorldlineId::derive(b"a"), WorldlineId::derive(b"b"));
+        let later = Instant::now() + SWEEP_EVERY;
+        s.notify(a);
+        let queued_at = s.lock().queued[&a];
+        s.notify(b);
+        s.queue_rebuild(a);
+        // The step comes first, and carries a's queued fold with it.
+        match s.next(later, None) {
+            Some(Next::Rebuild(w, since)) => {
+                assert_eq!(w, a);
+                assert_eq!(since, Some(queued_at));
+            }
+            _ => panic!("expected the rebuild step of a"),
+        }
+        // a's fold is gone from the queue; b's is next, and then nothing.
+        assert_eq!(s.lock().order, VecDeque::from([b]));
+        match s.next(later, None) {
+            Some(Next::Fold(w, _)) => assert_eq!(w, b),
+            _ => panic!("expected the fold of b"),
+        }
+        assert!(s.lock().queued.is_empty() && s.lock().order.is_empty());
+        // A step of a worldline with no fold queued waits since nothing.
+        s.queue_rebuild(b);
+        match s.next(later, None) {
+            Some(Next::Rebuild(w, since)) => assert_eq!((w, since), (b, None)),
+            _ => panic!("expected the rebuild step of b"),
+        }
+    }
 }
