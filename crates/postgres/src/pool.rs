@@ -364,7 +364,18 @@ impl Pool {
                 .batch_execute(
                     // A node that stops talking in the middle of a write
                     // (hung, partitioned) must not hold head locks forever.
-                    "SET idle_in_transaction_session_timeout = '60s'",
+                    // Every execution of a prepared statement is planned
+                    // with its parameters and the tables' size as they are
+                    // then: a generic plan cached while the tables were
+                    // empty scans all of `idempotency` for every append,
+                    // for as long as the connection lives, unless an
+                    // ANALYZE (autovacuum) comes to replace it. PostgreSQL
+                    // 11 has no such setting, and keeps its plans.
+                    "SET idle_in_transaction_session_timeout = '60s';
+                     DO $$ BEGIN
+                       PERFORM set_config('plan_cache_mode', 'force_custom_plan', false);
+                     EXCEPTION WHEN undefined_object THEN NULL;
+                     END $$",
                 )
                 .await
                 .map_err(|e| failed(&self.server, "configuring a connection", &e))?;

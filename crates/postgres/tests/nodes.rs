@@ -319,6 +319,58 @@ fn idempotency_keys_hold_across_nodes() {
     assert_eq!(verify(&*a, "i").len(), 21);
 }
 
+/// Appends with idempotency keys look their keys up through the primary
+/// key, also where nothing ever analyzes the tables (autovacuum off, as on
+/// some servers): a plan cached while the table was empty must not go on
+/// scanning the whole table for every append as it grows.
+#[test]
+fn idempotency_lookups_use_the_index_where_nothing_analyzes_the_table() {
+    let Some(schema) = test_schema("idempotency_lookups_use_the_index") else {
+        return;
+    };
+    let store = PostgresStore::open(schema.options()).unwrap();
+    let table = format!(r#""{}".idempotency"#, schema.options().schema);
+    schema.query(&format!(
+        "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+    ));
+    let n = 2000;
+    for i in 0..n {
+        let key = format!("key-{i}");
+        let outcome = store
+            .write(1, vec![append(&format!("c{}", i % 4), "v", Some(&key))])
+            .unwrap()
+            .outcomes
+            .remove(0);
+        assert!(matches!(outcome, WriteOutcome::Appended(_)), "{outcome:?}");
+    }
+    // The store's sessions report their scans when they end.
+    drop(store);
+    let scans = || {
+        let row = schema.query(&format!(
+            "SELECT seq_scan, idx_scan FROM pg_stat_user_tables \
+             WHERE relid = '{table}'::regclass"
+        ));
+        let n = |i: usize| row[0][i].as_deref().unwrap_or("0").parse::<u64>().unwrap();
+        (n(0), n(1))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (seq, idx) = loop {
+        let (seq, idx) = scans();
+        if seq + idx >= n || std::time::Instant::now() > deadline {
+            break (seq, idx);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        seq + idx >= n,
+        "{seq} + {idx} scans reported for {n} lookups"
+    );
+    assert!(
+        seq <= n / 10,
+        "{seq} full scans of the idempotency table for {n} appends ({idx} through the index)"
+    );
+}
+
 /// The database goes away (connections cut, new ones refused): writes and
 /// reads fail as `Io` naming PostgreSQL; when it is back the same store
 /// works again without reopening, and nothing acknowledged was lost.

@@ -5,12 +5,14 @@
 //! ```sh
 //! cargo build --release -p converge-ledger-bench --bin projection-bench
 //! ./target/release/projection-bench [--receipts 1000000] [--worldlines 4] \
-//!     [--queries 2000] [--rate 1000] [--seconds 10] [--fsync always|never]
+//!     [--queries 2000] [--rate 1000] [--seconds 10] [--fsync always|never] \
+//!     [--postgres postgres://127.0.0.1/test]
 //! ```
 //!
 //! 1. Writes `--receipts` receipts (commitment + outcome pairs from 32
 //!    tasks; 100 proposers, 50 capabilities, 10,000 state keys) over
-//!    `--worldlines` worldlines of embedded storage, without projections.
+//!    `--worldlines` worldlines of embedded storage (or of PostgreSQL with
+//!    `--postgres`), without projections.
 //! 2. Starts the projector and times the fold of every receipt (a
 //!    rebuild: what a new projection version or an empty derived space
 //!    costs).
@@ -43,8 +45,10 @@ use converge_ledger_client::worldline::{
     StateUpdate, WorldlineId, WorldlineLimits, projections,
 };
 use converge_ledger_client::{Client, Digest, projection_query};
+use converge_ledger_postgres::testkit::{admin_query, unique_suffix};
+use converge_ledger_postgres::{PostgresOptions, PostgresStore};
 use converge_ledger_server::{Ledger, LedgerConfig, ServerConfig, Worldlines};
-use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy};
+use converge_ledger_store::{EmbeddedOptions, EmbeddedStore, FsyncPolicy, Store};
 
 #[derive(Parser)]
 struct Args {
@@ -83,6 +87,11 @@ struct Args {
     /// (`serve --worldline-projector-nice`).
     #[arg(long, default_value_t = converge_ledger_server::PROJECTOR_NICE_DEFAULT)]
     projector_nice: i32,
+    /// Keep receipts and projections in PostgreSQL at this URL (in a fresh
+    /// schema, dropped at the end) instead of embedded storage; `--fsync`
+    /// does not apply.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 fn commitment(n: u64) -> Commitment {
@@ -309,12 +318,31 @@ async fn lag(client: &Client, url: &str, rate: u64, seconds: u64) -> anyhow::Res
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let mut options = EmbeddedOptions::new(dir.path());
-    options.fsync = match args.fsync.as_str() {
-        "never" => FsyncPolicy::Never,
-        _ => FsyncPolicy::Always,
+    let Some(url) = args.postgres.clone() else {
+        let mut options = EmbeddedOptions::new(dir.path());
+        options.fsync = match args.fsync.as_str() {
+            "never" => FsyncPolicy::Never,
+            _ => FsyncPolicy::Always,
+        };
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(options)?);
+        return measure(args, store).await;
     };
-    let store = Arc::new(EmbeddedStore::open(options)?);
+    let mut options = PostgresOptions::new(&url);
+    options.schema = format!("cl_projection_bench_{}", unique_suffix());
+    eprintln!("PostgreSQL: {}", options.describe());
+    let opening = options.clone();
+    let store: Arc<dyn Store> =
+        Arc::new(tokio::task::spawn_blocking(move || PostgresStore::open(opening)).await??);
+    let measured = measure(args, store).await;
+    let drop_schema = format!(r#"DROP SCHEMA IF EXISTS "{}" CASCADE"#, options.schema);
+    if let Err(e) = tokio::task::spawn_blocking(move || admin_query(&url, &drop_schema)).await? {
+        eprintln!("could not drop schema {}: {e}", options.schema);
+    }
+    measured
+}
+
+/// Steps 1 to 4 over `store`.
+async fn measure(args: Args, store: Arc<dyn Store>) -> anyhow::Result<()> {
     let ledger = Ledger::new(store, LedgerConfig::default());
 
     // 1. The history, without projections.
