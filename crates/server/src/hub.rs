@@ -65,6 +65,11 @@ struct Ring {
     /// subscriber reports its head; nothing is published from storage
     /// before, since every subscriber still reads storage up to the head.
     floor: Option<u64>,
+    /// Notifications of another node's entries declined because no
+    /// subscriber had reported its head yet. A subscriber whose head read
+    /// overlapped one reads its head again: its read may predate the
+    /// entries, which nothing else would publish.
+    declined: u64,
     subscribers: usize,
     /// Carries `last`; subscribers wait on it.
     published: watch::Sender<u64>,
@@ -117,6 +122,7 @@ impl Hub {
             bytes: 0,
             last: 0,
             floor: None,
+            declined: 0,
             subscribers: 0,
             published: watch::channel(0).0,
         });
@@ -183,11 +189,17 @@ impl Hub {
     /// Where entries that another node appended to `context` must be
     /// published from (everything above the returned sequence), or `None`
     /// if nobody here needs them: the context is not watched, or no watcher
-    /// has read its head yet (each will read storage up to it).
+    /// has read its head yet (each reads storage up to it, and reads its
+    /// head again if its read overlapped this call: see
+    /// [`Subscription::note_head`]).
     pub fn remote_start(&self, context: &str) -> Option<u64> {
-        let state = self.lock();
-        let ring = state.rings.get(context)?;
+        let mut state = self.lock();
+        let ring = state.rings.get_mut(context)?;
         match (ring.last, ring.floor) {
+            (0, None) => {
+                ring.declined += 1;
+                None
+            }
             (0, floor) => floor,
             (last, floor) => Some(last.max(floor.unwrap_or(0))),
         }
@@ -210,13 +222,28 @@ impl Hub {
 }
 
 impl Subscription {
+    /// Where the hub's count of declined notifications stands (see
+    /// [`Subscription::note_head`]): taken right before reading the head.
+    pub fn declined(&self) -> u64 {
+        let state = self.hub.lock();
+        state.rings.get(&self.context).map_or(0, |r| r.declined)
+    }
+
     /// Tells the hub the head this subscriber read from storage after
     /// subscribing, so entries another node appends above it are published
-    /// (see [`Hub::remote_start`]).
-    pub fn note_head(&self, head: u64) {
+    /// (see [`Hub::remote_start`]). `declined` is what
+    /// [`Subscription::declined`] said before the head was read. Returns
+    /// `false` if a notification was declined since then: it may announce
+    /// entries above `head` that will never be published, so read the head
+    /// again and note it (that one is not declined: a head is known now).
+    pub fn note_head(&self, head: u64, declined: u64) -> bool {
         let mut state = self.hub.lock();
-        if let Some(ring) = state.rings.get_mut(&self.context) {
-            ring.floor = Some(ring.floor.map_or(head, |f| f.min(head)));
+        match state.rings.get_mut(&self.context) {
+            Some(ring) => {
+                ring.floor = Some(ring.floor.map_or(head, |f| f.min(head)));
+                ring.declined == declined
+            }
+            None => true,
         }
     }
 
@@ -333,10 +360,35 @@ mod tests {
         let hub = Hub::new(HubLimits::default());
         let a = hub.subscribe("c");
         assert_eq!(hub.remote_start("c"), None, "nobody read a head yet");
-        a.note_head(1_000_000);
+        assert!(!a.note_head(1_000_000, 0), "a notification was declined");
         let b = hub.subscribe("c");
-        b.note_head(1_000_004);
+        let declined = b.declined();
+        assert!(b.note_head(1_000_004, declined));
         assert_eq!(hub.remote_start("c"), Some(1_000_000));
         assert_eq!(hub.remote_start("unwatched"), None);
+    }
+
+    /// A watcher reads its head, another node appends and its notification
+    /// arrives, and only then does the watcher report the head: the
+    /// notification was declined (no head known), so the watcher is told to
+    /// read its head again, which holds the entry. Every watcher whose read
+    /// overlapped the notification is told, not only the first to report.
+    #[tokio::test]
+    async fn a_notification_declined_while_watchers_read_their_heads_makes_them_read_again() {
+        let hub = Hub::new(HubLimits::default());
+        let (a, b) = (hub.subscribe("c"), hub.subscribe("c"));
+        let (da, db) = (a.declined(), b.declined());
+        // Both read head 5; entry 6 is appended elsewhere and announced.
+        assert_eq!(hub.remote_start("c"), None);
+        assert!(!a.note_head(5, da), "a must read its head again");
+        assert!(!b.note_head(5, db), "b must read its head again");
+        // Read again (head 6), with a head known nothing is declined.
+        let (da, db) = (a.declined(), b.declined());
+        assert!(a.note_head(6, da) && b.note_head(6, db));
+        assert_eq!(hub.remote_start("c"), Some(5));
+        // A watcher whose read did not overlap a notification goes on.
+        let late = hub.subscribe("c");
+        let d = late.declined();
+        assert!(late.note_head(7, d));
     }
 }

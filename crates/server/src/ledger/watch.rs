@@ -105,15 +105,22 @@ impl Ledger {
 
 impl Watcher {
     /// Reads the committed head and goes back to catching up from storage.
+    /// Read again if another node's entries were announced while no head
+    /// was known here: the first read may predate them, and the hub did not
+    /// publish them (at most twice: the first note makes a head known).
     async fn read_head(&mut self) -> Result<(), LedgerError> {
-        let head = self
-            .ledger
-            .head(&self.context)
-            .await?
-            .map_or(0, |h| h.sequence);
-        self.subscription.note_head(head);
-        self.phase = Phase::CatchingUp { head };
-        Ok(())
+        loop {
+            let declined = self.subscription.declined();
+            let head = self
+                .ledger
+                .head(&self.context)
+                .await?
+                .map_or(0, |h| h.sequence);
+            if self.subscription.note_head(head, declined) {
+                self.phase = Phase::CatchingUp { head };
+                return Ok(());
+            }
+        }
     }
 
     /// The next entry to deliver; `None` ends the watch (shutdown).
