@@ -201,15 +201,6 @@ struct Queue {
 /// was not told about (another node's, while the notifications were down).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// What one [`Folder::fold`] folded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Folded {
-    /// Receipts folded into the versions queries read.
-    pub live: u64,
-    /// Receipts folded in all (a rebuild step's too).
-    pub total: u64,
-}
-
 enum Next {
     /// A worldline to fold, and since when it waits.
     Fold(WorldlineId, Instant),
@@ -580,7 +571,7 @@ impl Folder {
                 Ok(folded) => {
                     // Receipts folded into the versions queries read, also
                     // by a rebuild step, waited since they were queued.
-                    if folded.live > 0
+                    if folded > 0
                         && let Some(since) = since
                     {
                         self.shared
@@ -605,6 +596,12 @@ impl Folder {
                         .lock()
                         .rebuild_failed
                         .insert(next, e.message().to_owned());
+                    // The fold this step took over is queued again: if the
+                    // error came from the versions queries read, that fold
+                    // meets it and says so.
+                    if since.is_some() {
+                        self.shared.notify(next);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(worldline = %next, error = %e.message(), "projection stopped");
@@ -880,8 +877,8 @@ impl Folder {
     }
 
     /// Folds `worldline` up to its head as it is now; returns how many
-    /// receipts this node folded, and how many of them into the versions
-    /// queries read.
+    /// receipts this node folded into the versions queries read (a
+    /// rebuilding version's step is not counted).
     ///
     /// While a projection version rebuilds, the versions queries read are
     /// brought to the head (with the rebuilding one only where it has
@@ -889,12 +886,11 @@ impl Folder {
     /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), at most half the
     /// projector's time (`Shared::next`), so a rebuild holds up what
     /// queries wait for by at most one step.
-    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<Folded, WorldlineError> {
+    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<u64, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
         let kv = self.kv();
         let mut conflicts = 0;
-        let mut total = 0;
         let mut live = 0;
         loop {
             let head = self
@@ -952,11 +948,11 @@ impl Folder {
             } else if rebuild_from < head {
                 if !rebuild {
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(Folded { live, total });
+                    return Ok(live);
                 }
                 (rebuild_from, true)
             } else {
-                return Ok(Folded { live, total });
+                return Ok(live);
             };
             let folding: Vec<&'static dyn Projection> = all
                 .iter()
@@ -1029,7 +1025,6 @@ impl Folder {
                 self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
-                total += folded;
                 if !rebuild_step {
                     live += folded;
                 }
@@ -1038,7 +1033,7 @@ impl Folder {
                         // Behind whatever was queued meanwhile.
                         self.shared.queue_rebuild(*worldline);
                     }
-                    return Ok(Folded { live, total });
+                    return Ok(live);
                 }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1046,7 +1041,7 @@ impl Folder {
                     // Another node built this step: one step per turn
                     // still, so folds of new receipts wait for no more.
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(Folded { live, total });
+                    return Ok(live);
                 }
                 conflicts += 1;
                 if conflicts >= GUARD_RETRIES_MAX {
@@ -1056,7 +1051,7 @@ impl Folder {
                         .lock()
                         .later
                         .push((Instant::now() + RETRY_AFTER, *worldline));
-                    return Ok(Folded { live, total });
+                    return Ok(live);
                 }
             }
         }
