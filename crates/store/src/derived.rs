@@ -31,6 +31,15 @@ pub trait DerivedKv: Send + Sync {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The values at `keys`, one per key in the same order (`None` where
+    /// absent; a key named twice is answered twice). Backends that pay a
+    /// round trip per read (PostgreSQL) answer them all in one; the others
+    /// read them one by one. Every answer comes from one read (a
+    /// consistent view) only where the backend says so.
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Up to `limit` pairs with `start <= key < end`, ascending, or
     /// descending when `reverse`. Empty when `start >= end` or `limit == 0`.
     fn range(
@@ -143,6 +152,20 @@ pub fn check_contract(kv: &dyn DerivedKv, prefix: &[u8]) {
         "a failed guard writes nothing"
     );
     assert_eq!(kv.get(&key("b")).unwrap(), Some(b"b".to_vec()));
+    // Several keys in one read: in the order asked, absent ones as `None`,
+    // a key asked twice answered twice.
+    let (ka, kb, kz, kc) = (key("a"), key("b"), key("z"), key("c"));
+    assert_eq!(
+        kv.get_many(&[&kc, &kz, &ka, &kb, &kc]).unwrap(),
+        vec![
+            Some(b"c".to_vec()),
+            None,
+            Some(b"a".to_vec()),
+            Some(b"b".to_vec()),
+            Some(b"c".to_vec())
+        ]
+    );
+    assert!(kv.get_many(&[]).unwrap().is_empty());
     let all = kv.range(prefix, &end, false, 100).unwrap();
     let keys: Vec<Vec<u8>> = all.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, vec![key("a"), key("b"), key("b\0x"), key("c")]);

@@ -284,15 +284,24 @@ fn hash_key(w: &WorldlineId, h: &Digest) -> Vec<u8> {
 }
 
 fn read_record(kv: &dyn KvRead, w: &WorldlineId, seq: u64) -> Result<AuditRecord, WorldlineError> {
-    let stored =
+    decode_record(w, seq, kv.get(&record_key(w, seq))?)
+}
+
+/// The record at `seq` from its stored bytes, which an index named.
+fn decode_record(
+    w: &WorldlineId,
+    seq: u64,
+    stored: Option<Vec<u8>>,
+) -> Result<AuditRecord, WorldlineError> {
+    let in_stored =
         |e: WorldlineError| e.in_stored(format_args!("audit record {seq} of worldline {w}"));
-    let bytes = kv.get(&record_key(w, seq))?.ok_or_else(|| {
-        stored(WorldlineError::invalid(
+    let bytes = stored.ok_or_else(|| {
+        in_stored(WorldlineError::invalid(
             "record",
             "is missing from its index",
         ))
     })?;
-    AuditRecord::decode(&bytes).map_err(stored)
+    AuditRecord::decode(&bytes).map_err(in_stored)
 }
 
 /// The index prefix a filter selects, or an error for a filter string no
@@ -436,13 +445,19 @@ pub fn query(
         cursor,
         limit,
     )?;
-    let mut items = Vec::with_capacity(page.items.len());
+    let mut seqs = Vec::with_capacity(page.items.len());
     for (suffix, _) in &page.items {
         let mut k = KeyReader::new(suffix, &[])?;
         let _time = k.u64()?;
-        let seq = k.u64()?;
+        seqs.push(k.u64()?);
         k.finish()?;
-        items.push(read_record(kv, worldline, seq)?);
+    }
+    // The page's records in one read.
+    let keys: Vec<Vec<u8>> = seqs.iter().map(|&seq| record_key(worldline, seq)).collect();
+    let values = kv.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    let mut items = Vec::with_capacity(seqs.len());
+    for (seq, value) in seqs.into_iter().zip(values) {
+        items.push(decode_record(worldline, seq, value)?);
     }
     Ok(Page {
         items,

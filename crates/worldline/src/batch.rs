@@ -86,6 +86,31 @@ impl KvBatch {
         }
     }
 
+    /// [`KvRead::get_many`] through the batch: the keys it does not write
+    /// are read from `base` in one call.
+    fn get_many_over(
+        &self,
+        base: &dyn KvRead,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        let unwritten: Vec<&[u8]> = keys
+            .iter()
+            .copied()
+            .filter(|k| !self.writes.contains_key(*k))
+            .collect();
+        let mut stored = base.get_many(&unwritten)?.into_iter();
+        keys.iter()
+            .map(|k| match self.writes.get(*k) {
+                Some(w) => Ok(w.clone()),
+                None => stored.next().ok_or_else(|| {
+                    WorldlineError::corrupt(
+                        "the derived store answered fewer values than the keys it was asked for",
+                    )
+                }),
+            })
+            .collect()
+    }
+
     fn range_over(
         &self,
         base: &dyn KvRead,
@@ -153,6 +178,10 @@ impl KvRead for BatchView<'_> {
         self.batch.get_over(self.base, key)
     }
 
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        self.batch.get_many_over(self.base, keys)
+    }
+
     fn range(
         &self,
         start: &[u8],
@@ -193,6 +222,10 @@ impl<'a> KvTxn<'a> {
 impl KvRead for KvTxn<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
         self.batch.get_over(self.base, key)
+    }
+
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        self.batch.get_many_over(self.base, keys)
     }
 
     fn range(
@@ -271,6 +304,11 @@ mod tests {
                 }
                 let k = [a];
                 assert_eq!(batch.view(&base).get(&k).unwrap(), after.get(&k).unwrap());
+                let many: [&[u8]; 3] = [&[a], &[b], &[a]];
+                assert_eq!(
+                    batch.view(&base).get_many(&many).unwrap(),
+                    after.get_many(&many).unwrap()
+                );
             }
         }
     }

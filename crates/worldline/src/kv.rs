@@ -36,6 +36,13 @@ pub trait KvRead {
     /// The value stored at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError>;
 
+    /// The values stored at `keys`, one per key in the same order (`None`
+    /// where absent). A store that pays a round trip per read answers them
+    /// in one; the default reads them one by one.
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// The pairs with `start <= key < end`, in `direction` order, at most
     /// `limit` of them. Empty when `start >= end` or `limit == 0`.
     fn range(
@@ -50,6 +57,10 @@ pub trait KvRead {
 impl<T: KvRead + ?Sized> KvRead for &T {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
         (**self).get(key)
+    }
+
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        (**self).get_many(keys)
     }
 
     fn range(

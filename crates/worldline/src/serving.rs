@@ -97,7 +97,16 @@ impl Serving {
 
     /// The stored record, or the one [`Serving::initial`] finds.
     pub fn load(kv: &dyn KvRead) -> Result<StoredServing, WorldlineError> {
-        match kv.get(SERVING_KEY)? {
+        Serving::from_stored(kv, kv.get(SERVING_KEY)?)
+    }
+
+    /// The record stored as `bytes` (read at [`SERVING_KEY`]), or without
+    /// one what [`Serving::initial`] finds in `kv`.
+    pub fn from_stored(
+        kv: &dyn KvRead,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<StoredServing, WorldlineError> {
+        match bytes {
             Some(bytes) => Ok(StoredServing {
                 serving: Serving::decode(&bytes)
                     .map_err(|e| e.in_stored("the projections' serving record"))?,

@@ -39,6 +39,23 @@ impl DerivedKv for PostgresStore {
             .transpose()
     }
 
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys];
+        let rows = read!(self, "reading projection records", |c| c
+            .client
+            .query(&c.st.derived_read, &params))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let k: Vec<u8> = r.try_get(0).map_err(row_error)?;
+            let v: Vec<u8> = r.try_get(1).map_err(row_error)?;
+            found.insert(k, v);
+        }
+        Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
+    }
+
     fn range(
         &self,
         start: &[u8],

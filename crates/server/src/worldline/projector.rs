@@ -29,10 +29,10 @@ use converge_ledger_store::derived::{DerivedKv, DerivedWrite, Guard};
 use converge_ledger_store::stats::{Histogram, SECONDS_BOUNDS};
 use converge_ledger_worldline::{
     Direction, ErrorCode, KvBatch, KvPair, KvRead, Projection, ReceiptReader, SERVING_KEY, Serving,
-    WorldlineError, WorldlineId, WorldlineLimits, stored_keys,
+    WorldlineError, WorldlineId, WorldlineLimits, projections, stored_keys,
 };
 use converge_ledger_worldline::{
-    ProjectionCheckpoint, apply_receipt, checkpoint_key, read_checkpoint,
+    ProjectionCheckpoint, StoredServing, apply_receipt, checkpoint_key, read_checkpoint,
 };
 
 use super::{READ_CHUNK, read_entries, store_error};
@@ -103,6 +103,18 @@ pub struct Kv<'a>(pub &'a dyn DerivedKv);
 impl KvRead for Kv<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
         self.0.get(key).map_err(store_error)
+    }
+
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        let values = self.0.get_many(keys).map_err(store_error)?;
+        if values.len() != keys.len() {
+            return Err(WorldlineError::corrupt(format!(
+                "the derived store answered {} values for {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        Ok(values)
     }
 
     fn range(
@@ -479,9 +491,16 @@ impl Projector {
         name: &str,
         worldline: &WorldlineId,
     ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>), WorldlineError> {
-        let kv = Kv(self.kv());
-        let projection = Serving::load(&kv)?.serving.answering(name)?;
-        Ok((projection, read_checkpoint(&kv, projection, worldline)?))
+        let Answering {
+            projection,
+            checkpoint,
+            ..
+        } = answering(&Kv(self.kv()), name, worldline)?;
+        let checkpoint = checkpoint
+            .as_deref()
+            .map(|v| decode_checkpoint(v, projection, worldline))
+            .transpose()?;
+        Ok((projection, checkpoint))
     }
 
     /// Runs `query` over the derived space at one consistent position of
@@ -498,20 +517,33 @@ impl Projector {
     ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>, T), WorldlineError> {
         let kv = Kv(self.kv());
         for _ in 0..64 {
-            let serving = Serving::load(&kv)?;
-            let projection = serving.serving.answering(name)?;
-            let before = read_checkpoint(&kv, projection, worldline)?;
-            let answer = query(&kv, projection);
-            let moved = kv.get(SERVING_KEY)? != serving.bytes;
-            if moved {
+            let Answering {
+                serving,
+                projection,
+                key,
+                checkpoint: before,
+            } = answering(&kv, name, worldline)?;
+            // The query reads the checkpoint as it was read here.
+            let pinned = [(key, before)];
+            let view = Pinned {
+                kv: Kv(kv.0),
+                pinned: &pinned,
+            };
+            let answer = query(&view, projection);
+            let (key, before) = &pinned[0];
+            let after = kv.get_many(&[SERVING_KEY, key])?;
+            if after[0] != serving.bytes {
                 // A switch: the version read may be being deleted, so even
                 // an error may be an artefact of that. Ask again.
                 continue;
             }
             let answer = answer?;
-            let after = read_checkpoint(&kv, projection, worldline)?;
-            if before == after {
-                return Ok((projection, after, answer));
+            if after[1] == *before {
+                let checkpoint = before
+                    .as_deref()
+                    .map(|v| decode_checkpoint(v, projection, worldline))
+                    .transpose()?;
+                return Ok((projection, checkpoint, answer));
             }
         }
         Err(WorldlineError::Unavailable {
@@ -917,9 +949,9 @@ impl Folder {
             let mut live_from = u64::MAX;
             let mut rebuild_from = u64::MAX;
             let mut through = Vec::with_capacity(all.len());
-            for &p in &all {
-                let key = checkpoint_key(p, worldline);
-                let value = kv.get(&key).map_err(store_error)?;
+            let keys: Vec<Vec<u8>> = all.iter().map(|&p| checkpoint_key(p, worldline)).collect();
+            let values = Kv(kv).get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+            for ((&p, key), value) in all.iter().zip(keys).zip(values) {
                 let seq = match &value {
                     None => 0,
                     Some(v) => {
@@ -1096,6 +1128,23 @@ impl KvRead for Pinned<'_> {
         }
     }
 
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        let pinned = |key: &[u8]| self.pinned.iter().find(|(k, _)| k.as_slice() == key);
+        let unpinned: Vec<&[u8]> = keys
+            .iter()
+            .copied()
+            .filter(|k| pinned(k).is_none())
+            .collect();
+        let mut read = self.kv.get_many(&unpinned)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match pinned(k) {
+                Some((_, value)) => value.clone(),
+                None => read.next().flatten(),
+            })
+            .collect())
+    }
+
     fn range(
         &self,
         start: &[u8],
@@ -1107,16 +1156,70 @@ impl KvRead for Pinned<'_> {
     }
 }
 
+/// What a query of one projection starts from.
+struct Answering {
+    /// The serving record read.
+    serving: StoredServing,
+    /// The version it answers the projection from.
+    projection: &'static dyn Projection,
+    /// That version's checkpoint key for the worldline.
+    key: Vec<u8>,
+    /// The checkpoint stored there.
+    checkpoint: Option<Vec<u8>>,
+}
+
+/// The serving record and the checkpoint for `worldline` of the version
+/// it answers the projection called `name` from. The version this code
+/// builds answers unless one rebuilds: its checkpoint is read with the
+/// serving record, in one read (one round trip on PostgreSQL).
+fn answering(
+    kv: &Kv<'_>,
+    name: &str,
+    worldline: &WorldlineId,
+) -> Result<Answering, WorldlineError> {
+    let likely = projections()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .map(|p| checkpoint_key(p, worldline));
+    let mut read = match &likely {
+        Some(k) => kv.get_many(&[SERVING_KEY, k])?.into_iter(),
+        None => vec![kv.get(SERVING_KEY)?].into_iter(),
+    };
+    let serving = Serving::from_stored(kv, read.next().flatten())?;
+    let projection = serving.serving.answering(name)?;
+    let key = checkpoint_key(projection, worldline);
+    let checkpoint = match read.next() {
+        Some(value) if likely.as_ref() == Some(&key) => value,
+        _ => kv.get(&key)?,
+    };
+    Ok(Answering {
+        serving,
+        projection,
+        key,
+        checkpoint,
+    })
+}
+
+fn decode_checkpoint(
+    bytes: &[u8],
+    projection: &dyn Projection,
+    worldline: &WorldlineId,
+) -> Result<ProjectionCheckpoint, WorldlineError> {
+    ProjectionCheckpoint::decode(bytes).map_err(|e| {
+        e.in_stored(format_args!(
+            "{} checkpoint of worldline {worldline}",
+            projection.name()
+        ))
+    })
+}
+
 /// Whether any of `guards` (checkpoint keys, and the serving record while
 /// a version rebuilds, with the values a fold read) holds something else
 /// now: another node folded, or switched a version, meanwhile.
 fn checkpoints_moved(kv: &dyn DerivedKv, guards: &[Guard]) -> Result<bool, WorldlineError> {
-    for (key, read) in guards {
-        if kv.get(key).map_err(store_error)? != *read {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let keys: Vec<&[u8]> = guards.iter().map(|(k, _)| k.as_slice()).collect();
+    let now = Kv(kv).get_many(&keys)?;
+    Ok(guards.iter().zip(&now).any(|((_, read), now)| read != now))
 }
 
 #[cfg(test)]

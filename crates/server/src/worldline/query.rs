@@ -100,11 +100,14 @@ impl Worldlines {
         if let Some(e) = failed(&projector) {
             return Err(e);
         }
-        let head = self.ledger.head(&context).await?.map_or(0, |h| h.sequence);
-        if min_seq > head {
-            return Err(LedgerError::OutOfRange(format!(
-                "min_seq {min_seq} is past the head of worldline {w}, receipt {head}"
-            )));
+        if min_seq > 0 {
+            // (Any head holds min_seq 0: no read for it.)
+            let head = self.ledger.head(&context).await?.map_or(0, |h| h.sequence);
+            if min_seq > head {
+                return Err(LedgerError::OutOfRange(format!(
+                    "min_seq {min_seq} is past the head of worldline {w}, receipt {head}"
+                )));
+            }
         }
         let deadline = tokio::time::Instant::now() + wait.unwrap_or(WAIT_DEFAULT).min(WAIT_MAX);
         let mut progress = projector.progress();
