@@ -97,6 +97,16 @@ const SWITCH_CHECK_EVERY: Duration = Duration::from_millis(200);
 /// keep the queue busy.
 const MAINTAIN_STARVED: Duration = Duration::from_secs(1);
 
+/// What one [`Folder::fold`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Folded {
+    /// Receipts folded into the versions queries read.
+    live: u64,
+    /// When the oldest of them was appended (ns since the Unix epoch, by
+    /// the appending node's clock).
+    oldest_appended_ns: Option<u64>,
+}
+
 /// The derived space, as the projections read it.
 pub struct Kv<'a>(pub &'a dyn DerivedKv);
 
@@ -602,14 +612,20 @@ impl Folder {
                 // a query waiting here looks again.
                 Ok(folded) => {
                     // Receipts folded into the versions queries read, also
-                    // by a rebuild step, waited since they were queued.
-                    if folded > 0
-                        && let Some(since) = since
-                    {
-                        self.shared
-                            .stats
-                            .lag_seconds
-                            .observe_duration(since.elapsed());
+                    // by a rebuild step, waited since they were queued; a
+                    // step that folded them before their notice arrived
+                    // (nothing queued them yet) measures from their append.
+                    if folded.live > 0 {
+                        let waited = match (since, folded.oldest_appended_ns) {
+                            (Some(since), _) => Some(since.elapsed()),
+                            (None, Some(ns)) => {
+                                Some(Duration::from_nanos(wall_clock_ns().saturating_sub(ns)))
+                            }
+                            (None, None) => None,
+                        };
+                        if let Some(waited) = waited {
+                            self.shared.stats.lag_seconds.observe_duration(waited);
+                        }
                     }
                     self.shared.progress.send_modify(|n| *n += 1);
                 }
@@ -910,7 +926,8 @@ impl Folder {
 
     /// Folds `worldline` up to its head as it is now; returns how many
     /// receipts this node folded into the versions queries read (a
-    /// rebuilding version's step is not counted).
+    /// rebuilding version's step is not counted) and when the oldest of
+    /// them was appended.
     ///
     /// While a projection version rebuilds, the versions queries read are
     /// brought to the head (with the rebuilding one only where it has
@@ -918,12 +935,12 @@ impl Folder {
     /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), at most half the
     /// projector's time (`Shared::next`), so a rebuild holds up what
     /// queries wait for by at most one step.
-    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<u64, WorldlineError> {
+    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<Folded, WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
         let kv = self.kv();
         let mut conflicts = 0;
-        let mut live = 0;
+        let mut done = Folded::default();
         loop {
             let head = self
                 .store
@@ -980,11 +997,11 @@ impl Folder {
             } else if rebuild_from < head {
                 if !rebuild {
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(live);
+                    return Ok(done);
                 }
                 (rebuild_from, true)
             } else {
-                return Ok(live);
+                return Ok(done);
             };
             let folding: Vec<&'static dyn Projection> = all
                 .iter()
@@ -1006,6 +1023,7 @@ impl Folder {
             let mut batch = KvBatch::new();
             let mut folded = 0u64;
             let mut at = from;
+            let mut first_appended_ns = 0;
             let mut stale = false;
             'read: while at < until {
                 let entries: Vec<Entry> = read_entries(
@@ -1041,6 +1059,9 @@ impl Folder {
                             return Err(err);
                         }
                     }
+                    if folded == 0 {
+                        first_appended_ns = e.appended_at_ns;
+                    }
                     folded += 1;
                     at = e.sequence;
                     if batch.bytes() >= FOLD_BYTES_MAX {
@@ -1057,15 +1078,16 @@ impl Folder {
                 self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
-                if !rebuild_step {
-                    live += folded;
+                if !rebuild_step && folded > 0 {
+                    done.live += folded;
+                    done.oldest_appended_ns.get_or_insert(first_appended_ns);
                 }
                 if rebuild_step {
                     if at < head {
                         // Behind whatever was queued meanwhile.
                         self.shared.queue_rebuild(*worldline);
                     }
-                    return Ok(live);
+                    return Ok(done);
                 }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1073,7 +1095,7 @@ impl Folder {
                     // Another node built this step: one step per turn
                     // still, so folds of new receipts wait for no more.
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(live);
+                    return Ok(done);
                 }
                 conflicts += 1;
                 if conflicts >= GUARD_RETRIES_MAX {
@@ -1083,7 +1105,7 @@ impl Folder {
                         .lock()
                         .later
                         .push((Instant::now() + RETRY_AFTER, *worldline));
-                    return Ok(live);
+                    return Ok(done);
                 }
             }
         }
@@ -1234,6 +1256,133 @@ mod tests {
             stats: ProjectorStats::default(),
             swept: AtomicBool::new(false),
         }
+    }
+
+    /// Appends `pairs` commitment + outcome pairs to `w` (no projector).
+    async fn pairs(worldlines: &crate::Worldlines, w: &WorldlineId, from: u64, pairs: u64) {
+        use converge_ledger_worldline::{
+            Commitment, CommitmentId, Decision, Outcome, OutcomeStatus, PolicyRef, StateUpdate,
+        };
+        for n in from..from + pairs {
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&n.to_be_bytes());
+            id[0] = 0x51;
+            let c = Commitment {
+                commitment_id: CommitmentId(id),
+                class: "deploy".into(),
+                intent: format!("change {n}"),
+                requested_capabilities: ["cap".to_owned()].into_iter().collect(),
+                targets: vec![],
+                evidence: vec![],
+                proposer: "agent".into(),
+                decision: Decision::Accepted,
+                policy: PolicyRef {
+                    hash: converge_ledger_core::Digest::ZERO,
+                    version: "v1".into(),
+                },
+                granted_capabilities: ["cap".to_owned()].into_iter().collect(),
+                revoked_capabilities: Default::default(),
+                decider: "kernel".into(),
+            };
+            let c = worldlines.append_commitment(w, &c).await.unwrap();
+            let o = Outcome {
+                commitment: c.receipt.receipt_hash,
+                status: OutcomeStatus::Succeeded,
+                effects: vec![],
+                proofs: vec![],
+                state_updates: vec![StateUpdate::Put {
+                    key: "k".into(),
+                    value: n.to_be_bytes().to_vec(),
+                }],
+                reporter: "driver".into(),
+            };
+            worldlines.append_outcome(w, &o).await.unwrap();
+        }
+    }
+
+    /// The lag of receipts a rebuild step folds into the versions queries
+    /// read before their notice queued them is measured from their append:
+    /// `fold` says when the oldest receipt it folded there was appended, and
+    /// only for those versions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fold_reports_when_the_oldest_receipt_it_folded_into_the_live_versions_was_appended()
+    {
+        use converge_ledger_store::MemoryStore;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = crate::Ledger::new(store.clone(), crate::LedgerConfig::default());
+        let worldlines = crate::Worldlines::new(ledger.clone(), Default::default()).unwrap();
+        let w = WorldlineId::derive(b"lag");
+        // Queries answer capability_grants from version 1, so version 2
+        // rebuilds beside it.
+        let derived = store.derived().unwrap();
+        let serving = Serving::current().with("capability_grants", 1, 1).encode();
+        assert!(
+            derived
+                .write_if(
+                    &[(SERVING_KEY.to_vec(), None)],
+                    &[(SERVING_KEY.to_vec(), Some(serving))]
+                )
+                .unwrap()
+        );
+        pairs(&worldlines, &w, 0, 2).await;
+        let appended = |seq: u64| {
+            store
+                .entry(&w.context_id(), seq)
+                .unwrap()
+                .unwrap()
+                .appended_at_ns
+        };
+        let folder = Folder {
+            store: store.clone(),
+            limits: WorldlineLimits::default(),
+            shared: Arc::new(shared()),
+            retire_after: Duration::from_secs(3600),
+        };
+        let fold = |rebuild| tokio::task::block_in_place(|| folder.fold(&w, rebuild).unwrap());
+        // A fold of the versions queries read (version 2 waits for a step).
+        assert_eq!(
+            fold(false),
+            Folded {
+                live: 4,
+                oldest_appended_ns: Some(appended(1)),
+            }
+        );
+        assert_eq!(fold(false), Folded::default(), "nothing left to fold");
+        // Version 2 caught up with them there; start it again from
+        // scratch, so that it is behind.
+        let v2 = converge_ledger_worldline::projection_key_prefix(
+            &converge_ledger_worldline::capability_grants::CapabilityGrants::V2,
+        );
+        // The prefix ends in `/`: the next byte value ends the range.
+        let mut end = v2.clone();
+        *end.last_mut().unwrap() += 1;
+        let deletes: Vec<DerivedWrite> = derived
+            .range(&v2, &end, false, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| (k, None))
+            .collect();
+        assert!(!deletes.is_empty());
+        assert!(derived.write_if(&[], &deletes).unwrap());
+        // Two more pairs, whose notice has not arrived: a rebuild step
+        // first brings the versions queries read to the head, and those
+        // receipts count from the oldest of them; then it builds version 2,
+        // which does not count.
+        pairs(&worldlines, &w, 2, 2).await;
+        assert_eq!(
+            fold(true),
+            Folded {
+                live: 4,
+                oldest_appended_ns: Some(appended(5)),
+            }
+        );
+        assert_eq!(fold(true), Folded::default(), "nothing left to fold");
+        assert_eq!(
+            folder.shared.stats.receipts.load(Ordering::Relaxed),
+            4 + 4 + 8,
+            "receipts per write: 4 live, 4 live, then 8 into version 2"
+        );
+        ledger.shutdown().await.unwrap();
     }
 
     #[test]
