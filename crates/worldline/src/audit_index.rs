@@ -455,6 +455,13 @@ pub fn query(
     // The page's records in one read.
     let keys: Vec<Vec<u8>> = seqs.iter().map(|&seq| record_key(worldline, seq)).collect();
     let values = kv.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+    if values.len() != keys.len() {
+        return Err(WorldlineError::corrupt(format!(
+            "audit_index of worldline {worldline}: the store answered {} values for {} records",
+            values.len(),
+            keys.len()
+        )));
+    }
     let mut items = Vec::with_capacity(seqs.len());
     for (seq, value) in seqs.into_iter().zip(values) {
         items.push(decode_record(worldline, seq, value)?);

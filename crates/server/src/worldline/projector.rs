@@ -105,6 +105,25 @@ struct Folded {
     /// When the oldest of them was appended (ns since the Unix epoch, by
     /// the appending node's clock).
     oldest_appended_ns: Option<u64>,
+    /// When the last of them were stored: by this node's monotonic clock,
+    /// and its wall clock (ns since the Unix epoch).
+    stored: Option<(Instant, u64)>,
+}
+
+impl Folded {
+    /// How long the receipts folded into the versions queries read waited
+    /// to be stored: from `queued` (when their worldline was queued), else
+    /// from the oldest one's append. `None` when there were none, or when
+    /// that append lies ahead of this node's wall clock (clocks disagree:
+    /// no honest sample).
+    fn waited(&self, queued: Option<Instant>) -> Option<Duration> {
+        let (at, wall_ns) = self.stored.filter(|_| self.live > 0)?;
+        match (queued, self.oldest_appended_ns) {
+            (Some(queued), _) => Some(at.saturating_duration_since(queued)),
+            (None, Some(ns)) if ns <= wall_ns => Some(Duration::from_nanos(wall_ns - ns)),
+            _ => None,
+        }
+    }
 }
 
 /// The derived space, as the projections read it.
@@ -542,19 +561,18 @@ impl Projector {
             let answer = query(&view, projection);
             let (key, before) = &pinned[0];
             let after = kv.get_many(&[SERVING_KEY, key])?;
-            if after[0] != serving.bytes {
-                // A switch: the version read may be being deleted, so even
-                // an error may be an artefact of that. Ask again.
+            if after[0] != serving.bytes || after[1] != *before {
+                // A switch (the version read may be being deleted) or a
+                // fold moved what the query read: even an error may be an
+                // artefact of that. Ask again.
                 continue;
             }
             let answer = answer?;
-            if after[1] == *before {
-                let checkpoint = before
-                    .as_deref()
-                    .map(|v| decode_checkpoint(v, projection, worldline))
-                    .transpose()?;
-                return Ok((projection, checkpoint, answer));
-            }
+            let checkpoint = before
+                .as_deref()
+                .map(|v| decode_checkpoint(v, projection, worldline))
+                .transpose()?;
+            return Ok((projection, checkpoint, answer));
         }
         Err(WorldlineError::Unavailable {
             message: format!(
@@ -602,31 +620,23 @@ impl Folder {
                     continue;
                 }
             };
-            let folded = self.fold(&next, rebuild);
+            let mut folded = Folded::default();
+            let result = self.fold(&next, rebuild, &mut folded);
             if rebuild {
                 let took = started.elapsed();
                 self.shared.lock().rebuild_after = Some(Instant::now() + took);
             }
-            match folded {
+            // Receipts stored into the versions queries read, also by a
+            // rebuild call (whose step may then have failed), waited from
+            // when they were queued until that write; those a rebuild call
+            // folded before their notice queued them, from their append.
+            if let Some(waited) = folded.waited(since) {
+                self.shared.stats.lag_seconds.observe_duration(waited);
+            }
+            match result {
                 // Also when nothing was left to fold (another node did it):
                 // a query waiting here looks again.
-                Ok(folded) => {
-                    // Receipts folded into the versions queries read, also
-                    // by a rebuild step, waited since they were queued; a
-                    // step that folded them before their notice arrived
-                    // (nothing queued them yet) measures from their append.
-                    if folded.live > 0 {
-                        let waited = match (since, folded.oldest_appended_ns) {
-                            (Some(since), _) => Some(since.elapsed()),
-                            (None, Some(ns)) => {
-                                Some(Duration::from_nanos(wall_clock_ns().saturating_sub(ns)))
-                            }
-                            (None, None) => None,
-                        };
-                        if let Some(waited) = waited {
-                            self.shared.stats.lag_seconds.observe_duration(waited);
-                        }
-                    }
+                Ok(()) => {
                     self.shared.progress.send_modify(|n| *n += 1);
                 }
                 Err(e) if e.code() == ErrorCode::Unavailable => {
@@ -924,10 +934,11 @@ impl Folder {
         self.shared.swept.store(true, Ordering::Release);
     }
 
-    /// Folds `worldline` up to its head as it is now; returns how many
-    /// receipts this node folded into the versions queries read (a
-    /// rebuilding version's step is not counted) and when the oldest of
-    /// them was appended.
+    /// Folds `worldline` up to its head as it is now. Records in `done`
+    /// how many receipts this node stored into the versions queries read
+    /// (a rebuilding version's step is not counted), when the oldest of
+    /// them was appended and when the last were stored: also when a later
+    /// step fails.
     ///
     /// While a projection version rebuilds, the versions queries read are
     /// brought to the head (with the rebuilding one only where it has
@@ -935,12 +946,16 @@ impl Folder {
     /// steps of [`REBUILD_STEP_RECEIPTS`] (`rebuild`), at most half the
     /// projector's time (`Shared::next`), so a rebuild holds up what
     /// queries wait for by at most one step.
-    pub fn fold(&self, worldline: &WorldlineId, rebuild: bool) -> Result<Folded, WorldlineError> {
+    fn fold(
+        &self,
+        worldline: &WorldlineId,
+        rebuild: bool,
+        done: &mut Folded,
+    ) -> Result<(), WorldlineError> {
         let reader = ReceiptReader::new(*worldline, &self.limits);
         let context = reader.context();
         let kv = self.kv();
         let mut conflicts = 0;
-        let mut done = Folded::default();
         loop {
             let head = self
                 .store
@@ -997,11 +1012,11 @@ impl Folder {
             } else if rebuild_from < head {
                 if !rebuild {
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(done);
+                    return Ok(());
                 }
                 (rebuild_from, true)
             } else {
-                return Ok(done);
+                return Ok(());
             };
             let folding: Vec<&'static dyn Projection> = all
                 .iter()
@@ -1081,13 +1096,14 @@ impl Folder {
                 if !rebuild_step && folded > 0 {
                     done.live += folded;
                     done.oldest_appended_ns.get_or_insert(first_appended_ns);
+                    done.stored = Some((Instant::now(), wall_clock_ns()));
                 }
                 if rebuild_step {
                     if at < head {
                         // Behind whatever was queued meanwhile.
                         self.shared.queue_rebuild(*worldline);
                     }
-                    return Ok(done);
+                    return Ok(());
                 }
             } else {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1095,7 +1111,7 @@ impl Folder {
                     // Another node built this step: one step per turn
                     // still, so folds of new receipts wait for no more.
                     self.shared.queue_rebuild(*worldline);
-                    return Ok(done);
+                    return Ok(());
                 }
                 conflicts += 1;
                 if conflicts >= GUARD_RETRIES_MAX {
@@ -1105,7 +1121,7 @@ impl Folder {
                         .lock()
                         .later
                         .push((Instant::now() + RETRY_AFTER, *worldline));
-                    return Ok(done);
+                    return Ok(());
                 }
             }
         }
@@ -1136,7 +1152,9 @@ fn lower_priority(nice: i32) {
 }
 
 /// The derived space with some keys' values known (the checkpoints a fold
-/// read to start): those are answered without reading them again.
+/// read to start, the checkpoint a query read first): `get` and `get_many`
+/// answer those without reading them again; `range` reads the store as it
+/// is (no fold or query reads checkpoints through a range).
 struct Pinned<'a> {
     kv: Kv<'a>,
     pinned: &'a [Guard],
@@ -1158,13 +1176,16 @@ impl KvRead for Pinned<'_> {
             .filter(|k| pinned(k).is_none())
             .collect();
         let mut read = self.kv.get_many(&unpinned)?.into_iter();
-        Ok(keys
-            .iter()
+        keys.iter()
             .map(|k| match pinned(k) {
-                Some((_, value)) => value.clone(),
-                None => read.next().flatten(),
+                Some((_, value)) => Ok(value.clone()),
+                None => read.next().ok_or_else(|| {
+                    WorldlineError::corrupt(
+                        "the derived store answered fewer values than the keys it was asked for",
+                    )
+                }),
             })
-            .collect())
+            .collect()
     }
 
     fn range(
@@ -1338,16 +1359,15 @@ mod tests {
             shared: Arc::new(shared()),
             retire_after: Duration::from_secs(3600),
         };
-        let fold = |rebuild| tokio::task::block_in_place(|| folder.fold(&w, rebuild).unwrap());
+        let fold = |rebuild| {
+            let mut done = Folded::default();
+            tokio::task::block_in_place(|| folder.fold(&w, rebuild, &mut done)).unwrap();
+            assert_eq!(done.stored.is_some(), done.live > 0);
+            (done.live, done.oldest_appended_ns)
+        };
         // A fold of the versions queries read (version 2 waits for a step).
-        assert_eq!(
-            fold(false),
-            Folded {
-                live: 4,
-                oldest_appended_ns: Some(appended(1)),
-            }
-        );
-        assert_eq!(fold(false), Folded::default(), "nothing left to fold");
+        assert_eq!(fold(false), (4, Some(appended(1))));
+        assert_eq!(fold(false), (0, None), "nothing left to fold");
         // Version 2 caught up with them there; start it again from
         // scratch, so that it is behind.
         let v2 = converge_ledger_worldline::projection_key_prefix(
@@ -1369,20 +1389,39 @@ mod tests {
         // receipts count from the oldest of them; then it builds version 2,
         // which does not count.
         pairs(&worldlines, &w, 2, 2).await;
-        assert_eq!(
-            fold(true),
-            Folded {
-                live: 4,
-                oldest_appended_ns: Some(appended(5)),
-            }
-        );
-        assert_eq!(fold(true), Folded::default(), "nothing left to fold");
+        assert_eq!(fold(true), (4, Some(appended(5))));
+        assert_eq!(fold(true), (0, None), "nothing left to fold");
         assert_eq!(
             folder.shared.stats.receipts.load(Ordering::Relaxed),
             4 + 4 + 8,
             "receipts per write: 4 live, 4 live, then 8 into version 2"
         );
         ledger.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn lag_runs_to_the_write_from_the_queueing_else_from_an_append_not_ahead_of_this_clock() {
+        let queued = Instant::now();
+        let at = queued + Duration::from_millis(3);
+        let wall_ns = 10_000_000_000;
+        let folded = |live, oldest_appended_ns| Folded {
+            live,
+            oldest_appended_ns,
+            stored: Some((at, wall_ns)),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(folded(2, Some(1)).waited(Some(queued)), Some(ms(3)));
+        assert_eq!(
+            folded(2, Some(wall_ns - 7_000_000)).waited(None),
+            Some(ms(7))
+        );
+        assert_eq!(
+            folded(2, Some(wall_ns + 1)).waited(None),
+            None,
+            "an append ahead of this clock"
+        );
+        assert_eq!(folded(0, None).waited(Some(queued)), None, "nothing live");
+        assert_eq!(Folded::default().waited(Some(queued)), None);
     }
 
     #[test]
