@@ -304,6 +304,15 @@ pub struct ServeArgs {
         default_value_t = converge_ledger_server::RETIRE_AFTER_DEFAULT.as_secs()
     )]
     worldline_projection_retire_after_secs: u64,
+    /// MiB of projection records the projection thread keeps in memory
+    /// between folds (0: none): a fold then reads from storage only what
+    /// it has not seen, which saves a round trip per record on PostgreSQL.
+    #[arg(
+        long,
+        env = "CONVERGE_LEDGER_WORLDLINE_PROJECTOR_CACHE_MIB",
+        default_value_t = converge_ledger_server::PROJECTOR_CACHE_BYTES_DEFAULT / (1024 * 1024)
+    )]
+    worldline_projector_cache_mib: usize,
     /// Log lines on stderr as text or as JSON objects (one per line); the
     /// level comes from RUST_LOG (default: info).
     #[arg(long, env = "CONVERGE_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -707,6 +716,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         worldline_projection_retire_after: Duration::from_secs(
             args.worldline_projection_retire_after_secs,
         ),
+        worldline_projector_cache_bytes: args
+            .worldline_projector_cache_mib
+            .saturating_mul(1024 * 1024),
         connections_max: args.max_connections,
         request_bytes_max: args.max_request_bytes,
         auth: auth.clone(),

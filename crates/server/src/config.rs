@@ -159,6 +159,10 @@ pub struct ServerConfig {
     /// queries moved to its successor (the time a rolling upgrade has to
     /// replace the nodes that still answer from it).
     pub worldline_projection_retire_after: std::time::Duration,
+    /// Bytes of projection records the projector keeps in memory between
+    /// folds (0: none), so that a fold reads from storage only what it has
+    /// not seen.
+    pub worldline_projector_cache_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +192,7 @@ impl Default for ServerConfig {
             worldline_projections: true,
             worldline_projector_nice: crate::PROJECTOR_NICE_DEFAULT,
             worldline_projection_retire_after: crate::RETIRE_AFTER_DEFAULT,
+            worldline_projector_cache_bytes: crate::PROJECTOR_CACHE_BYTES_DEFAULT,
         }
     }
 }

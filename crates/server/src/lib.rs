@@ -40,7 +40,7 @@ pub use ops::{Health, OpsState, RpcLayer, RpcMetrics};
 pub use serve::{ServeError, run};
 pub use worldline::{
     AppendedReceipt, DerivedRead, FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, NICE_MAX,
-    PROJECTOR_NICE_DEFAULT, Position, Projector, ProjectorOptions, ProjectorQueue, ProjectorStats,
-    RETIRE_AFTER_DEFAULT, Verified, WAIT_DEFAULT, WAIT_MAX, WorldlineApi, Worldlines,
-    WrittenSnapshot, receipt_json,
+    PROJECTOR_CACHE_BYTES_DEFAULT, PROJECTOR_NICE_DEFAULT, Position, Projector, ProjectorOptions,
+    ProjectorQueue, ProjectorStats, RETIRE_AFTER_DEFAULT, Verified, WAIT_DEFAULT, WAIT_MAX,
+    WorldlineApi, Worldlines, WrittenSnapshot, receipt_json,
 };

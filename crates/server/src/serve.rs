@@ -73,6 +73,7 @@ pub async fn run(
         worldlines.with_projector(crate::ProjectorOptions {
             nice: config.worldline_projector_nice,
             retire_after: config.worldline_projection_retire_after,
+            cache_bytes: config.worldline_projector_cache_bytes,
         })
     } else {
         worldlines

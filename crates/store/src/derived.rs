@@ -55,6 +55,14 @@ pub trait DerivedKv: Send + Sync {
     /// written nothing, if one does not. Readers see all of the writes or
     /// none.
     fn write_if(&self, guards: &[Guard], writes: &[DerivedWrite]) -> Result<bool, StoreError>;
+
+    /// Whether every read is a round trip to another process (PostgreSQL):
+    /// then readers gain by keeping what they read in memory. `false` for
+    /// the space in this process (memory, fjall), where a read costs about
+    /// what a lookup in such a memory would.
+    fn reads_are_round_trips(&self) -> bool {
+        false
+    }
 }
 
 /// The derived space in RAM, for the memory store.

@@ -31,6 +31,10 @@ fn limit_of(limit: usize) -> i64 {
 }
 
 impl DerivedKv for PostgresStore {
+    fn reads_are_round_trips(&self) -> bool {
+        true
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let row = read!(self, "reading a projection record", |c| c
             .client

@@ -41,8 +41,9 @@ use converge_ledger_worldline::{
 
 pub use json::receipt_json;
 pub use projector::{
-    FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Kv as DerivedRead, NICE_MAX, PROJECTOR_NICE_DEFAULT,
-    Projector, ProjectorOptions, ProjectorQueue, ProjectorStats, RETIRE_AFTER_DEFAULT,
+    FOLD_BYTES_MAX, FOLD_RECEIPTS_MAX, Kv as DerivedRead, NICE_MAX, PROJECTOR_CACHE_BYTES_DEFAULT,
+    PROJECTOR_NICE_DEFAULT, Projector, ProjectorOptions, ProjectorQueue, ProjectorStats,
+    RETIRE_AFTER_DEFAULT,
 };
 pub use query::{Position, WAIT_DEFAULT, WAIT_MAX};
 pub(crate) use rpc_projections::Query as ProjectionQuery;

@@ -46,6 +46,9 @@ use super::{READ_CHUNK, read_entries, store_error};
 /// and behind them a projector at 10 left queries waiting over 10 ms for
 /// their `min_seq` right after a large load.
 pub const PROJECTOR_NICE_DEFAULT: i32 = 5;
+/// Bytes of projection records the projector keeps in memory between
+/// folds by default ([`FoldCache`]).
+pub const PROJECTOR_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 /// The highest niceness Linux has.
 pub const NICE_MAX: i32 = 19;
 /// How long a retired projection version's records are kept after the
@@ -63,6 +66,9 @@ pub struct ProjectorOptions {
     /// How long a retired projection version's records are kept after the
     /// switch before they are deleted.
     pub retire_after: Duration,
+    /// Bytes of projection records the projector keeps in memory between
+    /// folds, at most (0: none).
+    pub cache_bytes: usize,
 }
 
 impl Default for ProjectorOptions {
@@ -70,6 +76,7 @@ impl Default for ProjectorOptions {
         ProjectorOptions {
             nice: PROJECTOR_NICE_DEFAULT,
             retire_after: RETIRE_AFTER_DEFAULT,
+            cache_bytes: PROJECTOR_CACHE_BYTES_DEFAULT,
         }
     }
 }
@@ -394,6 +401,147 @@ struct Folder {
     limits: WorldlineLimits,
     shared: Arc<Shared>,
     retire_after: Duration,
+    cache: std::cell::RefCell<FoldCache>,
+}
+
+/// Projection records of the worldlines this projector folded lately, as
+/// its own reads and writes left them, so that a fold reads from storage
+/// only what it has not seen (on PostgreSQL each read is a round trip).
+///
+/// Every write to a worldline's records moves the checkpoints of the
+/// versions it writes, in the same atomic write (and a switch of versions
+/// moves the serving record). So a worldline's remembered records are the
+/// stored ones as long as the serving record and its checkpoints are what
+/// they were when they were remembered: each fold reads those anyway, and
+/// forgets the worldline when they differ (another node folded it, or
+/// switched a version, or the space was rebuilt). A fold that wrote
+/// nothing after reading (its guard failed, it was stale, it failed)
+/// forgets it too, since its reads may have met another node's writes.
+/// Bounded in bytes: past the bound, the worldlines folded longest ago are
+/// forgotten.
+#[derive(Default)]
+struct FoldCache {
+    worldlines: HashMap<WorldlineId, Remembered>,
+    bytes: usize,
+    max_bytes: usize,
+    clock: u64,
+}
+
+/// One worldline's remembered records.
+#[derive(Default)]
+struct Remembered {
+    /// The serving record and checkpoints (keys and values) the records
+    /// are valid at.
+    at: Vec<Guard>,
+    /// Key → value (`None`: absent).
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+    used: u64,
+}
+
+/// Bytes a remembered record is counted at: key, value and the map's own.
+fn remembered_bytes(key: &[u8], value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + 64
+}
+
+impl Remembered {
+    fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.bytes += remembered_bytes(&key, &value);
+        if let Some(old) = self.values.get(&key) {
+            self.bytes -= remembered_bytes(&key, old);
+        }
+        self.values.insert(key, value);
+    }
+}
+
+impl FoldCache {
+    fn new(max_bytes: usize) -> FoldCache {
+        FoldCache {
+            max_bytes,
+            ..FoldCache::default()
+        }
+    }
+
+    /// What is remembered of `worldline` if it is valid `at` (the serving
+    /// record and checkpoints just read), else an empty record set; either
+    /// way taken out until [`FoldCache::keep`] puts it back.
+    fn take(&mut self, worldline: &WorldlineId, at: &[Guard]) -> Remembered {
+        let Some(r) = self.worldlines.remove(worldline) else {
+            return Remembered::default();
+        };
+        self.bytes -= r.bytes;
+        if r.at == at { r } else { Remembered::default() }
+    }
+
+    /// Puts back what is remembered of `worldline`, valid `at`; forgets
+    /// the worldlines folded longest ago while over the bound.
+    fn keep(&mut self, worldline: WorldlineId, mut r: Remembered, at: Vec<Guard>) {
+        if r.bytes > self.max_bytes / 2 {
+            return;
+        }
+        self.clock += 1;
+        r.used = self.clock;
+        r.at = at;
+        self.bytes += r.bytes;
+        self.worldlines.insert(worldline, r);
+        if self.bytes > self.max_bytes {
+            let mut by_use: Vec<(u64, WorldlineId)> =
+                self.worldlines.iter().map(|(w, r)| (r.used, *w)).collect();
+            by_use.sort_unstable_by_key(|(used, _)| *used);
+            for (_, w) in by_use {
+                if self.bytes <= self.max_bytes / 4 * 3 {
+                    break;
+                }
+                if let Some(r) = self.worldlines.remove(&w) {
+                    self.bytes -= r.bytes;
+                }
+            }
+        }
+    }
+}
+
+/// The derived space as one fold reads it: what is remembered of the
+/// worldline first, then storage (and what storage answers is remembered).
+struct Remembering<'a> {
+    kv: Kv<'a>,
+    memo: &'a std::cell::RefCell<Remembered>,
+}
+
+impl KvRead for Remembering<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WorldlineError> {
+        if let Some(v) = self.memo.borrow().values.get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.kv.get(key)?;
+        self.memo.borrow_mut().put(key.to_vec(), v.clone());
+        Ok(v)
+    }
+
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, WorldlineError> {
+        let missing: Vec<&[u8]> = {
+            let memo = self.memo.borrow();
+            keys.iter()
+                .copied()
+                .filter(|k| !memo.values.contains_key(*k))
+                .collect()
+        };
+        let read = self.kv.get_many(&missing)?;
+        let mut memo = self.memo.borrow_mut();
+        for (k, v) in missing.iter().zip(read) {
+            memo.put(k.to_vec(), v);
+        }
+        Ok(keys.iter().map(|k| memo.values[*k].clone()).collect())
+    }
+
+    fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<KvPair>, WorldlineError> {
+        self.kv.range(start, end, direction, limit)
+    }
 }
 
 impl Projector {
@@ -423,6 +571,15 @@ impl Projector {
             limits,
             shared: shared.clone(),
             retire_after: options.retire_after,
+            // Worth it only where a read is a round trip: in this process
+            // a read costs about what remembering it does.
+            cache: std::cell::RefCell::new(FoldCache::new(
+                if store.derived().is_some_and(|d| d.reads_are_round_trips()) {
+                    options.cache_bytes
+                } else {
+                    0
+                },
+            )),
         };
         let thread = std::thread::Builder::new()
             .name("worldline-projector".into())
@@ -962,28 +1119,29 @@ impl Folder {
                 .head(context)
                 .map_err(store_error)?
                 .map_or(0, |h| h.sequence);
-            let serving = Serving::load(&Kv(kv))?;
+            let FoldStart {
+                serving,
+                all,
+                checkpoints,
+            } = serving_and_checkpoints(kv, worldline)?;
             let rebuilding: Vec<&'static dyn Projection> = serving
                 .serving
                 .switching()
                 .into_iter()
                 .map(|(_, new)| new)
                 .collect();
-            let all = serving.serving.folded();
             let mut guards: Vec<Guard> = Vec::with_capacity(all.len() + 1);
             if !rebuilding.is_empty() {
                 // Folds of a version another node may retire meanwhile are
                 // guarded by the record they read, so that none writes it
                 // again. Only then: on PostgreSQL every guard key is a lock
                 // all nodes' folds would queue on.
-                guards.push((SERVING_KEY.to_vec(), serving.bytes));
+                guards.push((SERVING_KEY.to_vec(), serving.bytes.clone()));
             }
             let mut live_from = u64::MAX;
             let mut rebuild_from = u64::MAX;
             let mut through = Vec::with_capacity(all.len());
-            let keys: Vec<Vec<u8>> = all.iter().map(|&p| checkpoint_key(p, worldline)).collect();
-            let values = Kv(kv).get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
-            for ((&p, key), value) in all.iter().zip(keys).zip(values) {
+            for (&p, (key, value)) in all.iter().zip(checkpoints) {
                 let seq = match &value {
                     None => 0,
                     Some(v) => {
@@ -1024,11 +1182,30 @@ impl Folder {
                 .filter(|(_, seq)| **seq >= from)
                 .map(|(p, _)| *p)
                 .collect();
-            // The checkpoints just read are what the folds read them as.
-            let known = Pinned {
+            // The checkpoints just read are what the folds read them as;
+            // with a cache, what is remembered of the worldline at them is
+            // read from memory too.
+            let remembers = self.cache.borrow().max_bytes > 0;
+            let valid_at: Vec<Guard> = if remembers {
+                std::iter::once((SERVING_KEY.to_vec(), serving.bytes.clone()))
+                    .chain(guards.iter().filter(|(k, _)| k != SERVING_KEY).cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let memo = std::cell::RefCell::new(self.cache.borrow_mut().take(worldline, &valid_at));
+            for (k, v) in &valid_at {
+                memo.borrow_mut().put(k.clone(), v.clone());
+            }
+            let remembering = Remembering {
+                kv: Kv(kv),
+                memo: &memo,
+            };
+            let pinned = Pinned {
                 kv: Kv(kv),
                 pinned: &guards,
             };
+            let known: &dyn KvRead = if remembers { &remembering } else { &pinned };
             let step = if rebuild_step {
                 REBUILD_STEP_RECEIPTS
             } else {
@@ -1059,7 +1236,7 @@ impl Folder {
                         .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
                     for &p in &folding {
-                        if let Err(err) = apply_receipt(p, &receipt, &known, &mut batch) {
+                        if let Err(err) = apply_receipt(p, &receipt, known, &mut batch) {
                             // Each read sees the latest commit: another
                             // node's fold committed between two of this
                             // fold's reads can make them disagree (a pair
@@ -1086,6 +1263,7 @@ impl Folder {
             }
             let writes: Vec<DerivedWrite> = batch.into_writes().collect();
             if !stale && kv.write_if(&guards, &writes).map_err(store_error)? {
+                self.remember(*worldline, memo.into_inner(), valid_at, writes);
                 self.shared
                     .stats
                     .receipts
@@ -1125,6 +1303,40 @@ impl Folder {
                 }
             }
         }
+    }
+}
+
+impl Folder {
+    /// After a fold's write: what it read and wrote of `worldline` is
+    /// remembered, valid at the serving record and checkpoints it wrote
+    /// (`at` with its writes applied). Writes of empty values (index keys,
+    /// read only through ranges) are remembered only over a value already
+    /// remembered.
+    fn remember(
+        &self,
+        worldline: WorldlineId,
+        mut memo: Remembered,
+        mut at: Vec<Guard>,
+        writes: Vec<DerivedWrite>,
+    ) {
+        if self.cache.borrow().max_bytes == 0 {
+            return;
+        }
+        let written: HashMap<&[u8], &Option<Vec<u8>>> =
+            writes.iter().map(|(k, v)| (k.as_slice(), v)).collect();
+        for (k, v) in &mut at {
+            if let Some(&new) = written.get(k.as_slice()) {
+                v.clone_from(new);
+            }
+        }
+        drop(written);
+        for (k, v) in writes {
+            if v.as_ref().is_some_and(Vec::is_empty) && !memo.values.contains_key(&k) {
+                continue;
+            }
+            memo.put(k, v);
+        }
+        self.cache.borrow_mut().keep(worldline, memo, at);
     }
 }
 
@@ -1197,6 +1409,57 @@ impl KvRead for Pinned<'_> {
     ) -> Result<Vec<KvPair>, WorldlineError> {
         self.kv.range(start, end, direction, limit)
     }
+}
+
+/// The serving record, the projection versions a fold keeps up to date
+/// by it, and their checkpoint keys and values for `worldline`. The
+/// versions this code builds are those unless one rebuilds: their
+/// checkpoints are read with the serving record, in one read (one round
+/// trip on PostgreSQL).
+fn serving_and_checkpoints(
+    kv: &dyn DerivedKv,
+    worldline: &WorldlineId,
+) -> Result<FoldStart, WorldlineError> {
+    let kv = Kv(kv);
+    let likely = Serving::current().folded();
+    let checkpoints = |versions: &[&'static dyn Projection]| -> Vec<Vec<u8>> {
+        versions
+            .iter()
+            .map(|&p| checkpoint_key(p, worldline))
+            .collect()
+    };
+    let mut keys = vec![SERVING_KEY.to_vec()];
+    keys.extend(checkpoints(&likely));
+    let mut read = kv
+        .get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?
+        .into_iter();
+    let serving = Serving::from_stored(&kv, read.next().flatten())?;
+    let all = serving.serving.folded();
+    let same = all.len() == likely.len()
+        && all
+            .iter()
+            .zip(&likely)
+            .all(|(a, b)| a.name() == b.name() && a.version() == b.version());
+    let keys = checkpoints(&all);
+    let values: Vec<Option<Vec<u8>>> = if same {
+        read.collect()
+    } else {
+        kv.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>())?
+    };
+    Ok(FoldStart {
+        serving,
+        all,
+        checkpoints: keys.into_iter().zip(values).collect(),
+    })
+}
+
+/// What a fold starts from ([`serving_and_checkpoints`]).
+struct FoldStart {
+    serving: StoredServing,
+    /// The projection versions folded.
+    all: Vec<&'static dyn Projection>,
+    /// Their checkpoint keys and stored values, in the same order.
+    checkpoints: Vec<Guard>,
 }
 
 /// What a query of one projection starts from.
@@ -1312,7 +1575,7 @@ mod tests {
                 effects: vec![],
                 proofs: vec![],
                 state_updates: vec![StateUpdate::Put {
-                    key: "k".into(),
+                    key: format!("k{n}"),
                     value: n.to_be_bytes().to_vec(),
                 }],
                 reporter: "driver".into(),
@@ -1358,6 +1621,7 @@ mod tests {
             limits: WorldlineLimits::default(),
             shared: Arc::new(shared()),
             retire_after: Duration::from_secs(3600),
+            cache: std::cell::RefCell::new(FoldCache::new(PROJECTOR_CACHE_BYTES_DEFAULT)),
         };
         let fold = |rebuild| {
             let mut done = Folded::default();
@@ -1397,6 +1661,150 @@ mod tests {
             "receipts per write: 4 live, 4 live, then 8 into version 2"
         );
         ledger.shutdown().await.unwrap();
+    }
+
+    /// A folder over `store`, remembering up to `cache_bytes`.
+    fn folder(store: &Arc<dyn Store>, cache_bytes: usize) -> Folder {
+        Folder {
+            store: store.clone(),
+            limits: WorldlineLimits::default(),
+            shared: Arc::new(shared()),
+            retire_after: Duration::from_secs(3600),
+            cache: std::cell::RefCell::new(FoldCache::new(cache_bytes)),
+        }
+    }
+
+    /// The stored latest_state meta record of `w` (pair count, bytes).
+    fn meta_key(store: &Arc<dyn Store>, w: &WorldlineId) -> Vec<u8> {
+        use converge_ledger_worldline::latest_state::LatestState;
+        let prefix = converge_ledger_worldline::worldline_key_prefix(&LatestState, w);
+        let mut end = prefix.clone();
+        *end.last_mut().unwrap() += 1;
+        let pairs = store
+            .derived()
+            .unwrap()
+            .range(&prefix, &end, false, 1000)
+            .unwrap();
+        pairs
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| k[prefix.len()..].starts_with(b"meta/"))
+            .expect("a meta record")
+    }
+
+    fn pair_count(store: &Arc<dyn Store>, w: &WorldlineId) -> u64 {
+        converge_ledger_worldline::latest_state::head(&Kv(store.derived().unwrap()), w)
+            .unwrap()
+            .unwrap()
+            .pair_count
+    }
+
+    /// A fold reads what the folds before it read and wrote from memory,
+    /// not from storage: a record changed in storage behind the
+    /// checkpoints' back (which no writer does) is not even read. Without
+    /// memory the damaged record stops the fold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fold_reads_what_earlier_folds_read_and_wrote_from_memory() {
+        use converge_ledger_store::MemoryStore;
+        for cache_bytes in [PROJECTOR_CACHE_BYTES_DEFAULT, 0] {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let ledger = crate::Ledger::new(store.clone(), crate::LedgerConfig::default());
+            let worldlines = crate::Worldlines::new(ledger.clone(), Default::default()).unwrap();
+            let w = WorldlineId::derive(b"memory");
+            let folder = folder(&store, cache_bytes);
+            let fold =
+                || tokio::task::block_in_place(|| folder.fold(&w, false, &mut Folded::default()));
+            pairs(&worldlines, &w, 0, 1).await;
+            fold().unwrap();
+            let meta = meta_key(&store, &w);
+            let derived = store.derived().unwrap();
+            assert!(
+                derived
+                    .write_if(&[], &[(meta, Some(b"garbage".to_vec()))])
+                    .unwrap()
+            );
+            pairs(&worldlines, &w, 1, 1).await;
+            let folded = fold();
+            if cache_bytes > 0 {
+                folded.unwrap();
+                assert_eq!(
+                    pair_count(&store, &w),
+                    2,
+                    "the meta record written from memory"
+                );
+            } else {
+                let e = folded.expect_err("the damaged meta record is read");
+                assert_eq!(e.code(), ErrorCode::DataLoss, "{e:?}");
+            }
+            ledger.shutdown().await.unwrap();
+        }
+    }
+
+    /// What a folder remembers is forgotten once another folder (another
+    /// node) folds the worldline: its next fold reads storage again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fold_forgets_what_it_remembered_once_another_node_folded_the_worldline() {
+        use converge_ledger_store::MemoryStore;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = crate::Ledger::new(store.clone(), crate::LedgerConfig::default());
+        let worldlines = crate::Worldlines::new(ledger.clone(), Default::default()).unwrap();
+        let w = WorldlineId::derive(b"two nodes");
+        let (a, b) = (
+            folder(&store, PROJECTOR_CACHE_BYTES_DEFAULT),
+            folder(&store, PROJECTOR_CACHE_BYTES_DEFAULT),
+        );
+        let fold = |f: &Folder| {
+            tokio::task::block_in_place(|| f.fold(&w, false, &mut Folded::default())).unwrap()
+        };
+        pairs(&worldlines, &w, 0, 1).await;
+        fold(&a);
+        pairs(&worldlines, &w, 1, 1).await;
+        fold(&b);
+        assert_eq!(pair_count(&store, &w), 2);
+        pairs(&worldlines, &w, 2, 1).await;
+        // With the meta record it remembered (one pair), a would count 2.
+        fold(&a);
+        assert_eq!(pair_count(&store, &w), 3);
+        ledger.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn a_cache_past_its_bound_forgets_the_worldlines_folded_longest_ago() {
+        let mut cache = FoldCache::new(10_000);
+        let at = vec![(b"c".to_vec(), Some(vec![1]))];
+        let remembered = |n: usize| {
+            let mut r = Remembered::default();
+            for i in 0..n {
+                r.put(format!("k{i}").into_bytes(), Some(vec![0; 100]));
+            }
+            r
+        };
+        let ids: Vec<WorldlineId> = (0..4u8).map(|i| WorldlineId::derive(&[i])).collect();
+        for w in &ids {
+            cache.keep(*w, remembered(20), at.clone());
+        }
+        assert!(cache.bytes <= 10_000, "{} bytes", cache.bytes);
+        assert!(
+            !cache.worldlines.contains_key(&ids[0]),
+            "the oldest forgotten"
+        );
+        assert!(cache.worldlines.contains_key(&ids[3]), "the newest kept");
+        assert_eq!(
+            cache.bytes,
+            cache.worldlines.values().map(|r| r.bytes).sum::<usize>()
+        );
+        // Valid only at what it was kept at.
+        let other = vec![(b"c".to_vec(), Some(vec![2]))];
+        assert!(cache.take(&ids[3], &other).values.is_empty());
+        assert!(
+            !cache.worldlines.contains_key(&ids[3]),
+            "taken out either way"
+        );
+        cache.keep(ids[3], remembered(3), at.clone());
+        assert_eq!(cache.take(&ids[3], &at).values.len(), 3);
+        // One worldline over half the bound is not kept at all.
+        cache.keep(ids[3], remembered(60), at.clone());
+        assert!(!cache.worldlines.contains_key(&ids[3]));
     }
 
     #[test]
