@@ -74,6 +74,7 @@ pub async fn run(
             nice: config.worldline_projector_nice,
             retire_after: config.worldline_projection_retire_after,
             cache_bytes: config.worldline_projector_cache_bytes,
+            cache_on_any_store: false,
         })
     } else {
         worldlines

@@ -844,19 +844,35 @@ async fn folded_from_scratch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_projectors_leave_exactly_what_one_fold_from_scratch_leaves() {
+    race_projectors(false).await;
+}
+
+/// The same with each projector keeping records in memory between folds
+/// (as on PostgreSQL): what one remembers must be forgotten whenever the
+/// other folded the worldline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_projectors_that_remember_records_leave_exactly_what_one_fold_from_scratch_leaves() {
+    race_projectors(true).await;
+}
+
+async fn race_projectors(remember: bool) {
     // Two projectors over one store (as two nodes over one database), both
     // told of every receipt while eight writers append grants,
     // revocations and state updates: their guarded writes interleave with
     // different batch boundaries, and the result must be one fold's.
     let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
+    let options = converge_ledger_server::ProjectorOptions {
+        cache_on_any_store: remember,
+        ..Default::default()
+    };
     let a = Arc::new(
         Worldlines::new(ledger.clone(), Default::default())
             .unwrap()
-            .with_projections(),
+            .with_projector(options),
     );
     let b = Worldlines::new(ledger.clone(), Default::default())
         .unwrap()
-        .with_projections();
+        .with_projector(options);
     let ids = [
         WorldlineId::derive(b"race-1"),
         WorldlineId::derive(b"race-2"),
@@ -1331,7 +1347,8 @@ async fn two_projectors_switching_versions_while_writers_append_leave_exactly_on
     // Two projectors (as two nodes over one database) start on a store the
     // previous release folded, while four writers append: both fold both
     // versions, one switches, both delete; what is left must be one fold
-    // of the current versions, whatever the interleaving.
+    // of the current versions, whatever the interleaving. b keeps records
+    // in memory between folds (as on PostgreSQL), a does not.
     let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
     let store = ledger.store().clone();
     let writer = Arc::new(Worldlines::new(ledger.clone(), Default::default()).unwrap());
@@ -1350,7 +1367,10 @@ async fn two_projectors_switching_versions_while_writers_append_leave_exactly_on
     );
     let b = Worldlines::new(ledger.clone(), Default::default())
         .unwrap()
-        .with_projector(projector_options(0));
+        .with_projector(converge_ledger_server::ProjectorOptions {
+            cache_on_any_store: true,
+            ..projector_options(0)
+        });
     let mut tasks = Vec::new();
     for t in 0..4u64 {
         let (wl, w) = (a.clone(), ids[(t % 2) as usize]);
