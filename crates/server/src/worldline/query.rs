@@ -139,9 +139,16 @@ impl Worldlines {
             }
         }
         let p = projector.clone();
-        let (answering, checkpoint, answer) =
-            blocking(move || p.consistent(name, &w, query).map_err(to_ledger)).await?;
-        let head = self.ledger.head(&context).await?.map_or(0, |h| h.sequence);
+        // The head is read beside the query (on PostgreSQL, a round trip
+        // on another connection at the same time): the position reports a
+        // head of that moment, and never one below what the answer
+        // reflects.
+        let (answered, head) = tokio::join!(
+            blocking(move || p.consistent(name, &w, query).map_err(to_ledger)),
+            self.ledger.head(&context),
+        );
+        let (answering, checkpoint, answer) = answered?;
+        let head = head?.map_or(0, |h| h.sequence);
         let through_seq = checkpoint.map_or(0, |c| c.through_seq);
         let mut lag_ns = 0;
         if through_seq < head {
