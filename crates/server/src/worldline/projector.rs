@@ -660,6 +660,11 @@ impl Projector {
     /// Queues the worldline whose receipts context is `context`, if it is
     /// one (the tap the ledger calls for every appended context).
     pub fn notify_context(&self, context: &str) {
+        // Told of every commit: a context outside the namespace is passed
+        // over without building the error that parsing it would.
+        if !converge_ledger_worldline::is_reserved_context(context) {
+            return;
+        }
         if let Ok(w) = WorldlineId::from_context_id(context) {
             self.shared.notify(w);
         }
