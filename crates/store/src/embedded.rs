@@ -195,8 +195,10 @@ fn be_u64(b: &[u8]) -> Option<u64> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store at `options.path`. Only stored heads are
-    /// read, so opening costs the same whatever the number of entries.
+    /// Opens (or creates) the store at `options.path`. Of the data, only the
+    /// stored heads are read, and fjall replays what its journal holds that
+    /// was not yet flushed (at most 64 MiB, `JOURNAL_BYTES_MAX`): opening is bounded
+    /// by the journal, not by the number of entries.
     pub fn open(options: EmbeddedOptions) -> Result<Self, StoreError> {
         let shown = options.path.display().to_string();
         create_dir_durably(&options.path).map_err(|e| io(format!("cannot create {shown}: {e}")))?;
