@@ -39,9 +39,6 @@ pub(crate) struct Statements {
     pub head_get: Statement,
     pub scan_all: Statement,
     pub scan_key: Statement,
-    /// `$1` context, `$2` sequence: the head and whether that entry exists,
-    /// in one snapshot.
-    pub tail_check: Statement,
     pub by_hash: Statement,
     pub nodes_get: Statement,
     pub contexts_page: Statement,
@@ -57,11 +54,20 @@ pub(crate) struct Statements {
     pub derived_async_commit: Statement,
     /// `$1` keys: those present, with their values.
     pub derived_read: Statement,
-    /// `$1` keys to delete.
+    /// `$1` guard keys, `$2` the values they must hold (NULL: absent):
+    /// whether each does, as `'true'` or `'false'`, also kept for the rest
+    /// of the transaction in the setting `converge_ledger.guards_hold`.
+    pub derived_guards_hold: Statement,
+    /// `$1` keys to delete, if the guards held.
     pub derived_delete: Statement,
-    /// `$1` keys, `$2` values to set.
+    /// `$1` keys, `$2` values to set, if the guards held.
     pub derived_upsert: Statement,
 }
+
+/// The transaction-local setting a guarded projection write keeps its
+/// guards' verdict in, so that its writes, sent in the same round trip,
+/// take effect only if the guards held.
+const GUARDS_HOLD: &str = "converge_ledger.guards_hold";
 
 impl Statements {
     async fn prepare(c: &Client, s: &str) -> Result<Statements, tokio_postgres::Error> {
@@ -151,12 +157,6 @@ impl Statements {
                        WHERE context = $1 AND key = $5 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"#
                 ))
                 .await?,
-            tail_check: c
-                .prepare(&format!(
-                    r#"SELECT h.seq, EXISTS (SELECT 1 FROM "{s}".entries e WHERE e.context = $1 AND e.seq = $2)
-                       FROM "{s}".heads h WHERE h.context = $1"#
-                ))
-                .await?,
             by_hash: c
                 .prepare(&format!(
                     r#"SELECT context, seq FROM "{s}".entries WHERE hash = $1 ORDER BY context, seq LIMIT 1"#
@@ -203,15 +203,25 @@ impl Statements {
                     r#"SELECT key, value FROM "{s}".derived WHERE key = ANY($1::bytea[])"#
                 ))
                 .await?,
+            derived_guards_hold: c
+                .prepare(&format!(
+                    r#"SELECT set_config('{GUARDS_HOLD}', (NOT EXISTS (
+                           SELECT 1 FROM unnest($1::bytea[], $2::bytea[]) AS g (key, value)
+                           LEFT JOIN "{s}".derived AS d ON d.key = g.key
+                           WHERE d.value IS DISTINCT FROM g.value))::text, true)"#
+                ))
+                .await?,
             derived_delete: c
                 .prepare(&format!(
-                    r#"DELETE FROM "{s}".derived WHERE key = ANY($1::bytea[])"#
+                    r#"DELETE FROM "{s}".derived WHERE key = ANY($1::bytea[])
+                       AND current_setting('{GUARDS_HOLD}') = 'true'"#
                 ))
                 .await?,
             derived_upsert: c
                 .prepare(&format!(
                     r#"INSERT INTO "{s}".derived (key, value)
                        SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                       WHERE current_setting('{GUARDS_HOLD}') = 'true'
                        ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"#
                 ))
                 .await?,

@@ -920,6 +920,59 @@ async fn race_projectors(remember: bool) {
     b.stop_projections().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_appended_while_a_fold_runs_are_folded_without_a_query_asking() {
+    // A fold ends at the last receipt it read: a receipt committed after
+    // that read is announced after the worldline left the queue, and that
+    // notice queues it again. Nothing else may bring these receipts in:
+    // no query asks (one behind its `min_seq` queues the worldline itself),
+    // and the projector's periodic sweep is 30 s away.
+    let ledger = Ledger::new(Arc::new(MemoryStore::new()), LedgerConfig::default());
+    let wl = Arc::new(
+        Worldlines::new(ledger.clone(), Default::default())
+            .unwrap()
+            .with_projector(Default::default()),
+    );
+    let ids = [
+        WorldlineId::derive(b"notice-1"),
+        WorldlineId::derive(b"notice-2"),
+    ];
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (wl, w) = (wl.clone(), ids[(t % 2) as usize]);
+        tasks.push(tokio::spawn(async move {
+            grants_and_revocations(&wl, &w, t, 60).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for w in &ids {
+        let head = wl.head(w).await.unwrap().unwrap().seq;
+        assert_eq!(head, 4 * 60 * 2, "every receipt appended");
+        for p in converge_ledger_client::worldline::projections() {
+            loop {
+                let through =
+                    tokio::task::block_in_place(|| wl.projector().unwrap().checkpoint(p, w))
+                        .unwrap()
+                        .map_or(0, |c| c.through_seq);
+                if through == head {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {w} stays at receipt {through} of {head}: the receipts after it were \
+                     never folded",
+                    p.name()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+    wl.stop_projections().await;
+}
+
 /// The niceness in a `/proc/.../stat` line: the 19th field, counted from
 /// the state (the 3rd) after the command's closing parenthesis.
 fn niceness(stat: &str) -> i64 {

@@ -94,7 +94,10 @@ impl DerivedKv for PostgresStore {
         let mut locks: Vec<i64> = guards.iter().map(|(k, _)| lock_id(k)).collect();
         locks.sort_unstable();
         locks.dedup();
-        let guard_keys: Vec<&[u8]> = guards.iter().map(|(k, _)| k.as_slice()).collect();
+        let (guard_keys, guard_values): (Vec<&[u8]>, Vec<Option<&[u8]>>) = guards
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .unzip();
         let deletes: Vec<&[u8]> = writes
             .iter()
             .filter(|(_, v)| v.is_none())
@@ -107,51 +110,20 @@ impl DerivedKv for PostgresStore {
         let server = &self.pool.server;
         let mut pooled = self.block(self.pool.get())?;
         let c = pooled.conn();
-        // Round trip one: begin, lock, read the guards.
+        // One round trip: the statements run in order on the connection,
+        // each after the one before has finished, so the guards are read
+        // once their locks are held, and the writes take effect only if
+        // the guards held (the verdict is kept in a transaction-local
+        // setting the writes check).
         let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&locks];
-        let read_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&guard_keys];
-        let phase_one = self.block_timed(async {
+        let guard_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&guard_keys, &guard_values];
+        let done = self.block_timed(async {
             tokio::join!(
                 c.client.execute(&c.st.begin, &[]),
                 c.client.execute(&c.st.derived_async_commit, &[]),
                 c.client.execute(&c.st.derived_lock, &lock_params),
-                c.client.query(&c.st.derived_read, &read_params),
-            )
-        });
-        let Ok((begin, async_commit, lock, read)) = phase_one else {
-            pooled.mark_broken();
-            return Err(timed_out(
-                server,
-                "locking projection checkpoints",
-                self.pool.operation_timeout,
-            ));
-        };
-        let rows = match (begin, async_commit, lock, read) {
-            (Ok(_), Ok(_), Ok(_), Ok(rows)) => rows,
-            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
-                pooled.mark_broken();
-                return Err(failed(server, "locking projection checkpoints", &e));
-            }
-        };
-        let mut current = std::collections::HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let k: Vec<u8> = r.try_get(0).map_err(row_error)?;
-            let v: Vec<u8> = r.try_get(1).map_err(row_error)?;
-            current.insert(k, v);
-        }
-        let holds = guards
-            .iter()
-            .all(|(k, expected)| current.get(k) == expected.as_ref());
-        if !holds {
-            let done = self.block_timed(c.client.execute(&c.st.rollback, &[]));
-            if !matches!(done, Ok(Ok(_))) {
-                pooled.mark_broken();
-            }
-            return Ok(false);
-        }
-        // Round trip two: write and commit.
-        let phase_two = self.block_timed(async {
-            tokio::join!(
+                c.client.query_one(&c.st.derived_guards_hold, &guard_params),
                 async {
                     if deletes.is_empty() {
                         return Ok(0);
@@ -169,13 +141,22 @@ impl DerivedKv for PostgresStore {
                 c.client.execute(&c.st.commit, &[]),
             )
         });
-        let Ok((deleted, put, commit)) = phase_two else {
+        let Ok((begin, async_commit, lock, held, deleted, put, commit)) = done else {
             pooled.mark_broken();
             return Err(StoreError::Io(format!(
                 "PostgreSQL at {server} did not answer a projection write within {} ms; it may or \
                  may not have been committed (the projection resumes from its checkpoint either way)",
                 self.pool.operation_timeout.as_millis()
             )));
+        };
+        // The first statement that failed is the one to report: the
+        // transaction is aborted from there on, and its COMMIT rolls back.
+        let held = match (begin, async_commit, lock, held) {
+            (Ok(_), Ok(_), Ok(_), Ok(row)) => row,
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+                pooled.mark_broken();
+                return Err(failed(server, "locking projection checkpoints", &e));
+            }
         };
         for (what, r) in [
             ("deleting projection records", deleted),
@@ -187,6 +168,7 @@ impl DerivedKv for PostgresStore {
                 return Err(failed(server, what, &e));
             }
         }
-        Ok(true)
+        let held: String = held.try_get(0).map_err(row_error)?;
+        Ok(held == "true")
     }
 }

@@ -292,27 +292,6 @@ impl PostgresStore {
         self.handle
             .block_on(async move { tokio::time::timeout(limit, f).await })
     }
-
-    /// A scan without a key filter ended after `after`: if the head is past
-    /// it, entry `after + 1` must exist (checked in one snapshot, so a
-    /// commit racing with the scan is not mistaken for a hole).
-    fn check_tail(&self, context: &str, after: u64) -> Result<(), StoreError> {
-        let next = clamp_i64(after.saturating_add(1));
-        let row = read!(self, "checking the end of a scan", |c| c
-            .client
-            .query_opt(&c.st.tail_check, &[&context, &next]))?;
-        let Some(row) = row else { return Ok(()) };
-        let head: i64 = row.try_get(0).map_err(row_error)?;
-        let exists: bool = row.try_get(1).map_err(row_error)?;
-        if head >= next && !exists {
-            return Err(StoreError::Corrupt {
-                context: context.to_owned(),
-                sequence: to_u64(next),
-                reason: format!("entry {next} is missing below the head ({head})"),
-            });
-        }
-        Ok(())
-    }
 }
 
 impl Drop for PostgresStore {
@@ -362,17 +341,31 @@ impl Store for PostgresStore {
         let mut limit = SCAN_FIRST_CHUNK;
         loop {
             let from = clamp_i64(after);
-            let rows = read!(self, "reading entries", |c| async {
+            // Without a key filter the head is read too, in the same round
+            // trip and before the entries (the statements run in the order
+            // sent, each in a snapshot no older than the one before): every
+            // entry up to that head is visible to the scan, so a scan that
+            // ends below it has found a hole, and one that ends at or above
+            // it needs no second look.
+            let (head, rows) = read!(self, "reading entries", |c| async {
                 match scan.key {
                     None => {
-                        c.client
-                            .query(&c.st.scan_all, &[&context, &from, &until, &limit])
-                            .await
+                        let head_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] =
+                            [&context];
+                        let scan_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                            [&context, &from, &until, &limit];
+                        let (head, rows) = tokio::join!(
+                            c.client.query_opt(&c.st.head_get, &head_params),
+                            c.client.query(&c.st.scan_all, &scan_params),
+                        );
+                        Ok::<_, tokio_postgres::Error>((Some(head?), rows?))
                     }
                     Some(key) => {
-                        c.client
+                        let rows = c
+                            .client
                             .query(&c.st.scan_key, &[&context, &from, &until, &limit, &key])
-                            .await
+                            .await?;
+                        Ok((None, rows))
                     }
                 }
             })?;
@@ -403,10 +396,21 @@ impl Store for PostgresStore {
                 return Ok(());
             }
             if (n as i64) < limit {
-                return match scan.key {
-                    Some(_) => Ok(()),
-                    None => self.check_tail(context, after),
-                };
+                if let Some(head) = head {
+                    let head = match head {
+                        Some(row) => to_u64(row.try_get::<_, i64>(0).map_err(row_error)?),
+                        None => 0,
+                    };
+                    let next = after.saturating_add(1);
+                    if head >= next {
+                        return Err(StoreError::Corrupt {
+                            context: context.to_owned(),
+                            sequence: next,
+                            reason: format!("entry {next} is missing below the head ({head})"),
+                        });
+                    }
+                }
+                return Ok(());
             }
             let average = (bytes / n.max(1)).max(1);
             limit = ((SCAN_CHUNK_BYTES / average) as i64).clamp(1, SCAN_CHUNK_ROWS_MAX);

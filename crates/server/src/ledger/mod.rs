@@ -45,11 +45,15 @@ pub struct Ledger {
 }
 
 /// Callbacks told which contexts gained entries.
-type Taps = Arc<std::sync::RwLock<Vec<Arc<dyn Fn(&str) + Send + Sync>>>>;
+/// A callback told the context of a commit and, when known, the sequence
+/// it reached ([`Ledger::tap_appended`]).
+pub type AppendedTap = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;
 
-fn tell(taps: &Taps, context: &str) {
+type Taps = Arc<std::sync::RwLock<Vec<AppendedTap>>>;
+
+fn tell(taps: &Taps, context: &str, through: Option<u64>) {
     for tap in taps.read().unwrap_or_else(|p| p.into_inner()).iter() {
-        tap(context);
+        tap(context, through);
     }
 }
 
@@ -82,12 +86,22 @@ impl Ledger {
                 if told.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
                     return;
                 }
-                let mut last: Option<&str> = None;
-                for (context, _) in entries {
-                    if last != Some(&**context) {
-                        tell(&told, context);
-                        last = Some(context);
+                // Each run of one context's entries, with the last sequence
+                // it reached.
+                let mut run: Option<(&str, u64)> = None;
+                for (context, entry) in entries {
+                    match &mut run {
+                        Some((c, through)) if *c == &**context => *through = entry.sequence,
+                        _ => {
+                            if let Some((c, through)) = run {
+                                tell(&told, c, Some(through));
+                            }
+                            run = Some((context, entry.sequence));
+                        }
                     }
+                }
+                if let Some((c, through)) = run {
+                    tell(&told, c, Some(through));
                 }
             }),
         );
@@ -113,10 +127,11 @@ impl Ledger {
 
     /// Calls `tap` with the context of every commit from now on, at least
     /// once per context per group commit (after the entries are durable and
-    /// published to watchers), and with every context another node
-    /// announced through [`Ledger::notify_appended`]. Keep it cheap: it runs
-    /// on the commit path.
-    pub fn tap_appended(&self, tap: Arc<dyn Fn(&str) + Send + Sync>) {
+    /// published to watchers), with the sequence the context reached in it;
+    /// and with every context another node announced through
+    /// [`Ledger::notify_appended`], with `None` (how far it reached is not
+    /// known). Keep it cheap: it runs on the commit path.
+    pub fn tap_appended(&self, tap: AppendedTap) {
         self.taps
             .write()
             .unwrap_or_else(|p| p.into_inner())

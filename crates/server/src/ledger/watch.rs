@@ -205,7 +205,7 @@ impl Ledger {
     /// published to them in order. Cheap when nobody watches; reads nothing
     /// below the heads the watchers read themselves.
     pub async fn notify_appended(&self, context: &str) -> Result<(), LedgerError> {
-        super::tell(&self.taps, context);
+        super::tell(&self.taps, context, None);
         let Some(mut last) = self.hub.remote_start(context) else {
             return Ok(());
         };

@@ -270,9 +270,31 @@ fn scan_entries(
     let scanned = store.scan(context, Scan { after, until, key }, &mut |e| {
         bytes += e.payload.len();
         out.push(e);
-        out.len() < max && bytes < READ_CHUNK_BYTES
+        !chunk_full(out.len(), bytes, max)
     });
     (out, scanned)
+}
+
+/// Whether a chunk of `len` entries holding `bytes` of payload is as large
+/// as [`scan_entries`] makes one: a chunk that is not ended where the store's
+/// entries (or the scan's `until`) did.
+fn chunk_full(len: usize, bytes: usize, max: usize) -> bool {
+    len >= max || bytes >= READ_CHUNK_BYTES
+}
+
+/// [`read_entries`], and whether the chunk is full ([`chunk_full`]): when it
+/// is not, the store held no more entries up to `until` when it was read.
+fn read_chunk(
+    store: &dyn Store,
+    context: &str,
+    after: u64,
+    until: u64,
+    max: usize,
+) -> Result<(Vec<Entry>, bool), WorldlineError> {
+    let entries = read_entries(store, context, after, until, max, None)?;
+    let bytes = entries.iter().map(|e| e.payload.len()).sum();
+    let full = chunk_full(entries.len(), bytes, max);
+    Ok((entries, full))
 }
 
 /// [`scan_entries`], failing on a store error.
@@ -564,11 +586,12 @@ impl Worldlines {
         {
             let p = Arc::new(p);
             let tap = Arc::downgrade(&p);
-            self.ledger.tap_appended(Arc::new(move |context: &str| {
-                if let Some(p) = tap.upgrade() {
-                    p.notify_context(context);
-                }
-            }));
+            self.ledger
+                .tap_appended(Arc::new(move |context: &str, through: Option<u64>| {
+                    if let Some(p) = tap.upgrade() {
+                        p.notify_context(context, through);
+                    }
+                }));
             self.projector = Some(p);
         }
         self

@@ -35,7 +35,7 @@ use converge_ledger_worldline::{
     ProjectionCheckpoint, StoredServing, apply_receipt, checkpoint_key, read_checkpoint,
 };
 
-use super::{READ_CHUNK, read_entries, store_error};
+use super::{READ_CHUNK, read_chunk, store_error};
 
 /// How much lower than the server's own the projector thread's scheduling
 /// priority is by default (a niceness added to the process's). Folding is
@@ -230,9 +230,12 @@ pub struct ProjectorQueue {
 
 #[derive(Default)]
 struct Queue {
+    /// Worldlines in the order they were queued; one no longer in `queued`
+    /// (a fold took it, or folded what it was queued for) is passed over.
     order: VecDeque<WorldlineId>,
-    /// The worldlines in `order`, with when each was queued.
-    queued: HashMap<WorldlineId, Instant>,
+    /// The worldlines queued, with when each was queued and the last
+    /// receipt it was queued for (`u64::MAX`: not known, to its head).
+    queued: HashMap<WorldlineId, (Instant, u64)>,
     /// Worldlines whose rebuilding projection version is behind, folded a
     /// step at a time (see `Shared::next`).
     rebuild: VecDeque<WorldlineId>,
@@ -245,6 +248,10 @@ struct Queue {
     rebuild_after: Option<Instant>,
     /// Worldlines waiting for storage to come back, and when to retry.
     later: Vec<(Instant, WorldlineId)>,
+    /// The worldline being folded, and the last receipt its fold has read
+    /// (0 before its first read): a query waiting for a receipt up to there
+    /// need not queue the worldline again.
+    folding: Option<(WorldlineId, u64)>,
     /// Worldlines whose receipts cannot be folded, and why: a stored
     /// receipt that does not decode or breaks a rule. Queries say so;
     /// `worldline verify` names the receipt.
@@ -286,15 +293,54 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `worldline` to be folded to its head.
     fn notify(&self, worldline: WorldlineId) {
+        self.notify_through(worldline, u64::MAX);
+    }
+
+    /// Queues `worldline` to be folded through receipt `seq` at least,
+    /// unless the fold under way has read its receipts through `seq`
+    /// already: that fold folds them (or, if its write loses a race, reads
+    /// again). A worldline already queued stays where it is.
+    fn notify_through(&self, worldline: WorldlineId, seq: u64) {
         let mut q = self.lock();
         if q.stopping || q.failed.contains_key(&worldline) {
             return;
         }
-        if let std::collections::hash_map::Entry::Vacant(v) = q.queued.entry(worldline) {
-            v.insert(Instant::now());
-            q.order.push_back(worldline);
-            self.wake.notify_one();
+        if let Some((_, through)) = q.queued.get_mut(&worldline) {
+            *through = (*through).max(seq);
+            return;
+        }
+        if q.folding
+            .is_some_and(|(w, read)| w == worldline && read >= seq)
+        {
+            return;
+        }
+        q.queued.insert(worldline, (Instant::now(), seq));
+        q.order.push_back(worldline);
+        self.wake.notify_one();
+    }
+
+    /// A fold of `worldline` stored its receipts through `seq`: if it was
+    /// queued again for no later receipt, it leaves the queue (a fold
+    /// would find nothing).
+    fn folded_through(&self, worldline: WorldlineId, seq: u64) {
+        let mut q = self.lock();
+        if q.queued
+            .get(&worldline)
+            .is_some_and(|&(_, through)| through <= seq)
+        {
+            q.queued.remove(&worldline);
+        }
+    }
+
+    /// The fold under way has read `worldline`'s receipts through `seq`.
+    fn reading(&self, worldline: WorldlineId, seq: u64) {
+        let mut q = self.lock();
+        if let Some((w, through)) = &mut q.folding
+            && *w == worldline
+        {
+            *through = (*through).max(seq);
         }
     }
 
@@ -334,7 +380,7 @@ impl Shared {
             });
             for w in due {
                 if let std::collections::hash_map::Entry::Vacant(v) = q.queued.entry(w) {
-                    v.insert(now);
+                    v.insert((now, u64::MAX));
                     q.order.push_back(w);
                 }
             }
@@ -352,14 +398,18 @@ impl Shared {
                 // first, so it does the fold queued for this worldline:
                 // that fold's wait is measured by the step, and the fold
                 // leaves the queue.
-                let since = q.queued.remove(&w);
+                let since = q.queued.remove(&w).map(|(since, _)| since);
                 if since.is_some() {
                     q.order.retain(|o| *o != w);
                 }
+                q.folding = Some((w, 0));
                 return Some(Next::Rebuild(w, since));
             }
-            if let Some(w) = q.order.pop_front() {
-                let since = q.queued.remove(&w).unwrap_or(now);
+            while let Some(w) = q.order.pop_front() {
+                let Some((since, _)) = q.queued.remove(&w) else {
+                    continue;
+                };
+                q.folding = Some((w, 0));
                 return Some(Next::Fold(w, since));
             }
             if now >= sweep_at {
@@ -644,7 +694,7 @@ impl Projector {
     pub fn queue(&self) -> ProjectorQueue {
         let q = self.shared.lock();
         ProjectorQueue {
-            queued: q.order.len(),
+            queued: q.queued.len(),
             retrying: q.later.len(),
             failed: q.failed.len(),
             rebuilding: q.rebuild.len(),
@@ -657,16 +707,24 @@ impl Projector {
         self.shared.notify(worldline);
     }
 
+    /// Queues `worldline` to be folded, unless it is queued or being
+    /// folded through receipt `seq` already (for a query waiting for that
+    /// receipt: an extra fold would find nothing, and delay the next).
+    pub fn notify_behind(&self, worldline: WorldlineId, seq: u64) {
+        self.shared.notify_through(worldline, seq);
+    }
+
     /// Queues the worldline whose receipts context is `context`, if it is
     /// one (the tap the ledger calls for every appended context).
-    pub fn notify_context(&self, context: &str) {
+    /// `through` is the receipt the worldline reached, when known.
+    pub fn notify_context(&self, context: &str, through: Option<u64>) {
         // Told of every commit: a context outside the namespace is passed
         // over without building the error that parsing it would.
         if !converge_ledger_worldline::is_reserved_context(context) {
             return;
         }
         if let Ok(w) = WorldlineId::from_context_id(context) {
-            self.shared.notify(w);
+            self.shared.notify_through(w, through.unwrap_or(u64::MAX));
         }
     }
 
@@ -716,16 +774,20 @@ impl Projector {
         name: &str,
         worldline: &WorldlineId,
     ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>), WorldlineError> {
-        let Answering {
-            projection,
-            checkpoint,
-            ..
-        } = answering(&Kv(self.kv()), name, worldline)?;
-        let checkpoint = checkpoint
-            .as_deref()
-            .map(|v| decode_checkpoint(v, projection, worldline))
-            .transpose()?;
-        Ok((projection, checkpoint))
+        let read = self.answering_read(name, worldline)?;
+        let checkpoint = read.checkpoint(worldline)?;
+        Ok((read.projection, checkpoint))
+    }
+
+    /// The serving record and the checkpoint of the version that answers
+    /// the projection called `name` for `worldline`, as read now: what
+    /// [`Projector::consistent_from`] can start from.
+    pub(crate) fn answering_read(
+        &self,
+        name: &str,
+        worldline: &WorldlineId,
+    ) -> Result<Answering, WorldlineError> {
+        answering(&Kv(self.kv()), name, worldline)
     }
 
     /// Runs `query` over the derived space at one consistent position of
@@ -740,6 +802,19 @@ impl Projector {
         worldline: &WorldlineId,
         query: impl Fn(&dyn KvRead, &'static dyn Projection) -> Result<T, WorldlineError>,
     ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>, T), WorldlineError> {
+        self.consistent_from(None, name, worldline, query)
+    }
+
+    /// [`Projector::consistent`], its first attempt from `start` (the
+    /// serving record and checkpoint a caller has just read, so that they
+    /// are not read again) when given.
+    pub(crate) fn consistent_from<T>(
+        &self,
+        mut start: Option<Answering>,
+        name: &str,
+        worldline: &WorldlineId,
+        query: impl Fn(&dyn KvRead, &'static dyn Projection) -> Result<T, WorldlineError>,
+    ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>, T), WorldlineError> {
         let kv = Kv(self.kv());
         for _ in 0..64 {
             let Answering {
@@ -747,7 +822,10 @@ impl Projector {
                 projection,
                 key,
                 checkpoint: before,
-            } = answering(&kv, name, worldline)?;
+            } = match start.take() {
+                Some(read) => read,
+                None => answering(&kv, name, worldline)?,
+            };
             // The query reads the checkpoint as it was read here.
             let pinned = [(key, before)];
             let view = Pinned {
@@ -818,6 +896,7 @@ impl Folder {
             };
             let mut folded = Folded::default();
             let result = self.fold(&next, rebuild, &mut folded);
+            self.shared.lock().folding = None;
             if rebuild {
                 let took = started.elapsed();
                 self.shared.lock().rebuild_after = Some(Instant::now() + took);
@@ -1153,11 +1232,6 @@ impl Folder {
         let kv = self.kv();
         let mut conflicts = 0;
         loop {
-            let head = self
-                .store
-                .head(context)
-                .map_err(store_error)?
-                .map_or(0, |h| h.sequence);
             let FoldStart {
                 serving,
                 all,
@@ -1169,6 +1243,22 @@ impl Folder {
                 .into_iter()
                 .map(|(_, new)| new)
                 .collect();
+            // The worldline's head is read only while a version rebuilds,
+            // to choose between folding new receipts and a rebuild step.
+            // Otherwise the fold reads the receipts after its checkpoints
+            // until the store holds no more: on PostgreSQL each read is a
+            // round trip, and a fold's round trips are most of the time a
+            // query waits for it at `min_seq`.
+            let head = if rebuilding.is_empty() {
+                None
+            } else {
+                Some(
+                    self.store
+                        .head(context)
+                        .map_err(store_error)?
+                        .map_or(0, |h| h.sequence),
+                )
+            };
             let mut guards: Vec<Guard> = Vec::with_capacity(all.len() + 1);
             if !rebuilding.is_empty() {
                 // Folds of a version another node may retire meanwhile are
@@ -1204,16 +1294,17 @@ impl Folder {
             }
             // What queries read first; a rebuilding version joins from the
             // receipt where it has caught up.
-            let (from, rebuild_step) = if live_from < head {
-                (live_from, false)
-            } else if rebuild_from < head {
-                if !rebuild {
-                    self.shared.queue_rebuild(*worldline);
-                    return Ok(());
+            let (from, rebuild_step) = match head {
+                None => (live_from, false),
+                Some(head) if live_from < head => (live_from, false),
+                Some(head) if rebuild_from < head => {
+                    if !rebuild {
+                        self.shared.queue_rebuild(*worldline);
+                        return Ok(());
+                    }
+                    (rebuild_from, true)
                 }
-                (rebuild_from, true)
-            } else {
-                return Ok(());
+                Some(_) => return Ok(()),
             };
             let folding: Vec<&'static dyn Projection> = all
                 .iter()
@@ -1250,27 +1341,45 @@ impl Folder {
             } else {
                 FOLD_RECEIPTS_MAX
             };
-            let until = head.min(from + step as u64);
+            let until = from
+                .saturating_add(step as u64)
+                .min(head.unwrap_or(u64::MAX));
             let mut batch = KvBatch::new();
             let mut folded = 0u64;
             let mut at = from;
             let mut first_appended_ns = 0;
             let mut stale = false;
+            // The store held no receipt after `at` when it was last read.
+            let mut ended = false;
             'read: while at < until {
-                let entries: Vec<Entry> = read_entries(
+                let (entries, full): (Vec<Entry>, bool) = read_chunk(
                     &*self.store,
                     context,
                     at,
                     until,
                     READ_CHUNK.min((until - at) as usize),
-                    None,
                 )?;
+                if let Some(last) = entries.last() {
+                    self.shared.reading(*worldline, last.sequence);
+                }
                 if entries.is_empty() {
-                    return Err(WorldlineError::corrupt(format!(
-                        "worldline {worldline} ends at receipt {at}, before its head {head}"
-                    )));
+                    if let Some(head) = head {
+                        return Err(WorldlineError::corrupt(format!(
+                            "worldline {worldline} ends at receipt {at}, before its head {head}"
+                        )));
+                    }
+                    ended = true;
+                    break;
                 }
                 for e in &entries {
+                    if e.sequence != at + 1 {
+                        return Err(WorldlineError::corrupt(format!(
+                            "receipt {} of worldline {worldline} is missing: the store holds \
+                             receipt {} after receipt {at}",
+                            at + 1,
+                            e.sequence
+                        )));
+                    }
                     let receipt = reader
                         .read(e)
                         .map_err(|err| err.in_stored(format_args!("receipt {}", e.sequence)))?;
@@ -1299,6 +1408,20 @@ impl Folder {
                         break 'read;
                     }
                 }
+                if !full && at < until {
+                    ended = true;
+                    break;
+                }
+            }
+            if folded == 0 && !stale {
+                // What is remembered stays valid: nothing was written.
+                if remembers {
+                    self.cache
+                        .borrow_mut()
+                        .keep(*worldline, memo.into_inner(), valid_at);
+                }
+                // Nothing after the checkpoints (another node folded it).
+                return Ok(());
             }
             let writes: Vec<DerivedWrite> = batch.into_writes().collect();
             if !stale && kv.write_if(&guards, &writes).map_err(store_error)? {
@@ -1311,15 +1434,24 @@ impl Folder {
                 self.shared.progress.send_modify(|n| *n += 1);
                 conflicts = 0;
                 if !rebuild_step && folded > 0 {
+                    self.shared.folded_through(*worldline, at);
                     done.live += folded;
                     done.oldest_appended_ns.get_or_insert(first_appended_ns);
                     done.stored = Some((Instant::now(), wall_clock_ns()));
                 }
                 if rebuild_step {
-                    if at < head {
+                    if head.is_some_and(|head| at < head) {
                         // Behind whatever was queued meanwhile.
                         self.shared.queue_rebuild(*worldline);
                     }
+                    return Ok(());
+                }
+                if ended && head.is_none() {
+                    // Folded to the end the store held after this fold was
+                    // taken from the queue. A receipt committed since is
+                    // announced since, and that notice queued the worldline
+                    // again: reading the checkpoints and the receipts again
+                    // here would find nothing new.
                     return Ok(());
                 }
             } else {
@@ -1501,8 +1633,10 @@ struct FoldStart {
     checkpoints: Vec<Guard>,
 }
 
-/// What a query of one projection starts from.
-struct Answering {
+/// What a query of one projection starts from: the serving record and the
+/// checkpoint of the version that answers, as read
+/// ([`Projector::answering_read`]).
+pub(crate) struct Answering {
     /// The serving record read.
     serving: StoredServing,
     /// The version it answers the projection from.
@@ -1543,6 +1677,19 @@ fn answering(
         key,
         checkpoint,
     })
+}
+
+impl Answering {
+    /// The checkpoint read, decoded.
+    pub(crate) fn checkpoint(
+        &self,
+        worldline: &WorldlineId,
+    ) -> Result<Option<ProjectionCheckpoint>, WorldlineError> {
+        self.checkpoint
+            .as_deref()
+            .map(|v| decode_checkpoint(v, self.projection, worldline))
+            .transpose()
+    }
 }
 
 fn decode_checkpoint(
@@ -1884,12 +2031,59 @@ mod tests {
     }
 
     #[test]
+    fn a_notice_of_receipts_a_fold_has_read_or_stored_queues_no_second_fold() {
+        let s = shared();
+        let (a, b) = (WorldlineId::derive(b"a"), WorldlineId::derive(b"b"));
+        let now = Instant::now();
+        let is_sweep = |n: Option<Next>| matches!(n, Some(Next::Sweep));
+        s.notify_through(a, 3);
+        match s.next(now, None) {
+            Some(Next::Fold(w, _)) => assert_eq!(w, a),
+            _ => panic!("expected the fold of a"),
+        }
+        // The fold has read a's receipts through 5: notices up to 5 (the
+        // tap's, a waiting query's) are its own; 6 is not, nor one that
+        // does not say how far it reaches, nor one for another worldline.
+        s.reading(a, 5);
+        s.notify_through(a, 5);
+        assert!(s.lock().queued.is_empty(), "receipt 5 is being folded");
+        s.notify_through(b, 5);
+        s.notify_through(a, 6);
+        assert_eq!(s.lock().queued.len(), 2);
+        // The fold stored through 6 after all (it read again): a leaves
+        // the queue. b, queued through 5, stays when a fold of b stores
+        // only through 4; the next fold is b's.
+        s.folded_through(a, 6);
+        s.folded_through(b, 4);
+        assert_eq!(s.lock().queued.keys().collect::<Vec<_>>(), vec![&b]);
+        match s.next(now, None) {
+            Some(Next::Fold(w, _)) => assert_eq!(w, b),
+            _ => panic!("expected the fold of b"),
+        }
+        assert!(is_sweep(s.next(now, None)), "nothing else is queued");
+        // A notice that does not say how far it reaches stays queued
+        // whatever was stored, and a second notice keeps the first's place
+        // with the later receipt.
+        s.notify(a);
+        s.folded_through(a, 1_000);
+        s.notify_through(b, 2);
+        s.notify_through(b, 9);
+        s.folded_through(b, 8);
+        assert_eq!(s.lock().queued.len(), 2);
+        s.lock().folding = None;
+        match (s.next(now, None), s.next(now, None)) {
+            (Some(Next::Fold(x, _)), Some(Next::Fold(y, _))) => assert_eq!((x, y), (a, b)),
+            _ => panic!("expected the folds of a and b"),
+        }
+    }
+
+    #[test]
     fn a_rebuild_step_takes_over_the_fold_queued_for_its_worldline_with_the_time_it_was_queued() {
         let s = shared();
         let (a, b) = (WorldlineId::derive(b"a"), WorldlineId::derive(b"b"));
         let later = Instant::now() + SWEEP_EVERY;
         s.notify(a);
-        let queued_at = s.lock().queued[&a];
+        let queued_at = s.lock().queued[&a].0;
         s.notify(b);
         s.queue_rebuild(a);
         // The step comes first, and carries a's queued fold with it.

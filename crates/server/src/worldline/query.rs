@@ -100,42 +100,50 @@ impl Worldlines {
         if let Some(e) = failed(&projector) {
             return Err(e);
         }
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or(WAIT_DEFAULT).min(WAIT_MAX);
+        // Subscribed before the first read: a write after it is seen.
+        let mut progress = projector.progress();
+        // The last serving record and checkpoint read while waiting: the
+        // query's first attempt starts from them instead of reading them
+        // again (on PostgreSQL, a round trip saved).
+        let mut start = None;
         if min_seq > 0 {
-            // (Any head holds min_seq 0: no read for it.)
-            let head = self.ledger.head(&context).await?.map_or(0, |h| h.sequence);
+            // (Any head holds min_seq 0: no read for it, and no wait.) The
+            // head is read beside the first checkpoint.
+            let p = projector.clone();
+            let (read, head) = tokio::join!(
+                blocking(move || p.answering_read(name, &w).map_err(to_ledger)),
+                self.ledger.head(&context),
+            );
+            let head = head?.map_or(0, |h| h.sequence);
             if min_seq > head {
                 return Err(LedgerError::OutOfRange(format!(
                     "min_seq {min_seq} is past the head of worldline {w}, receipt {head}"
                 )));
             }
-        }
-        let deadline = tokio::time::Instant::now() + wait.unwrap_or(WAIT_DEFAULT).min(WAIT_MAX);
-        let mut progress = projector.progress();
-        loop {
-            // min_seq 0 holds at any position: no wait, no read.
-            if min_seq == 0 {
-                break;
-            }
-            let p = projector.clone();
-            let through = blocking(move || {
-                p.answering_checkpoint(name, &w)
-                    .map(|(_, c)| c.map_or(0, |c| c.through_seq))
-                    .map_err(to_ledger)
-            })
-            .await?;
-            if through >= min_seq {
-                break;
-            }
-            projector.notify(w);
-            let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
-            if let Some(e) = failed(&projector) {
-                return Err(e);
-            }
-            if changed.is_err() {
-                return Err(LedgerError::Unavailable(format!(
-                    "the {name} projection of worldline {w} reflects receipt {through}, not yet the \
-                     requested {min_seq}; it is catching up: retry, or wait longer"
-                )));
+            let mut read = read?;
+            loop {
+                let through = read
+                    .checkpoint(&w)
+                    .map_err(to_ledger)?
+                    .map_or(0, |c| c.through_seq);
+                if through >= min_seq {
+                    start = Some(read);
+                    break;
+                }
+                projector.notify_behind(w, min_seq);
+                let changed = tokio::time::timeout_at(deadline, progress.changed()).await;
+                if let Some(e) = failed(&projector) {
+                    return Err(e);
+                }
+                if changed.is_err() {
+                    return Err(LedgerError::Unavailable(format!(
+                        "the {name} projection of worldline {w} reflects receipt {through}, not yet the \
+                         requested {min_seq}; it is catching up: retry, or wait longer"
+                    )));
+                }
+                let p = projector.clone();
+                read = blocking(move || p.answering_read(name, &w).map_err(to_ledger)).await?;
             }
         }
         let p = projector.clone();
@@ -144,7 +152,7 @@ impl Worldlines {
         // head of that moment, and never one below what the answer
         // reflects.
         let (answered, head) = tokio::join!(
-            blocking(move || p.consistent(name, &w, query).map_err(to_ledger)),
+            blocking(move || p.consistent_from(start, name, &w, query).map_err(to_ledger)),
             self.ledger.head(&context),
         );
         let (answering, checkpoint, answer) = answered?;
@@ -152,7 +160,7 @@ impl Worldlines {
         let through_seq = checkpoint.map_or(0, |c| c.through_seq);
         let mut lag_ns = 0;
         if through_seq < head {
-            projector.notify(w);
+            projector.notify_behind(w, head);
             let store = self.ledger.store().clone();
             let first = blocking(move || {
                 store
