@@ -96,6 +96,14 @@ pub const REBUILD_STEP_RECEIPTS: usize = 128;
 /// Bytes of projection writes in one batch, about (a batch is closed after
 /// the receipt that passes this).
 pub const FOLD_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long after it last read a worldline's serving record and
+/// checkpoints a projector that remembers the worldline starts its folds
+/// from what its own writes left, without reading them again (each read a
+/// round trip on PostgreSQL). The write is guarded by the checkpoints, so
+/// a fold from checkpoints another node has moved stores nothing and reads
+/// them; reading them again at least this often lets a node see a
+/// projection version another node began to rebuild.
+const ASSUME_START_FOR: Duration = Duration::from_millis(250);
 /// How often a fold whose guard keeps failing is retried before the
 /// worldline goes back to the queue.
 const GUARD_RETRIES_MAX: usize = 16;
@@ -501,6 +509,9 @@ struct Remembered {
     at: Vec<Guard>,
     /// Key → value (`None`: absent).
     values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// When the serving record and checkpoints were last read from
+    /// storage (not assumed, [`FoldCache::assumed_start`]).
+    read_at: Option<Instant>,
     bytes: usize,
     used: u64,
 }
@@ -549,6 +560,16 @@ impl FoldCache {
         // Kept, `bytes` counts `at` too; taken, only the records.
         r.bytes -= at_bytes(&r.at);
         r
+    }
+
+    /// The serving record and checkpoints a fold of `worldline` may start
+    /// from without reading them: those its last write left, if they were
+    /// last read from storage less than [`ASSUME_START_FOR`] ago.
+    fn assumed_start(&self, worldline: &WorldlineId) -> Option<Vec<Guard>> {
+        let r = self.worldlines.get(worldline)?;
+        r.read_at
+            .is_some_and(|at| at.elapsed() < ASSUME_START_FOR)
+            .then(|| r.at.clone())
     }
 
     /// Puts back what is remembered of `worldline`, valid `at`; forgets
@@ -1231,12 +1252,21 @@ impl Folder {
         let context = reader.context();
         let kv = self.kv();
         let mut conflicts = 0;
+        let mut assumed = if self.cache.borrow().max_bytes > 0 {
+            self.cache.borrow().assumed_start(worldline)
+        } else {
+            None
+        };
         loop {
+            let (start, read) = match assumed.take().and_then(|at| start_from(kv, &at, worldline)) {
+                Some(start) => (start, false),
+                None => (serving_and_checkpoints(kv, worldline)?, true),
+            };
             let FoldStart {
                 serving,
                 all,
                 checkpoints,
-            } = serving_and_checkpoints(kv, worldline)?;
+            } = start;
             let rebuilding: Vec<&'static dyn Projection> = serving
                 .serving
                 .switching()
@@ -1324,6 +1354,9 @@ impl Folder {
                 Vec::new()
             };
             let memo = std::cell::RefCell::new(self.cache.borrow_mut().take(worldline, &valid_at));
+            if read {
+                memo.borrow_mut().read_at = Some(Instant::now());
+            }
             for (k, v) in &valid_at {
                 memo.borrow_mut().put(k.clone(), v.clone());
             }
@@ -1621,6 +1654,29 @@ fn serving_and_checkpoints(
         serving,
         all,
         checkpoints: keys.into_iter().zip(values).collect(),
+    })
+}
+
+/// A fold's start from the serving record and checkpoints in `at` (as a
+/// fold remembered them, [`FoldCache::assumed_start`]), without reading;
+/// `None` if they do not name a serving record or hold every checkpoint
+/// its versions need.
+fn start_from(kv: &dyn DerivedKv, at: &[Guard], worldline: &WorldlineId) -> Option<FoldStart> {
+    let value = |key: &[u8]| at.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let bytes = value(SERVING_KEY)??;
+    let serving = Serving::from_stored(&Kv(kv), Some(bytes)).ok()?;
+    let all = serving.serving.folded();
+    let checkpoints = all
+        .iter()
+        .map(|&p| {
+            let key = checkpoint_key(p, worldline);
+            value(&key).map(|v| (key, v))
+        })
+        .collect::<Option<Vec<Guard>>>()?;
+    Some(FoldStart {
+        serving,
+        all,
+        checkpoints,
     })
 }
 
@@ -1942,6 +1998,9 @@ mod tests {
         let fold = |f: &Folder| {
             tokio::task::block_in_place(|| f.fold(&w, false, &mut Folded::default())).unwrap()
         };
+        // As a projector does first: a fold starts from unread checkpoints
+        // only with a serving record stored.
+        tokio::task::block_in_place(|| a.record_serving());
         pairs(&worldlines, &w, 0, 1).await;
         fold(&a);
         pairs(&worldlines, &w, 1, 1).await;
@@ -1949,8 +2008,19 @@ mod tests {
         assert_eq!(pair_count(&store, &w), 2);
         pairs(&worldlines, &w, 2, 1).await;
         // With the meta record it remembered (one pair), a would count 2.
+        // a folded the worldline last less than ASSUME_START_FOR ago, so
+        // it starts from the checkpoints its own write left, unread: its
+        // guarded write finds them moved (one conflict), and it reads.
+        let conflicts = |f: &Folder| f.shared.stats.conflicts.load(Ordering::Relaxed);
+        assert_eq!((conflicts(&a), conflicts(&b)), (0, 0));
         fold(&a);
         assert_eq!(pair_count(&store, &w), 3);
+        assert_eq!(conflicts(&a), 1, "a started from the checkpoints it wrote");
+        // Its next fold starts from what it wrote just now: no conflict.
+        pairs(&worldlines, &w, 3, 1).await;
+        fold(&a);
+        assert_eq!(pair_count(&store, &w), 4);
+        assert_eq!(conflicts(&a), 1);
         ledger.shutdown().await.unwrap();
     }
 
