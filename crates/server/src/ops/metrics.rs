@@ -283,7 +283,7 @@ pub(crate) fn render(state: &OpsState) -> String {
         e.single(
             "converge_ledger_projection_conflicts_total",
             "counter",
-            "Projection batches not stored because another node had folded those receipts first.",
+            "Projection batches not stored because another node had folded the worldline since this node read or wrote its checkpoints.",
             stats.conflicts.load(Ordering::Relaxed) as f64,
         );
         e.single(
