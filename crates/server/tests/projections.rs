@@ -877,16 +877,7 @@ async fn race_projectors(remember: bool) {
         WorldlineId::derive(b"race-1"),
         WorldlineId::derive(b"race-2"),
     ];
-    let mut tasks = Vec::new();
-    for t in 0..8u64 {
-        let (wl, w) = (a.clone(), ids[(t % 2) as usize]);
-        tasks.push(tokio::spawn(async move {
-            grants_and_revocations(&wl, &w, t, 150).await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    eight_writers(&a, &ids, 150).await;
     for w in &ids {
         let head = a.head(w).await.unwrap().unwrap().seq;
         for wl in [&*a, &b] {
@@ -937,16 +928,7 @@ async fn receipts_appended_while_a_fold_runs_are_folded_without_a_query_asking()
         WorldlineId::derive(b"notice-1"),
         WorldlineId::derive(b"notice-2"),
     ];
-    let mut tasks = Vec::new();
-    for t in 0..8u64 {
-        let (wl, w) = (wl.clone(), ids[(t % 2) as usize]);
-        tasks.push(tokio::spawn(async move {
-            grants_and_revocations(&wl, &w, t, 60).await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    eight_writers(&wl, &ids, 60).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     for w in &ids {
         let head = wl.head(w).await.unwrap().unwrap().seq;
@@ -1106,6 +1088,21 @@ fn derived_pairs(store: &Arc<dyn Store>) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Appends `pairs` commitments (grants and revocations among three actors
 /// and five capabilities) with their outcomes to `w`.
+/// Eight tasks appending `pairs` grant, revocation and state pairs each,
+/// four to each of `ids`, all done when this returns.
+async fn eight_writers(worldlines: &Arc<Worldlines>, ids: &[WorldlineId; 2], pairs: u64) {
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (wl, w) = (worldlines.clone(), ids[(t % 2) as usize]);
+        tasks.push(tokio::spawn(async move {
+            grants_and_revocations(&wl, &w, t, pairs).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 async fn grants_and_revocations(worldlines: &Worldlines, w: &WorldlineId, seed: u64, pairs: u64) {
     for n in 0..pairs {
         let k = seed * 100_000 + n;

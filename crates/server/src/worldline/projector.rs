@@ -788,18 +788,6 @@ impl Projector {
         read_checkpoint(&Kv(self.kv()), projection, worldline)
     }
 
-    /// The version of the projection called `name` that queries are
-    /// answered from now, and its checkpoint for `worldline`.
-    pub fn answering_checkpoint(
-        &self,
-        name: &str,
-        worldline: &WorldlineId,
-    ) -> Result<(&'static dyn Projection, Option<ProjectionCheckpoint>), WorldlineError> {
-        let read = self.answering_read(name, worldline)?;
-        let checkpoint = read.checkpoint(worldline)?;
-        Ok((read.projection, checkpoint))
-    }
-
     /// The serving record and the checkpoint of the version that answers
     /// the projection called `name` for `worldline`, as read now: what
     /// [`Projector::consistent_from`] can start from.
